@@ -1,0 +1,4 @@
+"""(in progress) numpy quantizers: registers nothing yet."""
+
+QUANTIZERS: dict = {}
+DEQUANTIZERS: dict = {}

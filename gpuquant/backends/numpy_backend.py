@@ -1,0 +1,43 @@
+"""The NumPy backend object: dispatches to the per-type quantizers and splits rows over threads."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..qtypes import QType
+from .numpy import DEQUANTIZERS, QUANTIZERS
+
+# Rows per task: large enough that per-call numpy overhead is small, small enough to balance.
+_MIN_ROWS_PER_TASK = 16
+
+
+class NumpyBackend:
+    name = "numpy"
+
+    def __init__(self, n_threads: int = 1) -> None:
+        self.n_threads = max(1, int(n_threads))
+        self._pool = ThreadPoolExecutor(self.n_threads) if self.n_threads > 1 else None
+
+    def supports(self, qtype: QType) -> bool:
+        return qtype.name in QUANTIZERS
+
+    def quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None) -> np.ndarray:
+        fn = QUANTIZERS[qtype.name]
+        rows = x.shape[0]
+        if self._pool is None or rows < 2 * _MIN_ROWS_PER_TASK:
+            return fn(x, imatrix)
+        out = np.empty((rows, qtype.row_bytes(x.shape[1])), dtype=np.uint8)
+        n_tasks = min(self.n_threads * 4, rows // _MIN_ROWS_PER_TASK)
+        bounds = np.linspace(0, rows, n_tasks + 1).astype(int)
+
+        def run(i: int) -> None:
+            a, b = bounds[i], bounds[i + 1]
+            out[a:b] = fn(x[a:b], imatrix)
+
+        list(self._pool.map(run, range(n_tasks)))
+        return out
+
+    def dequantize(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
+        return DEQUANTIZERS[qtype.name](q, n_per_row)
