@@ -1,0 +1,40 @@
+# gpuquant: `make demo` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEMO   := build/demo
+
+.PHONY: install demo test lint bench gpu-test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# The main job on a built-in synthetic model with parler-tts-mini's real layout (2 decoder layers).
+demo: install
+	mkdir -p $(DEMO)
+	$(BIN)/gpuquant synth parler-tts-mini $(DEMO)/parler-tts-mini-2layers-f32.gguf --layers 2
+	$(BIN)/gpuquant quantize -mp $(DEMO)/parler-tts-mini-2layers-f32.gguf \
+		-qp $(DEMO)/parler-tts-mini-2layers-q4_0.gguf -qt Q4_0 -nt 2
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check gpuquant tests benchmarks
+
+# Heavy measurements (full-size models, throughput ratios): never part of the tests.
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+# For a GPU machine that already has CuPy, NumPy and click (gguf may come as a local wheel):
+# no install step, no downloads.
+gpu-test:
+	PYTHONPATH=$(CURDIR):$$PYTHONPATH $(PYTHON) benchmarks/gpu_test.py
+
+clean:
+	rm -rf build $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,113 @@
+"""The `gpuquant` command: parsing and printing only; the work lives in pipeline and friends."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from . import __version__
+from .qtypes import QTYPES, resolve
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"gpuquant: error: {' '.join(str(message).split())}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gpuquant")
+def main() -> None:
+    """GGUF quantizer for TTS.cpp and llama.cpp models, byte-identical to ggml (CuPy GPU or NumPy CPU)."""
+
+
+@main.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("positional", nargs=-1, metavar="[IN.gguf OUT.gguf [TYPE]]")
+@click.option("--model-path", "-mp", "model_path", help="Input GGUF file (F32, F16 or BF16 tensors).")
+@click.option("--quantized-model-path", "-qp", "quantized_path", help="Output GGUF file.")
+@click.option(
+    "--quantized-type", "-qt", "qtype", default=None,
+    help="Target type: a name in any case (Q4_0, q8_0, F16, ...) or a ggml type id (2 = Q4_0). Default Q4_0.",
+)
+@click.option("--n-threads", "-nt", "n_threads", type=int, default=None,
+              help="CPU threads for the NumPy backend (default: all cores).")
+@click.option("--convert-dac-to-f16", "-df", is_flag=True, help="Store the audio codec (audio_encoder.*) as F16.")
+@click.option("--quantize-output-heads", "-qh", is_flag=True, help="Also quantize the output heads.")
+@click.option("--quantize-text-embedding", "-qe", is_flag=True, help="Also quantize the text embeddings.")
+@click.option("--quantize-cross-attn-kv", "-qkv", is_flag=True,
+              help="Also quantize the cross-attention key/value projections.")
+@click.option("--convert-non-quantized-to-f16", "-nqf", is_flag=True,
+              help="Store tensors that stay unquantized as F16 (TTS.cpp's Kokoro rule, on every architecture).")
+@click.option("--backend", type=click.Choice(["auto", "numpy", "cupy"]), default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
+def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_dac_to_f16,
+             quantize_output_heads, quantize_text_embedding, quantize_cross_attn_kv,
+             convert_non_quantized_to_f16, backend, quiet) -> None:
+    """Quantize a GGUF model, as TTS.cpp's `quantize` (same flags) or `gpuquant quantize IN OUT [TYPE]`."""
+    from .pipeline import quantize_file
+
+    if len(positional) > 3:
+        _fail("too many arguments: expected IN.gguf OUT.gguf [TYPE]")
+    if positional and (model_path or quantized_path):
+        _fail("give the files either as arguments or with --model-path/--quantized-model-path, not both")
+    if len(positional) == 3:
+        if qtype:
+            _fail("the type is given twice (argument and --quantized-type)")
+        qtype = positional[2]
+    if len(positional) >= 2:
+        model_path, quantized_path = positional[0], positional[1]
+    elif len(positional) == 1:
+        _fail("missing the output path: gpuquant quantize IN.gguf OUT.gguf [TYPE]")
+    if not model_path:
+        _fail("missing the input model (--model-path/-mp or the first argument)")
+    if not quantized_path:
+        _fail("missing the output path (--quantized-model-path/-qp or the second argument)")
+    try:
+        target = resolve(qtype or "Q4_0")
+        summary = quantize_file(
+            model_path, quantized_path, target,
+            backend=backend,
+            n_threads=n_threads or os.cpu_count() or 1,
+            convert_dac_to_f16=convert_dac_to_f16,
+            quantize_output_heads=quantize_output_heads,
+            quantize_text_embeddings=quantize_text_embedding,
+            quantize_cross_attn_kv=quantize_cross_attn_kv,
+            convert_non_quantized_to_f16=convert_non_quantized_to_f16,
+            progress=not quiet,
+        )
+    except KeyboardInterrupt:
+        _fail("interrupted; no output written", 130)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    if not quiet:
+        click.echo(summary.table(), err=True)
+
+
+@main.command()
+def types() -> None:
+    """List every ggml type with its id, block size, bits per weight and backend support."""
+    from .backends.numpy import QUANTIZERS
+
+    click.echo(f"{'type':<8} {'id':>3} {'block':>5} {'bpw':>6}  {'imatrix':<9} backends")
+    for t in sorted(QTYPES.values(), key=lambda t: t.ggml_id):
+        needs = "required" if t.requires_imatrix else "optional" if not t.is_float else "-"
+        backends = ", ".join(b for b, ok in (("numpy", t.name in QUANTIZERS),) if ok) or "none yet"
+        click.echo(f"{t.name:<8} {t.ggml_id:>3} {t.block_size:>5} {t.bits_per_weight:>6.3f}  {needs:<9} {backends}")
+
+
+@main.command()
+@click.argument("spec", type=click.Choice(["parler-tts-mini", "parler-tts-large", "dia", "kokoro", "orpheus"]))
+@click.argument("out")
+@click.option("--layers", type=int, default=None, help="Keep only this many layers per stack (fast tests).")
+@click.option("--dtype", type=click.Choice(["F32", "F16", "BF16"]), default="F32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(spec, out, layers, dtype, seed) -> None:
+    """Write a synthetic GGUF model with the exact layout of a TTS.cpp model (random weights)."""
+    from .synthetic import write_synthetic_model
+
+    try:
+        path = write_synthetic_model(spec, out, max_layers=layers, dtype=dtype, seed=seed)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", err=True)

@@ -1,0 +1,234 @@
+"""GGUF input and output: a memory-mapped reader over gguf.GGUFReader and a streaming, atomic writer.
+
+The reader hands out tensors as views of the mapped file; the writer lays out the header and
+tensor infos first (all types and sizes are known from the plan), then appends tensor data in
+order, in pieces, into a temporary file that is renamed over the destination only at the end.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+from .qtypes import BY_ID, QType
+
+
+class GGUFInputError(ValueError):
+    """The input file is not a usable GGUF file; the message is one line for the user."""
+
+
+@dataclass
+class SourceTensor:
+    name: str
+    qtype: QType
+    shape_gguf: tuple[int, ...]  # ggml order: ne0 (the row length) first
+    data_offset: int  # absolute, in the file
+    n_bytes: int
+
+    @property
+    def n_per_row(self) -> int:
+        return self.shape_gguf[0]
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape_gguf, dtype=np.int64))
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_elements // self.n_per_row
+
+    @property
+    def shape_numpy(self) -> tuple[int, ...]:
+        return tuple(reversed(self.shape_gguf))
+
+
+@dataclass
+class MetadataEntry:
+    key: str
+    value: Any
+    vtype: GGUFValueType
+    sub_type: GGUFValueType | None
+
+
+_NUMPY_SOURCE_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+
+
+class SourceModel:
+    """A GGUF file opened read-only: its metadata, its tensors, and float32 views of their rows."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise GGUFInputError(f"{self.path}: no such file")
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise GGUFInputError(f"{self.path}: not a GGUF file (magic {magic!r})")
+        try:
+            self._reader = GGUFReader(self.path, "r")
+        except Exception as e:  # the reader raises many kinds on a damaged header
+            raise GGUFInputError(f"{self.path}: unreadable or truncated GGUF header ({e})") from None
+        self.alignment = int(self._reader.alignment)
+        self.metadata = [_entry(f) for k, f in self._reader.fields.items() if not k.startswith("GGUF.")]
+        self.tensors: list[SourceTensor] = []
+        for t in self._reader.tensors:
+            qtype = BY_ID.get(int(t.tensor_type))
+            if qtype is None:
+                raise GGUFInputError(f"{self.path}: tensor {t.name} has unsupported type {t.tensor_type.name}")
+            st = SourceTensor(t.name, qtype, tuple(int(d) for d in t.shape), int(t.data_offset), int(t.n_bytes))
+            if st.data_offset + st.n_bytes > size:
+                raise GGUFInputError(
+                    f"{self.path}: truncated: tensor {t.name} ends at byte {st.data_offset + st.n_bytes}, "
+                    f"the file has {size}"
+                )
+            self.tensors.append(st)
+        self._map: np.memmap = self._reader.data
+
+    @property
+    def architecture(self) -> str | None:
+        for e in self.metadata:
+            if e.key == "general.architecture":
+                return str(e.value)
+        return None
+
+    def raw_bytes(self, t: SourceTensor, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The tensor's stored bytes [start, stop) as a view of the mapped file."""
+        stop = t.n_bytes if stop is None else stop
+        return self._map[t.data_offset + start : t.data_offset + stop]
+
+    def rows_as_float32(self, t: SourceTensor, row_start: int, row_stop: int) -> np.ndarray:
+        """Rows [row_start, row_stop) of a float tensor, widened exactly to float32 [rows, n_per_row]."""
+        dtype = _NUMPY_SOURCE_DTYPES.get(t.qtype.name)
+        if dtype is None:
+            raise GGUFInputError(f"tensor {t.name}: source type {t.qtype.name} cannot be quantized (F32, F16, BF16 only)")
+        row_bytes = t.n_per_row * t.qtype.type_size
+        raw = self.raw_bytes(t, row_start * row_bytes, row_stop * row_bytes).view(dtype)
+        raw = raw.reshape(row_stop - row_start, t.n_per_row)
+        if t.qtype.name == "F32":
+            return raw
+        if t.qtype.name == "F16":
+            return raw.astype(np.float32)
+        return (raw.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+    def release(self, t: SourceTensor, start: int = 0, stop: int | None = None) -> None:
+        """Drop the mapped pages of a processed range so resident memory stays bounded (page cache stays)."""
+        stop = t.n_bytes if stop is None else stop
+        page = mmap.PAGESIZE
+        a = (t.data_offset + start + page - 1) // page * page
+        b = (t.data_offset + stop) // page * page
+        if b > a and hasattr(self._map, "_mmap") and hasattr(mmap, "MADV_DONTNEED"):
+            self._map._mmap.madvise(mmap.MADV_DONTNEED, a, b - a)
+
+    def close(self) -> None:
+        mm = getattr(self._map, "_mmap", None)
+        self._reader = None  # type: ignore[assignment]
+        self._map = None  # type: ignore[assignment]
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:  # a view is still alive somewhere; the GC will unmap it
+                pass
+
+
+def _entry(field) -> MetadataEntry:
+    vtype = field.types[0]
+    sub_type = field.types[-1] if vtype == GGUFValueType.ARRAY else None
+    if vtype == GGUFValueType.ARRAY and len(field.types) > 2:
+        raise GGUFInputError(f"metadata key {field.name}: nested arrays are not supported")
+    return MetadataEntry(field.name, field.contents(), vtype, sub_type)
+
+
+@dataclass
+class PlannedTensor:
+    name: str
+    shape_numpy: tuple[int, ...]
+    qtype: QType
+    n_bytes: int
+
+
+class AtomicGGUFWriter:
+    """Writes a GGUF file to a temporary name next to `dst`; `commit()` renames it into place.
+
+    Any exit without commit (error, Ctrl-C) removes the temporary file, so no partial output remains.
+    """
+
+    def __init__(
+        self,
+        dst: str | os.PathLike[str],
+        metadata: Iterable[MetadataEntry],
+        tensors: list[PlannedTensor],
+        alignment: int,
+    ) -> None:
+        self.dst = Path(dst)
+        self.tmp = self.dst.with_name(f".{self.dst.name}.{os.getpid()}.partial")
+        self._writer = GGUFWriter(self.tmp, arch="")
+        self._writer.kv_data[0].clear()  # drop the arch key the constructor adds; we copy the input's own
+        self._writer.data_alignment = alignment
+        for e in metadata:
+            self._writer.add_key_value(e.key, e.value, e.vtype, e.sub_type)
+        for t in tensors:
+            # float32 as the nominal dtype makes gguf take the shape as elements, with raw_dtype as the type
+            self._writer.add_tensor_info(t.name, t.shape_numpy, np.dtype(np.float32), t.n_bytes, raw_dtype=t.qtype.ggml_id)
+        self._expected = [t.n_bytes for t in tensors]
+        self._index = 0
+        self._written_in_tensor = 0
+        self._committed = False
+        try:
+            self._writer.write_header_to_file()
+            self._writer.write_kv_data_to_file()
+            self._writer.write_ti_data_to_file()
+            self._out = self._writer.fout[0]
+            self._pad()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _pad(self) -> None:
+        pos = self._out.tell()
+        pad = -pos % self._writer.data_alignment
+        if pad:
+            self._out.write(b"\0" * pad)
+
+    def write(self, data: np.ndarray) -> None:
+        """Appends bytes of the current tensor; a tensor may arrive in any number of pieces."""
+        data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        need = self._expected[self._index] - self._written_in_tensor
+        if data.size > need:
+            raise RuntimeError(f"tensor {self._index}: {data.size} bytes given, {need} expected")
+        self._out.write(memoryview(data))
+        self._written_in_tensor += data.size
+        if self._written_in_tensor == self._expected[self._index]:
+            self._index += 1
+            self._written_in_tensor = 0
+            self._pad()
+
+    def commit(self) -> None:
+        if self._index != len(self._expected):
+            raise RuntimeError(f"only {self._index} of {len(self._expected)} tensors were written")
+        self._writer.close()  # no fsync: like llama-quantize, durability is left to the OS
+        os.replace(self.tmp, self.dst)
+        self._committed = True
+
+    def abort(self) -> None:
+        if self._committed:
+            return
+        try:
+            for f in self._writer.fout or []:
+                f.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicGGUFWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._committed:
+            self.abort()

@@ -1,0 +1,172 @@
+"""The file job: plan every tensor, then stream each one from the mapped input through a backend
+into the output, in row chunks, with progress and a summary."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .backends import get_backend
+from .gguf_io import AtomicGGUFWriter, GGUFInputError, MetadataEntry, PlannedTensor, SourceModel
+from .plan import Decision, PlanOptions, model_architecture, plan_tensor
+from .progress import Progress
+from .qtypes import QType, resolve
+from .summary import Summary, TensorRecord
+
+# float32 input per chunk: big enough to amortize per-call overhead, small enough to bound memory
+CHUNK_BYTES = 32 << 20
+QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION, as TTS.cpp and llama.cpp record it
+
+
+class NonFiniteError(ValueError):
+    pass
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def quantize_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    qtype: str | int | QType = "Q4_0",
+    *,
+    backend: str = "auto",
+    n_threads: int = 1,
+    convert_dac_to_f16: bool = False,
+    quantize_output_heads: bool = False,
+    quantize_text_embeddings: bool = False,
+    quantize_cross_attn_kv: bool = False,
+    convert_non_quantized_to_f16: bool = False,
+    imatrix: dict[str, np.ndarray] | None = None,
+    progress: bool = False,
+) -> Summary:
+    """Quantize a GGUF file; raises ValueError (one-line message) on bad input, leaving no output."""
+    src, dst = Path(src), Path(dst)
+    if _same_file(src, dst):
+        raise ValueError(f"output path {dst} is the input file; choose another")
+    target = resolve(qtype)
+    model = SourceModel(src)
+    try:
+        return _run(model, dst, target, backend, n_threads, imatrix, progress, PlanOptions(
+            qtype=target,
+            convert_dac_to_f16=convert_dac_to_f16,
+            quantize_output_heads=quantize_output_heads,
+            quantize_text_embeddings=quantize_text_embeddings,
+            quantize_cross_attn_kv=quantize_cross_attn_kv,
+            convert_non_quantized_to_f16=convert_non_quantized_to_f16,
+        ))
+    finally:
+        model.close()
+
+
+def _run(model, dst, target, backend_name, n_threads, imatrix, show_progress, options) -> Summary:
+    start = time.perf_counter()
+    arch = model_architecture(model.architecture)
+    be = get_backend(backend_name, n_threads=n_threads)
+    decisions: list[Decision] = []
+    for t in model.tensors:
+        d = plan_tensor(t.name, t.shape_gguf, t.qtype, arch, options)
+        if d.qtype != t.qtype:
+            if t.qtype.name not in ("F32", "F16", "BF16"):
+                raise GGUFInputError(
+                    f"tensor {t.name}: source type {t.qtype.name} is not supported (F32, F16 or BF16 only)"
+                )
+            if not be.supports(d.qtype):
+                raise ValueError(f"type {d.qtype.name} is not supported yet by the {be.name} backend")
+        decisions.append(d)
+
+    summary = Summary(str(model.path), str(dst), target.name, arch, be.name, n_threads)
+    report = Progress(sum(t.n_bytes for t in model.tensors), len(model.tensors)) if show_progress else None
+    _note_plan_warnings(model.tensors, decisions, summary, report)
+
+    metadata = [e for e in model.metadata if e.key not in _OWN_KEYS]
+    metadata += _quantization_keys(target)
+    planned = [
+        PlannedTensor(t.name, t.shape_numpy, d.qtype, t.n_rows * d.qtype.row_bytes(t.n_per_row))
+        for t, d in zip(model.tensors, decisions)
+    ]
+    with AtomicGGUFWriter(dst, metadata, planned, model.alignment) as writer:
+        for i, (t, d, p) in enumerate(zip(model.tensors, decisions, planned)):
+            weights = None if imatrix is None else imatrix.get(t.name)
+            if d.qtype == t.qtype:
+                _copy_tensor(model, t, writer)
+            else:
+                _convert_tensor(model, t, d.qtype, weights, be, writer)
+            summary.records.append(TensorRecord(
+                t.name, t.qtype.name, d.qtype.name, t.n_elements, t.n_bytes, p.n_bytes, d.reason,
+                d.fallback_from.name if d.fallback_from else None,
+                imatrix_used=weights is not None and d.qtype != t.qtype,
+            ))
+            if report:
+                report.tensor_done(i, t.name, t.qtype.name, d.qtype.name, t.n_bytes)
+        writer.commit()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+_OWN_KEYS = ("general.quantization_version", "general.quantization_type")
+
+
+def _quantization_keys(target: QType) -> list[MetadataEntry]:
+    from gguf import GGUFValueType
+
+    return [
+        MetadataEntry("general.quantization_version", QUANTIZATION_VERSION, GGUFValueType.UINT32, None),
+        MetadataEntry("general.quantization_type", target.ggml_id, GGUFValueType.UINT32, None),
+    ]
+
+
+def _note_plan_warnings(tensors, decisions, summary: Summary, report: Progress | None) -> None:
+    kept = [t.name for t, d in zip(tensors, decisions) if d.kept_unquantizable]
+    fallbacks: dict[tuple[str, str], list[str]] = {}
+    for t, d in zip(tensors, decisions):
+        if d.fallback_from:
+            fallbacks.setdefault((d.fallback_from.name, d.qtype.name), []).append(t.name)
+    messages = [
+        f"{len(names)} tensors with rows not a multiple of {a}'s block quantized as {b} instead "
+        f"(e.g. {names[0]})"
+        for (a, b), names in fallbacks.items()
+    ]
+    if kept:
+        messages.append(
+            f"{len(kept)} tensors kept as they are: no block size divides their rows (e.g. {kept[0]})"
+        )
+    summary.warnings.extend(messages)
+    if report:
+        for m in messages:
+            report.warn(m)
+
+
+def _copy_tensor(model: SourceModel, t, writer: AtomicGGUFWriter) -> None:
+    for a in range(0, t.n_bytes, CHUNK_BYTES):
+        b = min(t.n_bytes, a + CHUNK_BYTES)
+        writer.write(model.raw_bytes(t, a, b))
+        model.release(t, a, b)
+
+
+def _convert_tensor(model: SourceModel, t, qtype: QType, weights, be, writer: AtomicGGUFWriter) -> None:
+    rows_per_chunk = max(1, CHUNK_BYTES // (4 * t.n_per_row))
+    src_row_bytes = t.n_bytes // t.n_rows
+    check = not qtype.is_float
+    for r0 in range(0, t.n_rows, rows_per_chunk):
+        r1 = min(t.n_rows, r0 + rows_per_chunk)
+        x = model.rows_as_float32(t, r0, r1)
+        if check and not _all_finite(x):
+            bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0]) + r0
+            raise NonFiniteError(f"tensor {t.name}: NaN or Inf weight in row {bad}; refusing to quantize it")
+        writer.write(be.quantize(x, qtype, weights))
+        model.release(t, r0 * src_row_bytes, r1 * src_row_bytes)
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    # max/min propagate NaN and expose +-Inf without allocating a mask the size of x
+    return bool(np.isfinite(x.max()) and np.isfinite(x.min()))

@@ -1,0 +1,45 @@
+"""Progress on stderr: tensor i/n, bytes done, rate; redrawn in place on a terminal, throttled otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    def __init__(self, total_bytes: int, n_tensors: int, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.total_bytes = max(1, total_bytes)
+        self.n_tensors = n_tensors
+        self.done_bytes = 0
+        self.start = time.perf_counter()
+        self._last_draw = 0.0
+        self._tty = self.stream.isatty()
+        self._interval = 0.1 if self._tty else 2.0
+
+    def warn(self, message: str) -> None:
+        self._clear()
+        print(f"warning: {message}", file=self.stream)
+
+    def tensor_done(self, index: int, name: str, src: str, dst: str, n_bytes: int) -> None:
+        self.done_bytes += n_bytes
+        now = time.perf_counter()
+        last = index + 1 == self.n_tensors
+        if not last and now - self._last_draw < self._interval:
+            return
+        self._last_draw = now
+        rate = self.done_bytes / 1e9 / max(now - self.start, 1e-9)
+        line = (
+            f"[{index + 1:>4}/{self.n_tensors}] {self.done_bytes / 1e6:9.1f}/{self.total_bytes / 1e6:.1f} MB "
+            f"{rate:6.2f} GB/s  {name} {src}->{dst}"
+        )
+        if self._tty:
+            self.stream.write("\r\033[K" + line[:160] + ("\n" if last else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def _clear(self) -> None:
+        if self._tty:
+            self.stream.write("\r\033[K")

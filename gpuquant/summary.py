@@ -1,0 +1,98 @@
+"""What a file run did: one record per tensor, totals, and the table printed at the end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TensorRecord:
+    name: str
+    src_type: str
+    dst_type: str
+    n_elements: int
+    bytes_in: int
+    bytes_out: int
+    reason: str
+    fallback_from: str | None = None
+    imatrix_used: bool = False
+
+
+@dataclass
+class Summary:
+    src: str
+    dst: str
+    requested_type: str
+    architecture: str
+    backend: str
+    n_threads: int
+    records: list[TensorRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    imatrix_file: str | None = None
+
+    @property
+    def bytes_in(self) -> int:
+        return sum(r.bytes_in for r in self.records)
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(r.bytes_out for r in self.records)
+
+    @property
+    def n_elements(self) -> int:
+        return sum(r.n_elements for r in self.records)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.bytes_out * 8 / max(1, self.n_elements)
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes_in / 1e9 / max(self.seconds, 1e-9)
+
+    @property
+    def n_fallbacks(self) -> int:
+        return sum(1 for r in self.records if r.fallback_from)
+
+    def by_type(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for r in self.records:
+            row = out.setdefault(r.dst_type, {"tensors": 0, "n_elements": 0, "bytes_in": 0, "bytes_out": 0})
+            row["tensors"] += 1
+            row["n_elements"] += r.n_elements
+            row["bytes_in"] += r.bytes_in
+            row["bytes_out"] += r.bytes_out
+        return out
+
+    def table(self) -> str:
+        lines = [
+            f"{self.src} -> {self.dst}",
+            f"architecture {self.architecture}, requested {self.requested_type}, "
+            f"backend {self.backend} ({self.n_threads} thread{'s' if self.n_threads != 1 else ''})",
+            "",
+            f"{'type':<8} {'tensors':>7} {'MB before':>11} {'MB after':>11} {'bits/weight':>11}",
+        ]
+        for name, row in sorted(self.by_type().items(), key=lambda kv: -kv[1]["bytes_in"]):
+            bpw = row["bytes_out"] * 8 / max(1, row["n_elements"])
+            lines.append(
+                f"{name:<8} {row['tensors']:>7} {row['bytes_in'] / 1e6:>11.2f} {row['bytes_out'] / 1e6:>11.2f} {bpw:>11.3f}"
+            )
+        lines.append(
+            f"{'total':<8} {len(self.records):>7} {self.bytes_in / 1e6:>11.2f} {self.bytes_out / 1e6:>11.2f} "
+            f"{self.bits_per_weight:>11.3f}"
+        )
+        lines.append("")
+        extra = []
+        if self.n_fallbacks:
+            extra.append(f"{self.n_fallbacks} row-length fallbacks")
+        if self.imatrix_file:
+            used = sum(1 for r in self.records if r.imatrix_used)
+            extra.append(f"imatrix {self.imatrix_file}: used for {used} tensors")
+        if self.warnings:
+            extra.append(f"{len(self.warnings)} warnings")
+        lines.append(
+            f"{self.seconds:.2f} s, {self.gb_per_s:.2f} GB/s of input"
+            + (f"; {'; '.join(extra)}" if extra else "")
+        )
+        return "\n".join(lines)

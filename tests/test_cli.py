@@ -1,0 +1,171 @@
+"""The `gpuquant` command: TTS.cpp's flags, the positional form, errors as one line, no partial output."""
+
+from __future__ import annotations
+
+import os
+
+import gguf
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tiny_models import kokoro_like, write_tiny
+
+import gpuquant
+from gpuquant.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return write_tiny(tmp_path / "tiny.gguf", kokoro_like(np.random.default_rng(1)))
+
+
+def out_types(path):
+    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+
+
+def leftovers(directory):
+    return [p for p in os.listdir(directory) if p.endswith(".partial")]
+
+
+def test_tts_cpp_long_and_short_flags(tiny, tmp_path):
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    r1 = run("quantize", "--model-path", str(tiny), "--quantized-model-path", str(a),
+             "--quantized-type", "Q5_0", "--n-threads", "2", "--quiet")
+    r2 = run("quantize", "-mp", str(tiny), "-qp", str(b), "-qt", "q5_0", "-nt", "1", "-q")
+    assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
+    assert a.read_bytes() == b.read_bytes()
+    assert out_types(a)["kokoro.albert.layer.0.q"] == "Q5_0"
+    assert out_types(a)["kokoro.albert.layer.0.attn_norm"] == "F32"
+    assert r1.output == ""  # --quiet silences progress and summary
+
+
+@pytest.mark.parametrize("spelling,expected", [("2", "Q4_0"), ("8", "Q8_0"), ("1", "F16"), ("Q4", "Q4_0"),
+                                               ("q8", "Q8_0"), ("fp16", "F16"), ("Q4_1", "Q4_1")])
+def test_type_names_and_ids(tiny, tmp_path, spelling, expected):
+    out = tmp_path / "o.gguf"
+    r = run("quantize", "-mp", str(tiny), "-qp", str(out), "-qt", spelling, "-q")
+    assert r.exit_code == 0, r.output
+    assert out_types(out)["kokoro.albert.layer.0.ffn"] == expected
+
+
+def test_default_type_is_q4_0_and_positional_form(tiny, tmp_path):
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    assert run("quantize", "-mp", str(tiny), "-qp", str(a), "-q").exit_code == 0
+    assert run("quantize", str(tiny), str(b), "q4_0", "-q").exit_code == 0
+    assert out_types(a)["kokoro.albert.layer.0.q"] == "Q4_0"
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_summary_table_and_progress_on_stderr(tiny, tmp_path):
+    r = CliRunner().invoke(main, ["quantize", str(tiny), str(tmp_path / "o.gguf"), "Q8_0"])
+    assert r.exit_code == 0
+    text = r.output
+    assert "Q8_0" in text and "bits/weight" in text and "GB/s" in text and "[   4/4]" in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["quantize", "-mp", "missing.gguf", "-qp", "x.gguf"], "no such file"),
+    (["quantize", "IN", "OUT", "Q9_9"], "unknown quantization type"),
+    (["quantize", "-qp", "x.gguf"], "missing the input"),
+    (["quantize", "a", "b", "c", "d"], "too many arguments"),
+])
+def test_usage_errors_are_one_line(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "IN").write_bytes(b"GGUF")
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], r.output
+
+
+def test_output_equal_to_input_is_refused(tiny):
+    before = tiny.read_bytes()
+    r = CliRunner().invoke(main, ["quantize", str(tiny), str(tiny)])
+    assert r.exit_code == 1 and "is the input file" in r.output
+    assert tiny.read_bytes() == before
+
+
+def test_not_gguf_and_truncated(tmp_path, tiny):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"PK\x03\x04" + bytes(100))
+    r = CliRunner().invoke(main, ["quantize", str(junk), str(tmp_path / "o.gguf")])
+    assert r.exit_code == 1 and "not a GGUF file" in r.output
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny.read_bytes()[:-100])
+    r = CliRunner().invoke(main, ["quantize", str(cut), str(tmp_path / "o.gguf")])
+    assert r.exit_code == 1 and "truncated" in r.output
+    cut.write_bytes(tiny.read_bytes()[:60])
+    r = CliRunner().invoke(main, ["quantize", str(cut), str(tmp_path / "o.gguf")])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o.gguf").exists() and not leftovers(tmp_path)
+
+
+def test_unknown_architecture(tmp_path):
+    src = write_tiny(tmp_path / "w.gguf", kokoro_like(np.random.default_rng(2)), arch="whisper")
+    r = CliRunner().invoke(main, ["quantize", str(src), str(tmp_path / "o.gguf")])
+    assert r.exit_code == 1 and "whisper" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_nan_stops_the_run_and_names_the_tensor(tmp_path):
+    tensors = kokoro_like(np.random.default_rng(3))
+    tensors["kokoro.albert.layer.0.ffn"][5, 17] = np.nan
+    src = write_tiny(tmp_path / "nan.gguf", tensors)
+    out = tmp_path / "o.gguf"
+    out.write_bytes(b"previous contents")
+    r = CliRunner().invoke(main, ["quantize", str(src), str(out)])
+    assert r.exit_code == 1 and "kokoro.albert.layer.0.ffn" in r.output and "row 5" in r.output
+    assert out.read_bytes() == b"previous contents" and not leftovers(tmp_path)
+    tensors["kokoro.albert.layer.0.ffn"][5, 17] = -np.inf
+    src = write_tiny(tmp_path / "inf.gguf", tensors)
+    r = CliRunner().invoke(main, ["quantize", str(src), str(out)])
+    assert r.exit_code == 1 and "NaN or Inf" in r.output
+
+
+def test_rows_not_a_multiple_of_the_block_are_kept_with_a_warning(tmp_path):
+    tensors = kokoro_like(np.random.default_rng(4))
+    tensors["kokoro.albert.layer.0.k"] = np.ones((4, 20), dtype=np.float32)
+    src = write_tiny(tmp_path / "odd.gguf", tensors)
+    out = tmp_path / "o.gguf"
+    r = CliRunner().invoke(main, ["quantize", str(src), str(out), "Q4_0"])
+    assert r.exit_code == 0
+    assert "warning:" in r.output and "kokoro.albert.layer.0.k" in r.output
+    reader = gguf.GGUFReader(out)
+    odd = next(t for t in reader.tensors if t.name == "kokoro.albert.layer.0.k")
+    assert odd.tensor_type.name == "F32" and np.array_equal(np.asarray(odd.data), tensors["kokoro.albert.layer.0.k"])
+
+
+def test_ctrl_c_leaves_no_partial_file(tiny, tmp_path, monkeypatch):
+    from gpuquant.backends.numpy_backend import NumpyBackend
+
+    def interrupted(self, x, qtype, imatrix):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(NumpyBackend, "quantize", interrupted)
+    out = tmp_path / "o.gguf"
+    r = CliRunner().invoke(main, ["quantize", str(tiny), str(out), "--backend", "numpy"])
+    assert r.exit_code == 130 and "interrupted" in r.output
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_module_entry_point(tiny, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "o.gguf"
+    p = subprocess.run([sys.executable, "-m", "gpuquant", "quantize", str(tiny), str(out), "8", "--quiet"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert out_types(out)["kokoro.albert.layer.0.q"] == "Q8_0"
+    assert gpuquant.__version__
+
+
+def test_types_command_lists_every_type():
+    r = run("types")
+    assert r.exit_code == 0
+    for name in gpuquant.QTYPES:
+        assert f"\n{name} " in "\n" + r.output

@@ -1,0 +1,117 @@
+"""End to end: synthetic TTS.cpp models of the real layout through the file pipeline."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+
+import gpuquant
+from gpuquant.gguf_io import SourceModel
+from gpuquant.synthetic import load_spec, write_synthetic_model
+
+FLAGS = {
+    "-qh": "quantize_output_heads",
+    "-qe": "quantize_text_embeddings",
+    "-qkv": "quantize_cross_attn_kv",
+    "-df": "convert_dac_to_f16",
+    "-nqf": "convert_non_quantized_to_f16",
+}
+
+
+def expected_type(spec_tensor: dict, target: str, flags: set[str]) -> str:
+    """What TTS.cpp's quantize makes of a tensor, from the spec's record alone."""
+    rule = spec_tensor["tts_cpp_quantize"]
+    if rule["quantized_by_default"] or (rule["quantized_only_with"] in flags):
+        return target
+    if "-nqf" in flags and rule["f16_with_nqf_if_not_quantized"]:
+        return "F16"
+    if "-df" in flags and rule["f16_with_df_if_not_quantized"]:
+        return "F16"
+    return spec_tensor["dtype"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "kokoro": write_synthetic_model("kokoro", d / "kokoro.gguf"),
+        "parler-tts-mini": write_synthetic_model("parler-tts-mini", d / "parler.gguf", max_layers=1),
+        "dia": write_synthetic_model("dia", d / "dia.gguf", max_layers=1),
+    }
+
+
+def _check_output(src, dst, spec_name, target, flags, summary):
+    spec = {t["name"]: t for t in load_spec(spec_name)["tensors"]}
+    reader = gguf.GGUFReader(dst)
+    source = SourceModel(src)
+    src_reader = gguf.GGUFReader(src)
+    # metadata: every input key, unchanged, then the two quantization keys
+    out_keys = [k for k in reader.fields if not k.startswith("GGUF.")]
+    in_keys = [k for k in src_reader.fields if not k.startswith("GGUF.")]
+    assert out_keys == in_keys + ["general.quantization_version", "general.quantization_type"]
+    for k in in_keys:
+        assert reader.fields[k].contents() == src_reader.fields[k].contents(), k
+    assert reader.fields["general.quantization_version"].contents() == 2
+    assert reader.fields["general.quantization_type"].contents() == gpuquant.resolve(target).ggml_id
+    # tensors: input order, expected types, bytes equal to quantize() of the input
+    assert [t.name for t in reader.tensors] == [t.name for t in source.tensors]
+    for out, t in zip(reader.tensors, source.tensors):
+        want = expected_type(spec[t.name], target, flags)
+        assert out.tensor_type.name == want, (t.name, flags)
+        assert out.data_offset % reader.alignment == 0
+        x = source.rows_as_float32(t, 0, t.n_rows)
+        raw = np.asarray(out.data).reshape(-1).view(np.uint8)
+        if want == t.qtype.name:
+            expected = np.asarray(source.raw_bytes(t))
+        else:
+            expected = gpuquant.quantize(x, want, backend="numpy").reshape(-1)
+        assert np.array_equal(raw, expected), t.name
+    assert len(summary.records) == len(source.tensors)
+    source.close()
+
+
+@pytest.mark.parametrize("spec_name", ["kokoro", "parler-tts-mini", "dia"])
+def test_default_flags_q4_0(models, tmp_path, spec_name):
+    dst = tmp_path / "out.gguf"
+    summary = gpuquant.quantize_file(models[spec_name], dst, "Q4_0", backend="numpy", n_threads=2)
+    _check_output(models[spec_name], dst, spec_name, "Q4_0", set(), summary)
+    assert summary.by_type()["Q4_0"]["tensors"] > 0
+
+
+@pytest.mark.parametrize("flag", sorted(FLAGS))
+def test_each_flag_parler(models, tmp_path, flag):
+    dst = tmp_path / "out.gguf"
+    summary = gpuquant.quantize_file(models["parler-tts-mini"], dst, "Q8_0", backend="numpy", **{FLAGS[flag]: True})
+    _check_output(models["parler-tts-mini"], dst, "parler-tts-mini", "Q8_0", {flag}, summary)
+
+
+def test_all_flags_dia_q5_1(models, tmp_path):
+    dst = tmp_path / "out.gguf"
+    summary = gpuquant.quantize_file(models["dia"], dst, "Q5_1", backend="numpy", **{v: True for v in FLAGS.values()})
+    _check_output(models["dia"], dst, "dia", "Q5_1", set(FLAGS), summary)
+
+
+def test_kokoro_nqf_f16_target(models, tmp_path):
+    dst = tmp_path / "out.gguf"
+    summary = gpuquant.quantize_file(models["kokoro"], dst, "F16", backend="numpy", convert_non_quantized_to_f16=True)
+    _check_output(models["kokoro"], dst, "kokoro", "F16", {"-nqf"}, summary)
+
+
+def test_f16_and_bf16_sources_are_widened_exactly(tmp_path):
+    for dtype in ("F16", "BF16"):
+        src = write_synthetic_model("kokoro", tmp_path / f"k-{dtype}.gguf", dtype=dtype)
+        dst = tmp_path / f"k-{dtype}-q8.gguf"
+        gpuquant.quantize_file(src, dst, "Q8_0", backend="numpy")
+        source, reader = SourceModel(src), gguf.GGUFReader(dst)
+        n_quantized = 0
+        for out, t in zip(reader.tensors, source.tensors):
+            if out.tensor_type.name != "Q8_0":
+                assert out.tensor_type.name == dtype
+                continue
+            x = source.rows_as_float32(t, 0, t.n_rows)
+            expected = gpuquant.quantize(x, "Q8_0", backend="numpy").reshape(-1)
+            assert np.array_equal(np.asarray(out.data).reshape(-1), expected), t.name
+            n_quantized += 1
+        assert n_quantized > 50
+        source.close()
