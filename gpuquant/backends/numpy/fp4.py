@@ -1,4 +1,192 @@
-"""(in progress) numpy quantizers: registers nothing yet."""
+"""MXFP4 (32-weight blocks, E8M0 power-of-two scale) and NVFP4 (64-weight blocks, one UE4M3 scale
+per 16 weights): E2M1 4-bit floats.
 
-QUANTIZERS: dict = {}
-DEQUANTIZERS: dict = {}
+ggml stores the E2M1 levels doubled (kvalues_fp4: 0, 1, 2, 3, 4, 6, 8, 12 and their negatives)
+and halves the scale to match. Each weight takes the first level of least |level * d - x|.
+ggml ignores the importance matrix for both types.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+QK_MXFP4 = 32
+QK_NVFP4 = 64
+NVFP4_SUB = 16  # weights per UE4M3 scale
+_MXFP4_BYTES = 17  # e (E8M0), qs[16]
+_NVFP4_BYTES = 36  # d[4] (UE4M3), qs[32]
+
+_CHUNK_WEIGHTS = 1 << 18  # weights per vectorized step: keeps the temporaries in cache
+
+
+def _by_chunks(blocks: np.ndarray, type_size: int, quantize_blocks) -> np.ndarray:
+    """quantize_blocks ([n, block] -> [n, type_size] uint8) applied a cache-sized slice at a time."""
+    out = np.empty((blocks.shape[0], type_size), dtype=np.uint8)
+    step = max(1, _CHUNK_WEIGHTS // blocks.shape[1])
+    for start in range(0, blocks.shape[0], step):
+        out[start : start + step] = quantize_blocks(blocks[start : start + step])
+    return out
+
+
+KVALUES_FP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.int8)
+_KVALUES_F32 = KVALUES_FP4.astype(np.float32)
+
+
+def _e8m0_half_table() -> np.ndarray:
+    """ggml_e8m0_to_fp32_half for every byte: 2^(e - 128), denormal for e < 2."""
+    e = np.arange(256, dtype=np.uint32)
+    bits = np.where(e < 2, np.uint32(0x00200000) << e, (e - np.uint32(1)) << np.uint32(23))
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def _ue4m3_table() -> np.ndarray:
+    """ggml_ue4m3_to_fp32 for every byte (already halved, like the doubled levels)."""
+    b = np.arange(256)
+    exp = (b >> 3) & 0xF
+    man = b & 7
+    raw = np.where(exp == 0, man * 2.0**-9, (1 + man / 8) * np.exp2(exp - 7.0))
+    raw[(b == 0) | (b == 0x7F)] = 0
+    return (raw * 0.5).astype(np.float32)  # every entry is exact in float32
+
+
+_E8M0_HALF = _e8m0_half_table()
+_UE4M3 = _ue4m3_table()
+_MAGNITUDES = _KVALUES_F32[:8]  # 0, 1, 2, 3, 4, 6, 8, 12
+# Midpoints between neighbouring magnitudes, in units of d.
+_MIDPOINTS = np.array([0.5, 1.5, 2.5, 3.5, 5, 7, 10], dtype=np.float32)
+_FLT_MIN = np.float32(2.0**-126)
+_RATIO_LIMIT = np.float32(2.0**20)  # |x| / d below this: rounding never merges two errors
+
+
+def _search_fp4(x: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """best_index_mxfp4 itself: index (uint8) of the first level with the least |level * d - x|
+    (strict comparison, levels in table order), for x [..., m] and d [..., 1], d >= 0.
+
+    Folded on the sign: for x >= 0 a negative level's error (kd + x) is never below index 0's
+    error x, and for x < 0 neither is a positive level's (kd + |x|); the negative levels then
+    give exactly the errors of the positive ones on |x|, in the same order. So the search runs
+    over the 8 magnitudes on |x| and negative x moves a nonzero index to the negative half."""
+    ax = np.abs(x)
+    index = np.zeros(x.shape, dtype=np.uint8)
+    best_err = ax.copy()  # magnitude 0
+    err = np.empty_like(ax)
+    for i in range(1, 8):
+        np.subtract(_MAGNITUDES[i] * d, ax, out=err)
+        np.abs(err, out=err)
+        better = err < best_err
+        np.copyto(index, np.uint8(i), where=better)
+        np.copyto(best_err, err, where=better)
+    np.add(index, np.uint8(8), out=index, where=(x < 0) & (index > 0))
+    return index
+
+
+def _nearest_fp4(x: np.ndarray, d: np.ndarray, amax: np.ndarray) -> np.ndarray:
+    """_search_fp4's result, mostly by counting midpoints: for normal d with at most 4
+    significant bits (every level * d and midpoint * d exact) and |x| < 2^20 d, both errors are
+    exact near each midpoint (Sterbenz) and clearly apart elsewhere, and ties keep the smaller
+    magnitude, so the magnitude index is the number of midpoints strictly below |x| / d.
+    Blocks outside those bounds (d = 0 among them) take the literal search."""
+    ax = np.abs(x)
+    index = np.zeros(x.shape, dtype=np.uint8)
+    for midpoint in _MIDPOINTS:
+        np.add(index, ax > midpoint * d, out=index)
+    np.add(index, np.uint8(8), out=index, where=(x < 0) & (index > 0))
+    with np.errstate(over="ignore"):
+        unproven = (d[..., 0] < _FLT_MIN) | (amax >= _RATIO_LIMIT * d[..., 0])
+    if unproven.any():
+        index[unproven] = _search_fp4(x[unproven], d[unproven])
+    return index
+
+
+def _pack_halves(index: np.ndarray) -> np.ndarray:
+    """[..., 2h] level indices -> [..., h] bytes: first half in low nibbles, second half high."""
+    h = index.shape[-1] // 2
+    return index[..., :h] | (index[..., h:] << np.uint8(4))
+
+
+def _floor_log2f(amax: np.ndarray) -> np.ndarray:
+    """floorf(log2f(amax)) with log2f rounded to float32 (so values just under 2^k give k, as
+    in C), computed through float64."""
+    return np.floor(np.log2(amax.astype(np.float64)).astype(np.float32))
+
+
+def _max_abs(blocks: np.ndarray) -> np.ndarray:
+    """`if (amax < fabsf(v)) amax = fabsf(v)` from 0: the maximum, NaN never taken."""
+    amax = np.fmax.reduce(np.abs(blocks), axis=1)
+    return np.where(amax > 0, amax, np.float32(0))
+
+
+def _mxfp4_blocks(blocks: np.ndarray) -> np.ndarray:
+    amax = _max_abs(blocks)
+    exponent = _floor_log2f(np.where(amax > 0, amax, np.float32(1))) + np.float32(125)  # -2 + 127
+    # (uint8_t) of the float: in range for any normal amax; wraps like an int cast otherwise
+    e = np.where(amax > 0, exponent.astype(np.int32) & 0xFF, 0).astype(np.uint8)
+    d = _E8M0_HALF[e][:, None]
+    out = np.empty((blocks.shape[0], _MXFP4_BYTES), dtype=np.uint8)
+    out[:, 0] = e
+    out[:, 1:] = _pack_halves(_nearest_fp4(blocks, d, amax))
+    return out
+
+
+def fp32_to_ue4m3(v: np.ndarray) -> np.ndarray:
+    """ggml_fp32_to_ue4m3: 0 for v <= 0 or NaN, saturates at 0x7E, rounds half up on the
+    mantissa, subnormals via (int)(v * 512 + 0.5) in float32."""
+    v = np.asarray(v, dtype=np.float32)
+    positive = v > 0
+    v = np.where(v > np.float32(448), np.float32(448), np.where(positive, v, np.float32(0)))
+    bits = v.view(np.uint32).astype(np.int64)
+    exp = ((bits >> 23) & 0xFF) - 127 + 7
+    man = ((bits >> 20) & 7) + ((bits >> 19) & 1)
+    carry = man > 7
+    man = np.where(carry, 0, man)
+    exp = np.where(carry, exp + 1, exp)
+    normal = np.where(exp >= 15, 0x7E, (exp << 3) | man)
+    sub_man = np.minimum((v * np.float32(512) + np.float32(0.5)).astype(np.int64), 7)
+    subnormal = np.where(sub_man < 1, 0, sub_man)
+    # the subnormal branch is taken on the exponent before any mantissa carry
+    taken_subnormal = ((bits >> 23) & 0xFF) - 127 + 7 <= 0
+    code = np.where(taken_subnormal, subnormal, normal)
+    return np.where(positive, code, 0).astype(np.uint8)
+
+
+def _nvfp4_blocks(blocks: np.ndarray) -> np.ndarray:
+    subs = blocks.reshape(-1, NVFP4_SUB)
+    amax = _max_abs(subs)
+    ue = fp32_to_ue4m3(amax / np.float32(6))
+    d = _UE4M3[ue][:, None]
+    packed = _pack_halves(_nearest_fp4(subs, d, amax))  # [n_sub_total, 8]
+    n = blocks.shape[0]
+    out = np.empty((n, _NVFP4_BYTES), dtype=np.uint8)
+    out[:, 0:4] = ue.reshape(n, 4)
+    out[:, 4:] = packed.reshape(n, 32)
+    return out
+
+
+def quantize_mxfp4(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _by_chunks(x.reshape(-1, QK_MXFP4), _MXFP4_BYTES, _mxfp4_blocks).reshape(x.shape[0], -1)
+
+
+def quantize_nvfp4(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _by_chunks(x.reshape(-1, QK_NVFP4), _NVFP4_BYTES, _nvfp4_blocks).reshape(x.shape[0], -1)
+
+
+def _unpack_halves(qs: np.ndarray) -> np.ndarray:
+    return np.concatenate([qs & np.uint8(0xF), qs >> np.uint8(4)], axis=-1)
+
+
+@np.errstate(over="ignore")  # the largest E8M0 scales overflow, as in C
+def dequantize_mxfp4(q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks = q.reshape(-1, _MXFP4_BYTES)
+    d = _E8M0_HALF[blocks[:, 0]][:, None]
+    return (_KVALUES_F32[_unpack_halves(blocks[:, 1:])] * d).reshape(q.shape[0], n_per_row)
+
+
+def dequantize_nvfp4(q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks = q.reshape(-1, _NVFP4_BYTES)
+    d = _UE4M3[blocks[:, 0:4]][:, :, None]  # [n, 4, 1]
+    qs = blocks[:, 4:].reshape(-1, 4, 8)
+    return (_KVALUES_F32[_unpack_halves(qs)] * d).reshape(q.shape[0], n_per_row)
+
+
+QUANTIZERS = {"MXFP4": quantize_mxfp4, "NVFP4": quantize_nvfp4}
+DEQUANTIZERS = {"MXFP4": dequantize_mxfp4, "NVFP4": dequantize_nvfp4}

@@ -1,4 +1,85 @@
-"""(in progress) numpy quantizers: registers nothing yet."""
+"""Q1_0 (128-weight blocks, sign bits) and Q2_0 (64-weight blocks, levels -1, 0, 1, 2).
 
-QUANTIZERS: dict = {}
-DEQUANTIZERS: dict = {}
+Q1_0 keeps each weight's sign (x >= 0 is +d) with d the block's mean |x|; Q2_0 stores
+clamp(roundf(x / amax), -1, 2) + 1 as 2-bit fields with d = amax. Both scales are fp16 and
+ggml ignores the importance matrix for both (it only switches to a row-by-row loop).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .rounding import fp16_bits, fp16_bits_to_f32, roundf
+
+QK1_0 = 128
+QK2_0 = 64
+_Q1_0_BYTES = 18  # fp16 d, qs[16] (one bit per weight, weight j in bit j % 8 of byte j / 8)
+_Q2_0_BYTES = 18  # fp16 d, qs[16] (two bits per weight, weight j in bits 2 (j % 4) of byte j / 4)
+
+_CHUNK_WEIGHTS = 1 << 18  # weights per vectorized step: keeps the temporaries in cache
+
+
+def _by_chunks(blocks: np.ndarray, type_size: int, quantize_blocks) -> np.ndarray:
+    """quantize_blocks ([n, block] -> [n, type_size] uint8) applied a cache-sized slice at a time."""
+    out = np.empty((blocks.shape[0], type_size), dtype=np.uint8)
+    step = max(1, _CHUNK_WEIGHTS // blocks.shape[1])
+    for start in range(0, blocks.shape[0], step):
+        out[start : start + step] = quantize_blocks(blocks[start : start + step])
+    return out
+
+
+def _q1_0_blocks(blocks: np.ndarray) -> np.ndarray:
+    # mean |x| summed in weight order, as ggml's loop does
+    abs_columns = np.ascontiguousarray(np.abs(blocks).T)
+    sum_abs = np.zeros(blocks.shape[0], dtype=np.float32)
+    for column in abs_columns:
+        sum_abs += column
+    d = sum_abs / np.float32(QK1_0)
+    out = np.empty((blocks.shape[0], _Q1_0_BYTES), dtype=np.uint8)
+    out[:, 0:2] = fp16_bits(d).view(np.uint8).reshape(-1, 2)
+    out[:, 2:] = np.packbits(blocks >= 0, axis=1, bitorder="little")
+    return out
+
+
+def _q2_0_blocks(blocks: np.ndarray) -> np.ndarray:
+    amax = np.fmax.reduce(np.abs(blocks), axis=1)  # `if (a > amax)` from 0: NaN never taken
+    amax = np.where(amax > 0, amax, np.float32(0))
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        inv_d = np.where(amax > 0, np.float32(1) / amax, np.float32(0))  # inf for denormal amax
+        # (int)roundf(v) of an inf/NaN v is INT_MIN on x86, as numpy's cast: clamps to level 0
+        rounded = roundf(blocks * inv_d[:, None]).astype(np.int32)
+    levels = np.clip(rounded.astype(np.int64) + 1, 0, 3).astype(np.uint8)
+    fields = levels.reshape(-1, QK2_0 // 4, 4)
+    out = np.empty((blocks.shape[0], _Q2_0_BYTES), dtype=np.uint8)
+    out[:, 0:2] = fp16_bits(amax).view(np.uint8).reshape(-1, 2)
+    out[:, 2:] = fields[..., 0] | (fields[..., 1] << 2) | (fields[..., 2] << 4) | (fields[..., 3] << 6)
+    return out
+
+
+def quantize_q1_0(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _by_chunks(x.reshape(-1, QK1_0), _Q1_0_BYTES, _q1_0_blocks).reshape(x.shape[0], -1)
+
+
+def quantize_q2_0(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _by_chunks(x.reshape(-1, QK2_0), _Q2_0_BYTES, _q2_0_blocks).reshape(x.shape[0], -1)
+
+
+def dequantize_q1_0(q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks = q.reshape(-1, _Q1_0_BYTES)
+    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2"))  # [n, 1]
+    signs = np.unpackbits(blocks[:, 2:], axis=1, bitorder="little").astype(bool)
+    return np.where(signs, d, -d).reshape(q.shape[0], n_per_row)
+
+
+def dequantize_q2_0(q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks = q.reshape(-1, _Q2_0_BYTES)
+    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2"))  # [n, 1]
+    qs = blocks[:, 2:, None]
+    fields = (qs >> (2 * np.arange(4, dtype=np.uint8))) & np.uint8(3)  # [n, 16, 4]
+    levels = fields.reshape(blocks.shape[0], QK2_0).astype(np.int32) - 1
+    with np.errstate(invalid="ignore"):  # inf scale times a zero level
+        return (levels.astype(np.float32) * d).reshape(q.shape[0], n_per_row)
+
+
+QUANTIZERS = {"Q1_0": quantize_q1_0, "Q2_0": quantize_q2_0}
+DEQUANTIZERS = {"Q1_0": dequantize_q1_0, "Q2_0": dequantize_q2_0}

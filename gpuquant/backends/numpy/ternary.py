@@ -1,4 +1,137 @@
-"""(in progress) numpy quantizers: registers nothing yet."""
+"""TQ1_0 and TQ2_0: ternary weights {-1, 0, 1} times the block's absolute max (BitNet b1.58).
 
-QUANTIZERS: dict = {}
-DEQUANTIZERS: dict = {}
+One 256-weight block, one fp16 scale d = max |x|; each weight becomes lroundf(x / d) + 1 in
+{0, 1, 2}. TQ2_0 stores the trits as 2-bit fields; TQ1_0 packs five trits per byte as a base-3
+number scaled to the byte range (ceil(q * 256 / 243)), so that trit n is recovered as the top
+digit of (byte * 3^n mod 256) * 3. ggml ignores the importance matrix for both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .rounding import fp16_bits, fp16_bits_to_f32, roundf
+
+QK_K = 256
+_TQ1_BYTES = 54  # qs[48] (five trits each), qh[4] (four trits each), fp16 d
+_TQ2_BYTES = 66  # qs[64] (four 2-bit trits each), fp16 d
+
+_CHUNK_WEIGHTS = 1 << 18  # weights per vectorized step: keeps the temporaries in cache
+
+
+def _by_chunks(blocks: np.ndarray, type_size: int, quantize_blocks) -> np.ndarray:
+    """quantize_blocks ([n, block] -> [n, type_size] uint8) applied a cache-sized slice at a time."""
+    out = np.empty((blocks.shape[0], type_size), dtype=np.uint8)
+    step = max(1, _CHUNK_WEIGHTS // blocks.shape[1])
+    for start in range(0, blocks.shape[0], step):
+        out[start : start + step] = quantize_blocks(blocks[start : start + step])
+    return out
+
+
+def _running_max_abs(blocks: np.ndarray) -> np.ndarray:
+    """amax = MAX(amax, |v|) over each block in order, from 0. Without NaN that is the plain
+    maximum; ggml's MAX (a > b ? a : b) takes a NaN and drops it at the next value, so blocks
+    holding a NaN replay the loop."""
+    ax = np.abs(blocks)
+    amax = np.max(ax, axis=1)
+    has_nan = np.isnan(amax)
+    if has_nan.any():
+        running = np.zeros(int(has_nan.sum()), dtype=np.float32)
+        for column in ax[has_nan].T:
+            running = np.where(running > column, running, column)
+        amax[has_nan] = running
+    return amax
+
+
+def _scaled_trits(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per 256-block: the fp16 bits of d = max |x| and the trits lroundf(x / d) + 1 as int32."""
+    amax = _running_max_abs(blocks)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        inv_d = np.where(amax != 0, np.float32(1) / amax, np.float32(0))  # inf for denormal amax
+        # `int xi = lroundf(v) + 1`: a long, narrowed to int; an inf/NaN v gives LONG_MIN on
+        # x86-64, so xi wraps to 1 (the zero trit)
+        rounded = roundf(blocks * inv_d[:, None]).astype(np.int64)
+    return fp16_bits(amax), (rounded + 1).astype(np.int32)
+
+
+def _base3_bytes(trits: np.ndarray) -> np.ndarray:
+    """trits [..., digits, m] (most significant digit first) -> the base-3 number scaled to a
+    byte with ceiling division, as uint8 [..., m]."""
+    value = np.zeros(trits.shape[:-2] + trits.shape[-1:], dtype=np.int32)
+    for digit in range(trits.shape[-2]):
+        value = value * 3 + trits[..., digit, :]
+    return ((value * 256 + 242) // 243).astype(np.uint8)
+
+
+def _tq1_0_blocks(blocks: np.ndarray) -> np.ndarray:
+    d_bits, trits = _scaled_trits(blocks)
+    n = trits.shape[0]
+    out = np.empty((n, _TQ1_BYTES), dtype=np.uint8)
+    # bytes 0..31 hold weights m + 32 n (n = 0..4); bytes 32..47 weights 160 + m + 16 n
+    out[:, 0:32] = _base3_bytes(trits[:, 0:160].reshape(n, 5, 32))
+    out[:, 32:48] = _base3_bytes(trits[:, 160:240].reshape(n, 5, 16))
+    # qh: four trits 240 + j + 4 m, shifted up one digit so that they decode like the others
+    last = trits[:, 240:256].reshape(n, 4, 4)
+    out[:, 48:52] = _base3_bytes(np.concatenate([last, np.zeros_like(last[:, :1])], axis=1))
+    out[:, 52:54] = d_bits.view(np.uint8).reshape(n, 2)
+    return out
+
+
+def _tq2_0_blocks(blocks: np.ndarray) -> np.ndarray:
+    d_bits, trits = _scaled_trits(blocks)
+    n = trits.shape[0]
+    # byte 32 g + m holds weights 128 g + 32 l + m in bits 2 l
+    fields = (trits & 3).reshape(n, 2, 4, 32)
+    qs = fields[:, :, 0] | (fields[:, :, 1] << 2) | (fields[:, :, 2] << 4) | (fields[:, :, 3] << 6)
+    out = np.empty((n, _TQ2_BYTES), dtype=np.uint8)
+    out[:, 0:64] = qs.reshape(n, 64)
+    out[:, 64:66] = d_bits.view(np.uint8).reshape(n, 2)
+    return out
+
+
+def quantize_tq1_0(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _by_chunks(x.reshape(-1, QK_K), _TQ1_BYTES, _tq1_0_blocks).reshape(x.shape[0], -1)
+
+
+def quantize_tq2_0(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _by_chunks(x.reshape(-1, QK_K), _TQ2_BYTES, _tq2_0_blocks).reshape(x.shape[0], -1)
+
+
+_POW3 = np.array([1, 3, 9, 27, 81], dtype=np.uint16)
+
+
+def _unpack_base3(packed: np.ndarray, digits: int) -> np.ndarray:
+    """uint8 [..., m] -> trits [..., digits, m] in {0, 1, 2} (int32), most significant first."""
+    shifted = (packed[..., None, :].astype(np.uint16) * _POW3[:digits, None]) & np.uint16(0xFF)
+    return ((shifted * np.uint16(3)) >> np.uint16(8)).astype(np.int32)
+
+
+def dequantize_tq1_0(q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks = q.reshape(-1, _TQ1_BYTES)
+    n = blocks.shape[0]
+    d = fp16_bits_to_f32(blocks[:, 52:54].copy().view("<u2"))  # [n, 1]
+    trits = np.concatenate(
+        [
+            _unpack_base3(blocks[:, 0:32], 5).reshape(n, 160),
+            _unpack_base3(blocks[:, 32:48], 5).reshape(n, 80),
+            _unpack_base3(blocks[:, 48:52], 4).reshape(n, 16),
+        ],
+        axis=1,
+    )
+    with np.errstate(invalid="ignore"):  # inf scale times a zero trit
+        return ((trits - 1).astype(np.float32) * d).reshape(q.shape[0], n_per_row)
+
+
+def dequantize_tq2_0(q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks = q.reshape(-1, _TQ2_BYTES)
+    n = blocks.shape[0]
+    d = fp16_bits_to_f32(blocks[:, 64:66].copy().view("<u2"))  # [n, 1]
+    qs = blocks[:, 0:64].reshape(n, 2, 1, 32)
+    shifts = (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)
+    fields = ((qs >> shifts) & np.uint8(3)).astype(np.int32)
+    with np.errstate(invalid="ignore"):  # inf scale times a zero trit
+        return ((fields - 1).astype(np.float32).reshape(n, QK_K) * d).reshape(q.shape[0], n_per_row)
+
+
+QUANTIZERS = {"TQ1_0": quantize_tq1_0, "TQ2_0": quantize_tq2_0}
+DEQUANTIZERS = {"TQ1_0": dequantize_tq1_0, "TQ2_0": dequantize_tq2_0}

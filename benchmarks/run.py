@@ -1,0 +1,143 @@
+"""`make bench`: throughput and memory, side by side with references measured in the same run.
+
+A. Array quantizers, 4096-wide float32 rows: ours (1 and 2 threads) next to gguf-py's numpy
+   quantizer, as ratios; ggml's single-thread C numbers measured on this machine type
+   (shared/DESIGN.md anchors) are shown for the types they exist for.
+B. File to file: a full-size synthetic parler-tts-mini (2.07 GB F32) to Q4_0 and Q8_0 with the
+   NumPy backend, 2 threads, warm page cache: wall seconds, GB/s and peak RSS, next to TTS.cpp's
+   own `quantize` on the same file (anchor: 2.2 s, 1.99 GB peak, 2 threads).
+C. With a CUDA device: kernel-only GB/s and GPU file runs (benchmarks/gpu_kernels.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gpuquant.backends.numpy_backend import NumpyBackend  # noqa: E402
+from gpuquant.qtypes import QTYPES  # noqa: E402
+
+# ggml C, one thread, 4096x4096 float32, this project's 2-core machine (shared/DESIGN.md)
+GGML_C_MBPS = {"Q4_0": 3400, "Q8_0": 1300, "Q4_K": 89, "Q6_K": 174, "IQ4_NL": 25}
+TTS_CPP_Q4_0_SECONDS = 2.2
+TTS_CPP_PEAK_GB = 1.99
+
+
+def _time(fn, min_seconds: float = 0.5) -> float:
+    fn()  # warm up
+    n, start = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / n
+
+
+def _gguf_py_quantizer(name: str):
+    try:
+        from gguf import GGMLQuantizationType, quants
+
+        qt = GGMLQuantizationType[name]
+        probe = np.zeros((1, QTYPES[name].block_size * 8), np.float32)
+        quants.quantize(probe, qt)
+        return lambda x: quants.quantize(x, qt)
+    except Exception:
+        return None
+
+
+def bench_arrays(types: list[str], rows_fast: int, rows_slow: int) -> None:
+    from gpuquant.backends.numpy import QUANTIZERS
+
+    rng = np.random.default_rng(0)
+    one, two = NumpyBackend(1), NumpyBackend(2)
+    print("\nA. array quantizers, float32 rows of 4096, MB/s of float32 input")
+    print(f"{'type':<8} {'rows':>5} {'ours 1t':>9} {'ours 2t':>9} {'gguf-py':>9} {'x gguf-py':>9} "
+          f"{'ggml C 1t':>9} {'x ggml C':>9} {'imatrix 1t':>10}")
+    for name in types:
+        if name not in QUANTIZERS:
+            continue
+        t = QTYPES[name]
+        slow = t.family not in ("float", "legacy", "fp4", "ternary", "lowbit")
+        x = (rng.standard_normal((rows_slow if slow else rows_fast, 4096)) * 0.02).astype(np.float32)
+        w = rng.random(4096).astype(np.float32)
+        mb = x.nbytes / 1e6
+        s1 = _time(lambda: one.quantize(x, t, None))
+        s2 = _time(lambda: two.quantize(x, t, None))
+        si = _time(lambda: one.quantize(x, t, w)) if not t.is_float else float("nan")
+        ref = _gguf_py_quantizer(name)
+        sr = _time(lambda: ref(x)) if ref else float("nan")
+        c = GGML_C_MBPS.get(name, float("nan"))
+        print(f"{name:<8} {x.shape[0]:>5} {mb / s1:>9.0f} {mb / s2:>9.0f} {mb / sr:>9.0f} {sr / s1:>9.2f} "
+              f"{c:>9.0f} {mb / s1 / c:>9.2f} {mb / si:>10.0f}")
+
+
+def _run_peak_rss(cmd: list[str]) -> tuple[float, float]:
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {p.stderr.read().decode()}")
+    return wall, usage.ru_maxrss * 1024 / 1e9
+
+
+def bench_file(data_dir: Path, types: list[str], threads: int, backend: str = "numpy") -> None:
+    from gpuquant.synthetic import write_synthetic_model
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    src = data_dir / "parler-tts-mini-f32.gguf"
+    if not src.exists():
+        print(f"writing {src} ...", file=sys.stderr)
+        write_synthetic_model("parler-tts-mini", src)
+    size = src.stat().st_size / 1e9
+    subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+    print(f"\nB. file to file, parler-tts-mini F32 {size:.2f} GB, backend {backend}, {threads} threads, warm cache")
+    print(f"{'type':<6} {'wall s':>7} {'GB/s':>6} {'peak GB':>8} {'RSS/file':>9} {'TTS.cpp s':>9} {'x TTS.cpp':>9}")
+    for name in types:
+        dst = data_dir / f"parler-tts-mini-{name.lower()}.gguf"
+        cmd = [sys.executable, "-m", "gpuquant", "quantize", str(src), str(dst), name,
+               "-nt", str(threads), "--backend", backend, "--quiet"]
+        wall, peak = _run_peak_rss(cmd)
+        ref = TTS_CPP_Q4_0_SECONDS if name == "Q4_0" else float("nan")
+        print(f"{name:<6} {wall:>7.2f} {size / wall:>6.2f} {peak:>8.2f} {peak / size:>9.1%} {ref:>9.2f} "
+              f"{ref / wall:>9.2f}")
+        dst.unlink()
+    print(f"(TTS.cpp quantize, same file, Q4_0, 2 threads: {TTS_CPP_Q4_0_SECONDS} s, {TTS_CPP_PEAK_GB} GB peak)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench")
+    ap.add_argument("--skip-file", action="store_true", help="only the array benchmarks")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    bench_arrays(list(QTYPES), rows_fast=4096, rows_slow=256)
+    if not args.skip_file:
+        bench_file(args.data_dir, ["Q4_0", "Q8_0"], args.threads)
+    try:
+        from gpuquant.backends import cupy_available
+
+        if cupy_available():
+            import gpu_kernels  # benchmarks/gpu_kernels.py
+
+            gpu_kernels.main()
+            if not args.skip_file:
+                bench_file(args.data_dir, ["Q4_0", "Q8_0"], args.threads, backend="cupy")
+        else:
+            print("\nC. no CUDA device: GPU rows skipped")
+    except ImportError as e:
+        print(f"\nC. GPU benchmark unavailable: {e}")
+
+
+if __name__ == "__main__":
+    main()
