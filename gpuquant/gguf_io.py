@@ -20,6 +20,23 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from .qtypes import BY_ID, QType
 
 
+class _Reader(GGUFReader):
+    """gguf's reader, slicing a plain ndarray view of its map while parsing the header.
+
+    np.memmap's per-slice bookkeeping made parsing a 32k-string tokenizer take most of a second;
+    a plain view of the same mapping parses it several times faster. Same bytes, same results.
+    """
+
+    def _get(self, offset, dtype, count=1, override_order=None):
+        plain = self.__dict__.get("_plain")
+        if plain is None:
+            plain = self._plain = self.data.view(np.ndarray)
+        count = int(count)
+        end = offset + np.dtype(dtype).itemsize * count
+        arr = plain[offset:end].view(dtype=dtype)[:count]
+        return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+
 class GGUFInputError(ValueError):
     """The input file is not a usable GGUF file; the message is one line for the user."""
 
@@ -73,7 +90,7 @@ class SourceModel:
         if magic != b"GGUF":
             raise GGUFInputError(f"{self.path}: not a GGUF file (magic {magic!r})")
         try:
-            self._reader = GGUFReader(self.path, "r")
+            self._reader = _Reader(self.path, "r")
         except Exception as e:  # the reader raises many kinds on a damaged header
             raise GGUFInputError(f"{self.path}: unreadable or truncated GGUF header ({e})") from None
         self.alignment = int(self._reader.alignment)

@@ -36,7 +36,7 @@ TYPE_SIZE = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}
 # enough that a chunk's temporaries stay near the cache.
 _CHUNK_BLOCKS = 8192
 # Rows per chunk on the imatrix paths (the search functions chunk their blocks themselves).
-_IMATRIX_CHUNK_WEIGHTS = 1 << 18
+_IMATRIX_CHUNK_WEIGHTS = 1 << 20
 
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
@@ -293,9 +293,7 @@ def _fast_symmetric(blocks, out, half, top_bits, word_qh, word_qs) -> np.ndarray
         signed_max = np.where(neg_min > vmax, vmin, vmax)
         d = signed_max / np.float32(-half)
     inv = _reciprocal_or_zero(d)
-    levels = _truncate_to_levels(
-        _scaled(t, inv, None, np.float32(half) + np.float32(0.5)), top_bits
-    )
+    levels = _truncate_to_levels(_scaled(t, inv, None, np.float32(half) + np.float32(0.5)), top_bits)
     words = out.view(np.uint16)
     words[:, 0] = fp16_bits(d)
     if word_qh is not None:
@@ -383,8 +381,9 @@ def quantize_reference(x: np.ndarray, type_name: str, fast: bool = True) -> np.n
     """
     blocks = x.reshape(-1, QK)
     nb = blocks.shape[0]
+    row_bytes = x.shape[1] // QK * TYPE_SIZE[type_name]
     if not fast:
-        return _EXACT[type_name](blocks).reshape(x.shape[0], -1)
+        return _EXACT[type_name](blocks).reshape(x.shape[0], row_bytes)
     encode = _FAST[type_name]
     exact = _EXACT[type_name]
     out = np.empty((nb, TYPE_SIZE[type_name]), dtype=np.uint8)
@@ -395,7 +394,7 @@ def quantize_reference(x: np.ndarray, type_name: str, fast: bool = True) -> np.n
             (which,) = np.nonzero(handed_over)
             which += start
             out[which] = exact(blocks[which])
-    return out.reshape(x.shape[0], -1)
+    return out.reshape(x.shape[0], row_bytes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,12 +437,12 @@ def _impl_rows(x: np.ndarray, imatrix: np.ndarray, type_name: str) -> np.ndarray
 
 def quantize_weighted(x: np.ndarray, imatrix: np.ndarray, type_name: str) -> np.ndarray:
     """ggml's quantize_<type> with quant_weights (Q4_0, Q4_1, Q5_0, Q5_1): [rows, row_bytes]."""
+    out = np.empty((x.shape[0], x.shape[1] // QK * TYPE_SIZE[type_name]), dtype=np.uint8)
     rows_per_chunk = max(1, _IMATRIX_CHUNK_WEIGHTS // x.shape[1])
-    parts = [
-        _impl_rows(x[start : start + rows_per_chunk], imatrix, type_name)
-        for start in range(0, x.shape[0], rows_per_chunk)
-    ]
-    return np.concatenate(parts, axis=0)
+    for start in range(0, x.shape[0], rows_per_chunk):
+        stop = start + rows_per_chunk
+        out[start:stop] = _impl_rows(x[start:stop], imatrix, type_name)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
