@@ -84,16 +84,23 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
         click.echo(summary.table(), err=True)
 
 
+def types_table() -> str:
+    """Every ggml type: id, block size, bits per weight, imatrix need, and the backends that have it."""
+    from .backends.cupy import CupyBackend
+    from .backends.numpy_backend import NumpyBackend
+
+    backends = (NumpyBackend(), CupyBackend())
+    lines = [f"{'type':<8} {'id':>3} {'block':>5} {'bits/w':>6}  {'imatrix':<9} backends"]
+    for t in sorted(QTYPES.values(), key=lambda t: t.ggml_id):
+        names = ", ".join(b.name for b in backends if b.supports(t)) or "none yet"
+        lines.append(f"{t.name:<8} {t.ggml_id:>3} {t.block_size:>5} {t.bits_per_weight:>6.3f}  {t.imatrix_use:<9} {names}")
+    return "\n".join(lines)
+
+
 @main.command()
 def types() -> None:
     """List every ggml type with its id, block size, bits per weight and backend support."""
-    from .backends.numpy import QUANTIZERS
-
-    click.echo(f"{'type':<8} {'id':>3} {'block':>5} {'bpw':>6}  {'imatrix':<9} backends")
-    for t in sorted(QTYPES.values(), key=lambda t: t.ggml_id):
-        needs = "required" if t.requires_imatrix else "optional" if not t.is_float else "-"
-        backends = ", ".join(b for b, ok in (("numpy", t.name in QUANTIZERS),) if ok) or "none yet"
-        click.echo(f"{t.name:<8} {t.ggml_id:>3} {t.block_size:>5} {t.bits_per_weight:>6.3f}  {needs:<9} {backends}")
+    click.echo(types_table())
 
 
 @main.command()

@@ -14,6 +14,13 @@ class QType:
     requires_imatrix: bool = False
     aliases: tuple[str, ...] = ()
     family: str = ""
+    ignores_imatrix: bool = False  # ggml accepts an imatrix for these but does not use it
+
+    @property
+    def imatrix_use(self) -> str:
+        if self.is_float or self.ignores_imatrix:
+            return "ignored"
+        return "required" if self.requires_imatrix else "used"
 
     @property
     def bits_per_weight(self) -> float:
@@ -63,8 +70,11 @@ _TABLE = [
     ("Q2_0", 42, 64, 18, False, (), "lowbit"),
 ]
 
+# Block types whose ggml quantizer (v0.21.0) takes no notice of an importance matrix.
+_IMATRIX_IGNORED = {"Q8_0", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0", "Q2_0"}
+
 QTYPES: dict[str, QType] = {
-    row[0]: QType(row[0], row[1], row[2], row[3], row[4], row[5], row[6]) for row in _TABLE
+    row[0]: QType(*row, ignores_imatrix=row[0] in _IMATRIX_IGNORED) for row in _TABLE
 }
 BY_ID: dict[int, QType] = {t.ggml_id: t for t in QTYPES.values()}
 _BY_LOWER: dict[str, QType] = {}
