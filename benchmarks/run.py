@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,11 @@ def bench_arrays(types: list[str], rows_fast: int, rows_slow: int) -> None:
         x = (rng.standard_normal((rows_slow if slow else rows_fast, 4096)) * 0.02).astype(np.float32)
         w = rng.random(4096).astype(np.float32)
         mb = x.nbytes / 1e6
-        s1 = _time(lambda: one.quantize(x, t, None))
-        s2 = _time(lambda: two.quantize(x, t, None))
-        si = _time(lambda: one.quantize(x, t, w)) if not t.is_float else float("nan")
+        s1 = _time(partial(one.quantize, x, t, None))
+        s2 = _time(partial(two.quantize, x, t, None))
+        si = _time(partial(one.quantize, x, t, w)) if not t.is_float else float("nan")
         ref = _gguf_py_quantizer(name)
-        sr = _time(lambda: ref(x)) if ref else float("nan")
+        sr = _time(partial(ref, x)) if ref else float("nan")
         c = GGML_C_MBPS.get(name, float("nan"))
         print(f"{name:<8} {x.shape[0]:>5} {mb / s1:>9.0f} {mb / s2:>9.0f} {mb / sr:>9.0f} {sr / s1:>9.2f} "
               f"{c:>9.0f} {mb / s1 / c:>9.2f} {mb / si:>10.0f}")

@@ -93,7 +93,9 @@ def types_table() -> str:
     lines = [f"{'type':<8} {'id':>3} {'block':>5} {'bits/w':>6}  {'imatrix':<9} backends"]
     for t in sorted(QTYPES.values(), key=lambda t: t.ggml_id):
         names = ", ".join(b.name for b in backends if b.supports(t)) or "none yet"
-        lines.append(f"{t.name:<8} {t.ggml_id:>3} {t.block_size:>5} {t.bits_per_weight:>6.3f}  {t.imatrix_use:<9} {names}")
+        lines.append(
+            f"{t.name:<8} {t.ggml_id:>3} {t.block_size:>5} {t.bits_per_weight:>6.3f}  {t.imatrix_use:<9} {names}"
+        )
     return "\n".join(lines)
 
 

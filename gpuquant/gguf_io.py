@@ -125,7 +125,9 @@ class SourceModel:
         """Rows [row_start, row_stop) of a float tensor, widened exactly to float32 [rows, n_per_row]."""
         dtype = _NUMPY_SOURCE_DTYPES.get(t.qtype.name)
         if dtype is None:
-            raise GGUFInputError(f"tensor {t.name}: source type {t.qtype.name} cannot be quantized (F32, F16, BF16 only)")
+            raise GGUFInputError(
+                f"tensor {t.name}: source type {t.qtype.name} cannot be quantized (F32, F16, BF16 only)"
+            )
         row_bytes = t.n_per_row * t.qtype.type_size
         raw = self.raw_bytes(t, row_start * row_bytes, row_stop * row_bytes).view(dtype)
         raw = raw.reshape(row_stop - row_start, t.n_per_row)
@@ -193,7 +195,9 @@ class AtomicGGUFWriter:
             self._writer.add_key_value(e.key, e.value, e.vtype, e.sub_type)
         for t in tensors:
             # float32 as the nominal dtype makes gguf take the shape as elements, with raw_dtype as the type
-            self._writer.add_tensor_info(t.name, t.shape_numpy, np.dtype(np.float32), t.n_bytes, raw_dtype=t.qtype.ggml_id)
+            self._writer.add_tensor_info(
+                t.name, t.shape_numpy, np.dtype(np.float32), t.n_bytes, raw_dtype=t.qtype.ggml_id
+            )
         self._expected = [t.n_bytes for t in tensors]
         self._index = 0
         self._written_in_tensor = 0

@@ -92,10 +92,10 @@ def _run(model, dst, target, backend_name, n_threads, imatrix, show_progress, op
     metadata += _quantization_keys(target)
     planned = [
         PlannedTensor(t.name, t.shape_numpy, d.qtype, t.n_rows * d.qtype.row_bytes(t.n_per_row))
-        for t, d in zip(model.tensors, decisions)
+        for t, d in zip(model.tensors, decisions, strict=False)
     ]
     with AtomicGGUFWriter(dst, metadata, planned, model.alignment) as writer:
-        for i, (t, d, p) in enumerate(zip(model.tensors, decisions, planned)):
+        for i, (t, d, p) in enumerate(zip(model.tensors, decisions, planned, strict=False)):
             weights = None if imatrix is None else imatrix.get(t.name)
             if d.qtype == t.qtype:
                 _copy_tensor(model, t, writer)
@@ -126,9 +126,9 @@ def _quantization_keys(target: QType) -> list[MetadataEntry]:
 
 
 def _note_plan_warnings(tensors, decisions, summary: Summary, report: Progress | None) -> None:
-    kept = [t.name for t, d in zip(tensors, decisions) if d.kept_unquantizable]
+    kept = [t.name for t, d in zip(tensors, decisions, strict=False) if d.kept_unquantizable]
     fallbacks: dict[tuple[str, str], list[str]] = {}
-    for t, d in zip(tensors, decisions):
+    for t, d in zip(tensors, decisions, strict=False):
         if d.fallback_from:
             fallbacks.setdefault((d.fallback_from.name, d.qtype.name), []).append(t.name)
     messages = [

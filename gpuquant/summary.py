@@ -76,7 +76,8 @@ class Summary:
         for name, row in sorted(self.by_type().items(), key=lambda kv: -kv[1]["bytes_in"]):
             bpw = row["bytes_out"] * 8 / max(1, row["n_elements"])
             lines.append(
-                f"{name:<8} {row['tensors']:>7} {row['bytes_in'] / 1e6:>11.2f} {row['bytes_out'] / 1e6:>11.2f} {bpw:>11.3f}"
+                f"{name:<8} {row['tensors']:>7} {row['bytes_in'] / 1e6:>11.2f} "
+                f"{row['bytes_out'] / 1e6:>11.2f} {bpw:>11.3f}"
             )
         lines.append(
             f"{'total':<8} {len(self.records):>7} {self.bytes_in / 1e6:>11.2f} {self.bytes_out / 1e6:>11.2f} "

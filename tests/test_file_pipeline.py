@@ -58,7 +58,7 @@ def _check_output(src, dst, spec_name, target, flags, summary):
     assert reader.fields["general.quantization_type"].contents() == gpuquant.resolve(target).ggml_id
     # tensors: input order, expected types, bytes equal to quantize() of the input
     assert [t.name for t in reader.tensors] == [t.name for t in source.tensors]
-    for out, t in zip(reader.tensors, source.tensors):
+    for out, t in zip(reader.tensors, source.tensors, strict=False):
         want = expected_type(spec[t.name], target, flags)
         assert out.tensor_type.name == want, (t.name, flags)
         assert out.data_offset % reader.alignment == 0
@@ -107,7 +107,7 @@ def test_f16_and_bf16_sources_are_widened_exactly(tmp_path):
         gpuquant.quantize_file(src, dst, "Q8_0", backend="numpy")
         source, reader = SourceModel(src), gguf.GGUFReader(dst)
         n_quantized = 0
-        for out, t in zip(reader.tensors, source.tensors):
+        for out, t in zip(reader.tensors, source.tensors, strict=False):
             if out.tensor_type.name != "Q8_0":
                 assert out.tensor_type.name == dtype
                 continue
