@@ -39,11 +39,13 @@ def main() -> None:
               help="Also quantize the cross-attention key/value projections.")
 @click.option("--convert-non-quantized-to-f16", "-nqf", is_flag=True,
               help="Store tensors that stay unquantized as F16 (TTS.cpp's Kokoro rule, on every architecture).")
+@click.option("--imatrix", "imatrix", type=click.Path(dir_okay=False),
+              help="llama.cpp importance matrix (GGUF or legacy .dat) for the weighted quantizers.")
 @click.option("--backend", type=click.Choice(["auto", "numpy", "cupy"]), default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
 def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_dac_to_f16,
              quantize_output_heads, quantize_text_embedding, quantize_cross_attn_kv,
-             convert_non_quantized_to_f16, backend, quiet) -> None:
+             convert_non_quantized_to_f16, imatrix, backend, quiet) -> None:
     """Quantize a GGUF model, as TTS.cpp's `quantize` (same flags) or `gpuquant quantize IN OUT [TYPE]`."""
     from .pipeline import quantize_file
 
@@ -74,6 +76,7 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
             quantize_text_embeddings=quantize_text_embedding,
             quantize_cross_attn_kv=quantize_cross_attn_kv,
             convert_non_quantized_to_f16=convert_non_quantized_to_f16,
+            imatrix=imatrix,
             progress=not quiet,
         )
     except KeyboardInterrupt:

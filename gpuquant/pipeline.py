@@ -11,6 +11,7 @@ import numpy as np
 
 from .backends import get_backend
 from .gguf_io import AtomicGGUFWriter, GGUFInputError, MetadataEntry, PlannedTensor, SourceModel
+from .imatrix import Imatrix, load_imatrix, metadata_entries, weights_for
 from .plan import Decision, PlanOptions, model_architecture, plan_tensor
 from .progress import Progress
 from .qtypes import QType, resolve
@@ -46,14 +47,19 @@ def quantize_file(
     quantize_text_embeddings: bool = False,
     quantize_cross_attn_kv: bool = False,
     convert_non_quantized_to_f16: bool = False,
-    imatrix: dict[str, np.ndarray] | None = None,
+    imatrix: str | os.PathLike[str] | Imatrix | None = None,
     progress: bool = False,
 ) -> Summary:
-    """Quantize a GGUF file; raises ValueError (one-line message) on bad input, leaving no output."""
+    """Quantize a GGUF file; raises ValueError (one-line message) on bad input, leaving no output.
+
+    `imatrix` is a llama.cpp importance-matrix file (GGUF or legacy .dat) or a loaded Imatrix.
+    """
     src, dst = Path(src), Path(dst)
     if _same_file(src, dst):
         raise ValueError(f"output path {dst} is the input file; choose another")
     target = resolve(qtype)
+    if imatrix is not None and not isinstance(imatrix, Imatrix):
+        imatrix = load_imatrix(imatrix)
     model = SourceModel(src)
     try:
         return _run(model, dst, target, backend, n_threads, imatrix, progress, PlanOptions(
@@ -73,8 +79,10 @@ def _run(model, dst, target, backend_name, n_threads, imatrix, show_progress, op
     arch = model_architecture(model.architecture)
     be = get_backend(backend_name, n_threads=n_threads)
     decisions: list[Decision] = []
+    weights: list[np.ndarray | None] = []  # per tensor, checked against its shape before any output
     for t in model.tensors:
         d = plan_tensor(t.name, t.shape_gguf, t.qtype, arch, options)
+        w = None
         if d.qtype != t.qtype:
             if t.qtype.name not in ("F32", "F16", "BF16"):
                 raise GGUFInputError(
@@ -82,29 +90,35 @@ def _run(model, dst, target, backend_name, n_threads, imatrix, show_progress, op
                 )
             if not be.supports(d.qtype):
                 raise ValueError(f"type {d.qtype.name} is not supported yet by the {be.name} backend")
+            if imatrix is not None and not d.qtype.is_float:
+                w = weights_for(imatrix, t.name, t.shape_gguf)
+            if w is None and d.qtype.requires_imatrix:
+                raise ValueError(f"tensor {t.name}: type {d.qtype.name} requires an importance matrix entry")
         decisions.append(d)
+        weights.append(w)
 
     summary = Summary(str(model.path), str(dst), target.name, arch, be.name, n_threads)
+    if imatrix is not None:
+        summary.imatrix_file = imatrix.path
     report = Progress(sum(t.n_bytes for t in model.tensors), len(model.tensors)) if show_progress else None
     _note_plan_warnings(model.tensors, decisions, summary, report)
 
     metadata = [e for e in model.metadata if e.key not in _OWN_KEYS]
-    metadata += _quantization_keys(target)
+    metadata += _imatrix_keys(imatrix) + _quantization_keys(target)
     planned = [
         PlannedTensor(t.name, t.shape_numpy, d.qtype, t.n_rows * d.qtype.row_bytes(t.n_per_row))
-        for t, d in zip(model.tensors, decisions, strict=False)
+        for t, d in zip(model.tensors, decisions, strict=True)
     ]
     with AtomicGGUFWriter(dst, metadata, planned, model.alignment) as writer:
-        for i, (t, d, p) in enumerate(zip(model.tensors, decisions, planned, strict=False)):
-            weights = None if imatrix is None else imatrix.get(t.name)
+        for i, (t, d, p, w) in enumerate(zip(model.tensors, decisions, planned, weights, strict=True)):
             if d.qtype == t.qtype:
                 _copy_tensor(model, t, writer)
             else:
-                _convert_tensor(model, t, d.qtype, weights, be, writer)
+                _convert_tensor(model, t, d.qtype, w, be, writer)
             summary.records.append(TensorRecord(
                 t.name, t.qtype.name, d.qtype.name, t.n_elements, t.n_bytes, p.n_bytes, d.reason,
                 d.fallback_from.name if d.fallback_from else None,
-                imatrix_used=weights is not None and d.qtype != t.qtype,
+                imatrix_used=w is not None,
             ))
             if report:
                 report.tensor_done(i, t.name, t.qtype.name, d.qtype.name, t.n_bytes)
@@ -125,10 +139,18 @@ def _quantization_keys(target: QType) -> list[MetadataEntry]:
     ]
 
 
+def _imatrix_keys(imatrix: Imatrix | None) -> list[MetadataEntry]:
+    from gguf import GGUFValueType
+
+    if imatrix is None:
+        return []
+    return [MetadataEntry(k, v, GGUFValueType[vt], None) for k, v, vt in metadata_entries(imatrix)]
+
+
 def _note_plan_warnings(tensors, decisions, summary: Summary, report: Progress | None) -> None:
-    kept = [t.name for t, d in zip(tensors, decisions, strict=False) if d.kept_unquantizable]
+    kept = [t.name for t, d in zip(tensors, decisions, strict=True) if d.kept_unquantizable]
     fallbacks: dict[tuple[str, str], list[str]] = {}
-    for t, d in zip(tensors, decisions, strict=False):
+    for t, d in zip(tensors, decisions, strict=True):
         if d.fallback_from:
             fallbacks.setdefault((d.fallback_from.name, d.qtype.name), []).append(t.name)
     messages = [
@@ -153,17 +175,26 @@ def _copy_tensor(model: SourceModel, t, writer: AtomicGGUFWriter) -> None:
         model.release(t, a, b)
 
 
-def _convert_tensor(model: SourceModel, t, qtype: QType, weights, be, writer: AtomicGGUFWriter) -> None:
+def _row_chunks(t, weights: np.ndarray | None):
+    """(first row, last row + 1, weights) chunks; with per-expert weights a chunk never spans two experts."""
     rows_per_chunk = max(1, CHUNK_BYTES // (4 * t.n_per_row))
+    per_expert = weights is not None and weights.ndim == 2
+    span = t.n_rows // weights.shape[0] if per_expert else t.n_rows
+    for e0 in range(0, t.n_rows, span):
+        w = weights[e0 // span] if per_expert else weights
+        for r0 in range(e0, e0 + span, rows_per_chunk):
+            yield r0, min(e0 + span, r0 + rows_per_chunk), w
+
+
+def _convert_tensor(model: SourceModel, t, qtype: QType, weights, be, writer: AtomicGGUFWriter) -> None:
     src_row_bytes = t.n_bytes // t.n_rows
     check = not qtype.is_float
-    for r0 in range(0, t.n_rows, rows_per_chunk):
-        r1 = min(t.n_rows, r0 + rows_per_chunk)
+    for r0, r1, w in _row_chunks(t, weights):
         x = model.rows_as_float32(t, r0, r1)
         if check and not _all_finite(x):
             bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0]) + r0
             raise NonFiniteError(f"tensor {t.name}: NaN or Inf weight in row {bad}; refusing to quantize it")
-        writer.write(be.quantize(x, qtype, weights))
+        writer.write(be.quantize(x, qtype, w))
         model.release(t, r0 * src_row_bytes, r1 * src_row_bytes)
 
 

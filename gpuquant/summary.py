@@ -55,6 +55,15 @@ class Summary:
     def n_fallbacks(self) -> int:
         return sum(1 for r in self.records if r.fallback_from)
 
+    @property
+    def n_quantized_without_imatrix(self) -> int:
+        from .qtypes import QTYPES
+
+        return sum(
+            1 for r in self.records
+            if r.dst_type != r.src_type and not QTYPES[r.dst_type].is_float and not r.imatrix_used
+        )
+
     def by_type(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for r in self.records:
@@ -89,7 +98,8 @@ class Summary:
             extra.append(f"{self.n_fallbacks} row-length fallbacks")
         if self.imatrix_file:
             used = sum(1 for r in self.records if r.imatrix_used)
-            extra.append(f"imatrix {self.imatrix_file}: used for {used} tensors")
+            extra.append(f"imatrix {self.imatrix_file}: {used} tensors weighted, "
+                         f"{self.n_quantized_without_imatrix} quantized without an entry")
         if self.warnings:
             extra.append(f"{len(self.warnings)} warnings")
         lines.append(

@@ -58,7 +58,7 @@ def _check_output(src, dst, spec_name, target, flags, summary):
     assert reader.fields["general.quantization_type"].contents() == gpuquant.resolve(target).ggml_id
     # tensors: input order, expected types, bytes equal to quantize() of the input
     assert [t.name for t in reader.tensors] == [t.name for t in source.tensors]
-    for out, t in zip(reader.tensors, source.tensors, strict=False):
+    for out, t in zip(reader.tensors, source.tensors, strict=True):
         want = expected_type(spec[t.name], target, flags)
         assert out.tensor_type.name == want, (t.name, flags)
         assert out.data_offset % reader.alignment == 0
@@ -107,7 +107,7 @@ def test_f16_and_bf16_sources_are_widened_exactly(tmp_path):
         gpuquant.quantize_file(src, dst, "Q8_0", backend="numpy")
         source, reader = SourceModel(src), gguf.GGUFReader(dst)
         n_quantized = 0
-        for out, t in zip(reader.tensors, source.tensors, strict=False):
+        for out, t in zip(reader.tensors, source.tensors, strict=True):
             if out.tensor_type.name != "Q8_0":
                 assert out.tensor_type.name == dtype
                 continue
@@ -117,3 +117,26 @@ def test_f16_and_bf16_sources_are_widened_exactly(tmp_path):
             n_quantized += 1
         assert n_quantized > 50
         source.close()
+
+
+def test_kokoro_q4_k_lstm_fallback_counted_and_warned(models, tmp_path, capsys):
+    spec = {t["name"]: t for t in load_spec("kokoro")["tensors"]}
+    dst = tmp_path / "out.gguf"
+    summary = gpuquant.quantize_file(models["kokoro"], dst, "Q4_K", backend="numpy", n_threads=2, progress=True)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "Q4_K" in warnings[0] and "Q5_0" in warnings[0]
+    source = SourceModel(models["kokoro"])
+    out = {t.name: t for t in gguf.GGUFReader(dst).tensors}
+    n_fallback = 0
+    for t in source.tensors:
+        want = expected_type(spec[t.name], "Q4_K", set())
+        if want == "Q4_K" and t.n_per_row % 256:
+            want = "Q5_0"  # llama.cpp's fallback for Q4_K
+            n_fallback += 1
+        assert out[t.name].tensor_type.name == want, t.name
+        if want != t.qtype.name:
+            x = source.rows_as_float32(t, 0, t.n_rows)
+            assert np.array_equal(np.asarray(out[t.name].data).reshape(-1),
+                                  gpuquant.quantize(x, want, backend="numpy").reshape(-1)), t.name
+    assert n_fallback == 40 and summary.n_fallbacks == 40
+    source.close()
