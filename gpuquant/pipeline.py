@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import get_backend
+from .backends import NonFiniteError, get_backend
 from .gguf_io import AtomicGGUFWriter, GGUFInputError, MetadataEntry, PlannedTensor, SourceModel
 from .imatrix import Imatrix, load_imatrix, metadata_entries, weights_for
 from .plan import Decision, PlanOptions, model_architecture, plan_tensor
@@ -20,10 +20,6 @@ from .summary import Summary, TensorRecord
 # float32 input per chunk: big enough to amortize per-call overhead, small enough to bound memory
 CHUNK_BYTES = 32 << 20
 QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION, as TTS.cpp and llama.cpp record it
-
-
-class NonFiniteError(ValueError):
-    pass
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -188,16 +184,15 @@ def _row_chunks(t, weights: np.ndarray | None):
 
 def _convert_tensor(model: SourceModel, t, qtype: QType, weights, be, writer: AtomicGGUFWriter) -> None:
     src_row_bytes = t.n_bytes // t.n_rows
-    check = not qtype.is_float
-    for r0, r1, w in _row_chunks(t, weights):
-        x = model.rows_as_float32(t, r0, r1)
-        if check and not _all_finite(x):
-            bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0]) + r0
-            raise NonFiniteError(f"tensor {t.name}: NaN or Inf weight in row {bad}; refusing to quantize it")
-        writer.write(be.quantize(x, qtype, w))
+    ranges = list(_row_chunks(t, weights))
+    chunks = ((model.rows_as_float32(t, r0, r1), qtype, w) for r0, r1, w in ranges)
+    outputs = be.quantize_chunks(chunks, check_finite=not qtype.is_float)
+    for r0, r1, _ in ranges:
+        try:
+            q = next(outputs)
+        except NonFiniteError as e:
+            raise ValueError(
+                f"tensor {t.name}: NaN or Inf weight in row {r0 + e.row}; refusing to quantize it"
+            ) from None
+        writer.write(q)
         model.release(t, r0 * src_row_bytes, r1 * src_row_bytes)
-
-
-def _all_finite(x: np.ndarray) -> bool:
-    # max/min propagate NaN and expose +-Inf without allocating a mask the size of x
-    return bool(np.isfinite(x.max()) and np.isfinite(x.min()))

@@ -103,7 +103,7 @@ def write_synthetic_model(
         planned.append(PlannedTensor(t["name"], shape, qtype, n * qtype.type_size))
     rng = np.random.default_rng(seed)
     with AtomicGGUFWriter(path, metadata, planned, alignment=int(spec.get("alignment", 32))) as writer:
-        for t, p in zip(tensors, planned, strict=False):
+        for t, p in zip(tensors, planned, strict=True):
             values = rng.standard_normal(p.shape_numpy, dtype=np.float32)
             values *= np.float32(t.get("std", 0.02))
             values += np.float32(t.get("mean", 0.0))

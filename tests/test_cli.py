@@ -142,10 +142,10 @@ def test_rows_not_a_multiple_of_the_block_are_kept_with_a_warning(tmp_path):
 def test_ctrl_c_leaves_no_partial_file(tiny, tmp_path, monkeypatch):
     from gpuquant.backends.numpy_backend import NumpyBackend
 
-    def interrupted(self, x, qtype, imatrix):
+    def interrupted(self, chunks, check_finite):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(NumpyBackend, "quantize", interrupted)
+    monkeypatch.setattr(NumpyBackend, "quantize_chunks", interrupted)
     out = tmp_path / "o.gguf"
     r = CliRunner().invoke(main, ["quantize", str(tiny), str(out), "--backend", "numpy"])
     assert r.exit_code == 130 and "interrupted" in r.output

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 import numpy as np
 
 from ..qtypes import QType
+
+# One piece of work for the file pipeline: float32 rows [rows, n_per_row], the type, the imatrix.
+Chunk = tuple[np.ndarray, QType, "np.ndarray | None"]
+
+
+class NonFiniteError(ValueError):
+    """A chunk holds NaN or Inf; `row` is the first such row, counted within the chunk."""
+
+    def __init__(self, row: int) -> None:
+        super().__init__(f"NaN or Inf weight in row {row}")
+        self.row = row
 
 
 class Backend(Protocol):
@@ -20,6 +32,15 @@ class Backend(Protocol):
 
     def dequantize(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
         """uint8 [rows, row_bytes] -> float32 [rows, n_per_row], on the host."""
+        ...
+
+    def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
+        """The file pipeline's entry: quantize each chunk, yielding host uint8 outputs in order.
+
+        A backend may work ahead (read the next chunks while earlier ones compute); a yielded
+        array may be a buffer that is reused once the next output is asked for. With
+        check_finite, a chunk holding NaN or Inf raises NonFiniteError when its output is due.
+        """
         ...
 
 

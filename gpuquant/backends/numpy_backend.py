@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ..qtypes import QType
+from . import Chunk, NonFiniteError
 from .numpy import DEQUANTIZERS, QUANTIZERS
 
 # Rows per task: large enough that per-call numpy overhead is small, small enough to balance.
@@ -24,9 +26,17 @@ class NumpyBackend:
         return qtype.name in QUANTIZERS
 
     def quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None) -> np.ndarray:
+        return self._quantize(x, qtype, imatrix, check_finite=False)
+
+    def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
+        for x, qtype, imatrix in chunks:
+            yield self._quantize(x, qtype, imatrix, check_finite)
+
+    def _quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None, check_finite: bool) -> np.ndarray:
         fn = QUANTIZERS[qtype.name]
         rows = x.shape[0]
         if self._pool is None or rows < 2 * _MIN_ROWS_PER_TASK:
+            _check_finite(x, 0, check_finite)
             return fn(x, imatrix)
         out = np.empty((rows, qtype.row_bytes(x.shape[1])), dtype=np.uint8)
         n_tasks = min(self.n_threads * 4, rows // _MIN_ROWS_PER_TASK)
@@ -34,6 +44,7 @@ class NumpyBackend:
 
         def run(i: int) -> None:
             a, b = bounds[i], bounds[i + 1]
+            _check_finite(x[a:b], a, check_finite)  # in the workers: the check costs a pass over x
             out[a:b] = fn(x[a:b], imatrix)
 
         list(self._pool.map(run, range(n_tasks)))
@@ -41,3 +52,10 @@ class NumpyBackend:
 
     def dequantize(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
         return DEQUANTIZERS[qtype.name](q, n_per_row)
+
+
+def _check_finite(x: np.ndarray, first_row: int, enabled: bool) -> None:
+    # max/min propagate NaN and expose +-Inf without allocating a mask the size of x
+    if not enabled or x.size == 0 or (np.isfinite(x.max()) and np.isfinite(x.min())):
+        return
+    raise NonFiniteError(first_row + int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0]))

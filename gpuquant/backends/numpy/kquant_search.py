@@ -19,6 +19,7 @@ GROUP_MAX_EPS = F32(1e-15)
 # [n, groups] float32 temporaries of a search stay near the CPU caches.
 SEARCH_CHUNK_ELEMENTS = 1 << 18
 _MAGIC = F32(12582912.0)  # 1.5 * 2**23: ggml's nearest_int adds it and reads the low mantissa bits
+_NEAREST_INT_LIMIT = F32(4194303.0)  # up to here ggml's nearest_int is round-half-even
 
 
 def nearest_int_exact(x: np.ndarray) -> np.ndarray:
@@ -42,24 +43,23 @@ def sequential_sum(terms: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _first_max_abs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """C's `if (fabsf(v) > amax) { amax = fabsf(v); max = v; }` over axis 0, starting from 0."""
-    amax = np.zeros(values.shape[1:], dtype=F32)
-    vmax = np.zeros(values.shape[1:], dtype=F32)
-    for v in values:
-        av = np.abs(v)
-        bigger = av > amax
-        amax = np.where(bigger, av, amax)
-        vmax = np.where(bigger, v, vmax)
-    return amax, vmax
+def _levels(xt, data_min, data_max, group_min, iscale, nmax: np.float32, out=None) -> np.ndarray:
+    """MAX(0, MIN(nmax, nearest_int(iscale*(x - min)))) as float32 `[n, nblocks]`.
 
-
-def _levels(xt, group_min, iscale, nmax: np.float32, out: np.ndarray | None = None) -> np.ndarray:
-    """MAX(0, MIN(nmax, nearest_int(iscale*(x - min)))) as float32 `[n, nblocks]`."""
+    np.rint is ggml's nearest_int while |iscale*(x - min)| <= 2**22 - 1. That is bounded from the
+    data range (rounding is monotonic, so a bound from the endpoints holds for every element);
+    only a search whose min moved far from the data could exceed it, and then ggml's bit trick
+    is reproduced instead.
+    """
     t = np.subtract(xt, group_min, out=out)
     t *= iscale
-    np.rint(t, out=t)  # the argument is within [-1, nmax + 1] here, where rint equals nearest_int
-    np.clip(t, _ZERO, nmax, out=t)
+    reach = np.maximum(data_max - group_min, group_min - data_min)
+    reach *= np.abs(iscale)
+    if np.all(reach <= _NEAREST_INT_LIMIT):
+        np.rint(t, out=t)
+        np.clip(t, _ZERO, nmax, out=t)
+    else:
+        t[...] = np.clip(nearest_int_exact(t), 0, int(nmax))
     return t
 
 
@@ -111,18 +111,27 @@ def _make_qkx2_quants_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
     f_nmax = F32(nmax)
     # min and max carry no rounding, so any order gives ggml's values (up to the sign of a zero,
     # which cannot change any output here)
-    group_min = np.minimum(np.min(xt, axis=0), _ZERO)
+    data_min = np.min(xt, axis=0)
     group_max = np.max(xt, axis=0)
+    group_min = np.minimum(data_min, _ZERO)
     flat = group_max == group_min
     sums = np.empty((n, 3, nb), dtype=F32)  # per element: w*l, w*l*l, w*l*x (then w, w*x)
     sums[:, 0] = wt
     np.multiply(wt, xt, out=sums[:, 1])
     sum_w, sum_x = sequential_sum(sums[:, :2])
 
+    any_flat = bool(flat.any())
+
+    def span() -> np.ndarray:
+        width = group_max - group_min
+        if any_flat:  # flat groups (returned as zeros at the end) get 1 to keep numbers finite
+            width[flat] = _ONE
+        return width
+
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        iscale = f_nmax / (group_max - group_min)
+        iscale = f_nmax / span()
         scale = _ONE / iscale
-        levels = _levels(xt, group_min, iscale, f_nmax)
+        levels = _levels(xt, data_min, group_max, group_min, iscale, f_nmax)
         diff = np.empty_like(xt)
         best_error = _weighted_error(xt, wt, levels, scale, group_min, use_mad, diff)
         # L is recomputed at the end from the (iscale, min) pair that produced the winner
@@ -132,8 +141,8 @@ def _make_qkx2_quants_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
         wl, wl2, wlx = sums[:, 0], sums[:, 1], sums[:, 2]
         for step in range(nstep + 1):
             factor = F32(F32(rmin) + F32(rdelta) * F32(step)) + f_nmax
-            iscale = factor / (group_max - group_min)
-            _levels(xt, group_min, iscale, f_nmax, out=levels)
+            iscale = factor / span()
+            _levels(xt, data_min, group_max, group_min, iscale, f_nmax, out=levels)
             np.multiply(wt, levels, out=wl)
             np.multiply(wl, levels, out=wl2)
             np.multiply(wl, xt, out=wlx)
@@ -153,7 +162,7 @@ def _make_qkx2_quants_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
             best_levels_min = np.where(better, group_min, best_levels_min)
             group_min = np.where(better, this_min, group_min)
 
-        levels = _levels(xt, best_levels_min, best_iscale, f_nmax, out=levels)
+        levels = _levels(xt, data_min, group_max, best_levels_min, best_iscale, f_nmax, out=levels)
     levels[:, flat] = 0
     scale[flat] = _ZERO
     return scale, -group_min, levels.astype(np.uint8)
@@ -163,48 +172,38 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """ggml's make_q3_quants(do_rmse=true) for every row of x `[nblocks, n]`: (scale, L uint8 in 0..2*nmax-1).
 
     Weights are x*x; after rounding with -nmax/max, up to 5 passes of coordinate descent move one
-    level at a time while that raises sumlx^2/suml2. The first pass visits every group (in
-    cache-sized column chunks); a group whose pass changes nothing is final, so later passes
-    visit only the groups that changed in the pass before.
+    level at a time while that raises sumlx^2/suml2. The first pass visits every group, in
+    cache-sized chunks; a group whose pass changes nothing is final, so later passes visit only
+    the groups that changed in the pass before.
     """
     nblocks, n = x.shape
-    xt = transposed(x)
-    vmax = _first_max_abs_t(xt)
-    empty = np.abs(vmax) < GROUP_MAX_EPS
     lo, hi = F32(-nmax), F32(nmax - 1)
-
+    levels = np.empty((n, nblocks), dtype=F32)
+    sumlx = np.empty(nblocks, dtype=F32)
+    suml2 = np.empty(nblocks, dtype=F32)
+    changed = np.empty(nblocks, dtype=bool)
+    empty = np.empty(nblocks, dtype=bool)
+    chunk = max(1, SEARCH_CHUNK_ELEMENTS // n)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        iscale = F32(-nmax) / vmax
-        levels = np.multiply(xt, iscale)
-        np.rint(levels, out=levels)  # |iscale*x| <= nmax: rint is ggml's nearest_int here
-        np.clip(levels, lo, hi, out=levels)
-        wt = xt * xt
-        wx = wt * xt  # C's w*x[i]*l is (w*x[i])*l
-        terms = np.empty((n, 2, nblocks), dtype=F32)
-        np.multiply(wx, levels, out=terms[:, 0])
-        np.multiply(wt, levels, out=terms[:, 1])
-        terms[:, 1] *= levels
-        sumlx, suml2 = sequential_sum(terms)
-        del terms
-
-        changed = np.empty(nblocks, dtype=bool)
-        chunk = max(1, SEARCH_CHUNK_ELEMENTS // n)
         for start in range(0, nblocks, chunk):
             part = slice(start, min(start + chunk, nblocks))
-            changed[part] = _q3_descent_pass(
-                xt[:, part], wt[:, part], wx[:, part], levels[:, part], sumlx[part], suml2[part], lo, hi
-            )
+            xt = transposed(x[part])
+            vmax = _first_max_abs_t(xt)
+            empty[part] = np.abs(vmax) < GROUP_MAX_EPS
+            lv = np.multiply(xt, F32(-nmax) / vmax)
+            np.rint(lv, out=lv)  # |iscale*x| <= nmax: rint is ggml's nearest_int here
+            np.clip(lv, lo, hi, out=lv)
+            changed[part] = _q3_descent_pass(xt, lv, sumlx[part], suml2[part], lo, hi, first=True)
+            levels[:, part] = lv
         for _ in range(4):
             active = np.flatnonzero(changed)
             if active.size == 0:
                 break
-            sub_levels, sub_sumlx, sub_suml2 = levels[:, active], sumlx[active], suml2[active]
-            changed_sub = _q3_descent_pass(
-                xt[:, active], wt[:, active], wx[:, active], sub_levels, sub_sumlx, sub_suml2, lo, hi
-            )
-            levels[:, active], sumlx[active], suml2[active] = sub_levels, sub_sumlx, sub_suml2
+            lv, slx, sl2 = levels[:, active], sumlx[active], suml2[active]
+            changed_now = _q3_descent_pass(transposed(x[active]), lv, slx, sl2, lo, hi, first=False)
+            levels[:, active], sumlx[active], suml2[active] = lv, slx, sl2
             changed[:] = False
-            changed[active] = changed_sub
+            changed[active] = changed_now
         scale = np.where(suml2 > _ZERO, sumlx / suml2, _ZERO)
 
     levels += F32(nmax)
@@ -218,7 +217,7 @@ def _first_max_abs_t(xt: np.ndarray) -> np.ndarray:
     top = np.max(xt, axis=0)  # no rounding: any order gives the same values
     bottom = np.min(xt, axis=0)
     vmax = np.where(top >= -bottom, top, bottom)
-    # +a and -a both present: the first one seen wins (rare, so loop over those columns only)
+    # +a and -a both present: the first one seen wins (rare, so only those columns are searched)
     tied = np.flatnonzero((top == -bottom) & (top != _ZERO))
     if tied.size:
         cols = xt[:, tied]
@@ -227,23 +226,36 @@ def _first_max_abs_t(xt: np.ndarray) -> np.ndarray:
     return vmax
 
 
-def _q3_descent_pass(xt, wt, wx, levels, sumlx, suml2, lo, hi) -> np.ndarray:
-    """One pass of make_q3_quants' coordinate descent over i, in place; returns which groups changed."""
+def _q3_descent_pass(xt, levels, sumlx, suml2, lo, hi, first: bool) -> np.ndarray:
+    """One pass of make_q3_quants' coordinate descent over i, updating levels and sums in place.
+
+    first: the sums are not known yet; compute them from levels before the pass.
+    Returns which groups changed.
+    """
+    wt = xt * xt
+    wx = wt * xt  # C's w*x[i]*L[i] is (w*x[i])*L[i]
+    # level i is only moved at step i, so its terms before the move can be computed up front
+    terms = np.empty((xt.shape[0], 2, xt.shape[1]), dtype=F32)
+    term_lx, term_l2 = terms[:, 0], terms[:, 1]
+    np.multiply(wx, levels, out=term_lx)
+    np.multiply(wt, levels, out=term_l2)
+    term_l2 *= levels
+    if first:
+        sumlx[...], suml2[...] = sequential_sum(terms)
     changed = np.zeros(xt.shape[1], dtype=bool)
     for i in range(xt.shape[0]):
-        li = levels[i]
-        slx = sumlx - wx[i] * li
-        sl2 = suml2 - (wt[i] * li) * li
+        slx = sumlx - term_lx[i]
+        sl2 = suml2 - term_l2[i]
         new_l = nearest_int_exact((xt[i] * sl2) / slx).astype(F32)
         np.clip(new_l, lo, hi, out=new_l)
         moved_slx = slx + wx[i] * new_l
         moved_sl2 = sl2 + (wt[i] * new_l) * new_l
         accept = (moved_slx * moved_slx) * suml2 > (sumlx * sumlx) * moved_sl2
         accept &= slx > _ZERO
-        accept &= new_l != li
+        accept &= new_l != levels[i]
         accept &= moved_sl2 > _ZERO
         if accept.any():
-            np.copyto(li, new_l, where=accept)
+            np.copyto(levels[i], new_l, where=accept)
             np.copyto(sumlx, moved_slx, where=accept)
             np.copyto(suml2, moved_sl2, where=accept)
             changed |= accept

@@ -1,0 +1,75 @@
+"""Kernel-only throughput of the CuPy backend: GB/s of float32 input per type, timed with CUDA events
+on arrays already on the device (no host copies), with and without an importance matrix.
+
+    python benchmarks/gpu_kernels.py [--rows 16384] [--cols 8192] [--repeats 10] [--types Q4_0,Q8_0]
+
+Prints one table; exits 0 with a message where there is no cupy or CUDA device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from gpuquant.backends import cupy_available
+from gpuquant.qtypes import resolve
+
+TYPES = ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+WEIGHTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
+
+
+def _time_ms(fn, fn_args: tuple, repeats: int) -> float:
+    """Mean milliseconds of fn(*fn_args) on the current stream."""
+    import cupy
+
+    fn(*fn_args)  # compile, load and warm up outside the timing
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    for _ in range(repeats):
+        fn(*fn_args)
+    stop.record()
+    stop.synchronize()
+    return cupy.cuda.get_elapsed_time(start, stop) / repeats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=16384)
+    parser.add_argument("--cols", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--types", default=",".join(TYPES))
+    args = parser.parse_args(argv)
+    if not cupy_available():
+        print("gpu_kernels: skipped, needs cupy and a CUDA device")
+        return 0
+
+    import cupy
+
+    from gpuquant.backends.cupy import CupyBackend
+
+    backend = CupyBackend()
+    stream = cupy.cuda.get_current_stream()
+    x = cupy.random.standard_normal((args.rows, args.cols), dtype=cupy.float32) * np.float32(0.02)
+    imatrix = cupy.random.random(args.cols, dtype=cupy.float32)
+    y = cupy.empty_like(x)
+    device = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()
+    print(f"{device}: {args.rows} x {args.cols} float32 ({x.nbytes / 2**20:.0f} MiB), "
+          f"mean of {args.repeats} runs")
+    print(f"{'type':<6} {'imatrix':<8} {'quantize ms':>12} {'GB/s in':>9} {'dequantize ms':>14} {'GB/s out':>9}")
+    for name in args.types.split(","):
+        t = resolve(name)
+        out = cupy.empty(args.rows * t.row_bytes(args.cols), dtype=cupy.uint8)
+        dequant_ms = None
+        for im in (None, imatrix) if t.name in WEIGHTED else (None,):
+            ms = _time_ms(backend.quantize_device, (x, t, im, out, stream), args.repeats)
+            if dequant_ms is None:
+                dequant_ms = _time_ms(backend.dequantize_device, (out, t, args.cols, y, stream), args.repeats)
+            print(f"{t.name:<6} {'yes' if im is not None else 'no':<8} {ms:12.3f} {x.nbytes / ms / 1e6:9.0f} "
+                  f"{dequant_ms:14.3f} {y.nbytes / dequant_ms / 1e6:9.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The CuPy backend: ggml block formats computed by CUDA kernels, byte-identical to ggml's C code.
+
+Two levels:
+- `quantize` / `dequantize` take and return host numpy arrays (the Backend protocol);
+- `quantize_device` / `dequantize_device` run the kernels on device arrays on a given stream and
+  copy nothing to or from the host (for the streaming file pipeline).
+
+cupy is imported lazily, so importing this package needs no GPU (tests read its options).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...qtypes import QType, resolve
+from . import legacy
+
+# type name -> the module whose quantize_device / dequantize_device handle it
+_FAMILIES = {name: legacy for name in legacy.TYPES}
+
+
+def _check_c_contiguous(name: str, a, dtype) -> None:
+    import cupy
+
+    if not isinstance(a, cupy.ndarray):
+        raise TypeError(f"{name} must be a cupy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise ValueError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+
+
+class CupyBackend:
+    name = "cupy"
+
+    def supports(self, qtype: QType) -> bool:
+        return resolve(qtype).name in _FAMILIES
+
+    def _family(self, qtype: str | int | QType):
+        t = resolve(qtype)
+        if t.name not in _FAMILIES:
+            raise ValueError(f"type {t.name} is not supported yet by the cupy backend")
+        return t, _FAMILIES[t.name]
+
+    # ------------------------------------------------------------ device arrays
+
+    def quantize_device(self, x, qtype: str | int | QType, imatrix, out, stream=None) -> None:
+        """Quantize device float32 [rows, n_per_row] into the device uint8 buffer `out` (rows *
+        row_bytes bytes), on `stream` (default: the current stream). Asynchronous: nothing is
+        copied to the host and nothing waits for the kernels."""
+        import cupy
+
+        t, family = self._family(qtype)
+        _check_c_contiguous("x", x, np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"x must be 2-D [rows, n_per_row], got shape {x.shape}")
+        rows, n_per_row = x.shape
+        _check_c_contiguous("out", out, np.uint8)
+        if out.nbytes != rows * t.row_bytes(n_per_row):
+            raise ValueError(f"out holds {out.nbytes} bytes; {rows} rows of {t.name} need "
+                             f"{rows * t.row_bytes(n_per_row)}")
+        if imatrix is not None:
+            _check_c_contiguous("imatrix", imatrix, np.float32)
+            if imatrix.size != n_per_row:
+                raise ValueError(f"imatrix has {imatrix.size} values but rows have {n_per_row}")
+        stream = stream if stream is not None else cupy.cuda.get_current_stream()
+        family.quantize_device(x, t, imatrix, out, stream)
+
+    def dequantize_device(self, q, qtype: str | int | QType, n_per_row: int, out, stream=None) -> None:
+        """Dequantize the device uint8 buffer `q` (whole rows) into device float32 `out` (rows *
+        n_per_row values), on `stream` (default: the current stream). Asynchronous."""
+        import cupy
+
+        t, family = self._family(qtype)
+        _check_c_contiguous("q", q, np.uint8)
+        _check_c_contiguous("out", out, np.float32)
+        row_bytes = t.row_bytes(n_per_row)
+        if q.nbytes % row_bytes or out.size != q.nbytes // row_bytes * n_per_row:
+            raise ValueError(f"q ({q.nbytes} bytes) and out ({out.size} values) are not the same "
+                             f"whole rows of {n_per_row} {t.name} weights")
+        stream = stream if stream is not None else cupy.cuda.get_current_stream()
+        family.dequantize_device(q, t, n_per_row, out, stream)
+
+    # ------------------------------------------------------------ host arrays (Backend protocol)
+
+    def quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None) -> np.ndarray:
+        import cupy
+
+        t = resolve(qtype)
+        rows, n_per_row = x.shape
+        if rows == 0:
+            return np.empty((0, t.row_bytes(n_per_row)), dtype=np.uint8)
+        stream = cupy.cuda.get_current_stream()
+        x_dev = cupy.asarray(np.ascontiguousarray(x, dtype=np.float32))
+        im_dev = None if imatrix is None else cupy.asarray(np.ascontiguousarray(imatrix, dtype=np.float32))
+        out = cupy.empty((rows, t.row_bytes(n_per_row)), dtype=cupy.uint8)
+        self.quantize_device(x_dev, t, im_dev, out, stream)
+        return out.get(stream=stream)
+
+    def dequantize(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
+        import cupy
+
+        t = resolve(qtype)
+        rows = q.shape[0]
+        if rows == 0:
+            return np.empty((0, n_per_row), dtype=np.float32)
+        stream = cupy.cuda.get_current_stream()
+        q_dev = cupy.asarray(np.ascontiguousarray(q, dtype=np.uint8))
+        out = cupy.empty((rows, n_per_row), dtype=cupy.float32)
+        self.dequantize_device(q_dev, t, n_per_row, out, stream)
+        return out.get(stream=stream)
+
+
+__all__ = ["CupyBackend"]

@@ -1,0 +1,156 @@
+"""The CUDA kernels' per-block code built for the CPU: how CI (no GPU) tests the kernels' arithmetic.
+
+`kernels/host_api.cpp` loops the same `.cuh` block functions that the CUDA kernels call; this module
+compiles it with the system C++ compiler (no FMA contraction, like ggml's reference build) into a
+cache directory keyed by a hash of the kernel sources, loads it with ctypes, and offers
+`quantize(x, qtype, imatrix)` / `dequantize(q, qtype, n_per_row)` with the numpy backend's array
+semantics. It is a test vehicle, not a user backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .qtypes import QType, resolve
+
+KERNELS_DIR_ENV = "GPUQUANT_KERNELS_DIR"
+CACHE_DIR_ENV = "GPUQUANT_CACHE_DIR"
+
+# Types whose block code lives in kernels/legacy.cuh (plus the elementwise float conversions).
+HOST_TYPES = ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+
+CXX_FLAGS = ("-O2", "-std=c++17", "-ffp-contract=off", "-fPIC", "-shared")
+
+_library: ctypes.CDLL | None = None
+
+
+def kernels_dir() -> Path:
+    """The folder of CUDA/C++ kernel sources: $GPUQUANT_KERNELS_DIR, else the repository's kernels/."""
+    override = os.environ.get(KERNELS_DIR_ENV)
+    path = Path(override) if override else Path(__file__).resolve().parents[1] / "kernels"
+    if not (path / "common.cuh").is_file():
+        raise FileNotFoundError(f"no kernel sources (common.cuh) in {path}; set {KERNELS_DIR_ENV}")
+    return path
+
+
+def kernel_sources_digest(directory: Path | None = None) -> str:
+    """A hash of every kernel source file, so that any edit invalidates compiled caches."""
+    directory = directory or kernels_dir()
+    h = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.suffix in (".cuh", ".cu", ".cpp", ".h"):
+            h.update(path.name.encode())
+            h.update(b"\0")
+            h.update(path.read_bytes())
+            h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+def find_compiler() -> str | None:
+    """$CXX, else g++, else c++, else clang++; None when there is no C++ compiler."""
+    for candidate in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: $GPUQUANT_CACHE_DIR, else a per-user temporary folder."""
+    base = os.environ.get(CACHE_DIR_ENV)
+    if base:
+        return Path(base)
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"gpuquant-{user}"
+
+
+def build_library() -> Path:
+    """Compile kernels/host_api.cpp (once per source version) and return the shared library's path."""
+    compiler = find_compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
+    source_dir = kernels_dir()
+    digest = hashlib.sha256(
+        (kernel_sources_digest(source_dir) + compiler + " ".join(CXX_FLAGS)).encode()
+    ).hexdigest()[:20]
+    target = cache_dir() / f"libgqhost-{digest}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build under a unique name and rename: concurrent test processes never load a partial file.
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    command = [compiler, *CXX_FLAGS, "-I", str(source_dir), str(source_dir / "host_api.cpp"), "-o", partial]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        os.unlink(partial)
+        raise RuntimeError(f"host kernel build failed: {' '.join(command)}\n{result.stderr}")
+    os.replace(partial, target)
+    return target
+
+
+def library() -> ctypes.CDLL:
+    global _library
+    if _library is None:
+        lib = ctypes.CDLL(str(build_library()))
+        for fn in (lib.gq_quantize, lib.gq_dequantize):
+            fn.restype = ctypes.c_int
+        lib.gq_quantize.argtypes = [
+            ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+        ]
+        lib.gq_dequantize.argtypes = [
+            ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+        ]
+        _library = lib
+    return _library
+
+
+def _host_type(qtype: str | int | QType) -> QType:
+    t = resolve(qtype)
+    if t.name not in HOST_TYPES:
+        raise ValueError(f"the host kernel build has no {t.name}; it has {', '.join(HOST_TYPES)}")
+    return t
+
+
+def quantize(x: np.ndarray, qtype: str | int | QType, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """float32 [rows, n_per_row] -> uint8 [rows, row_bytes], through the kernels' block code."""
+    t = _host_type(qtype)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    rows, n_per_row = x.shape
+    out = np.empty((rows, t.row_bytes(n_per_row)), dtype=np.uint8)
+    if imatrix is not None:
+        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        if imatrix.shape[0] != n_per_row:
+            raise ValueError(f"imatrix has {imatrix.shape[0]} values but rows have {n_per_row}")
+    status = library().gq_quantize(
+        t.ggml_id, x.ctypes.data, None if imatrix is None else imatrix.ctypes.data,
+        out.ctypes.data, rows, n_per_row,
+    )
+    if status != 0:
+        raise RuntimeError(f"gq_quantize({t.name}) failed with status {status}")
+    return out
+
+
+def dequantize(q: np.ndarray, qtype: str | int | QType, n_per_row: int) -> np.ndarray:
+    """uint8 [rows, row_bytes] -> float32 [rows, n_per_row], through the kernels' block code."""
+    t = _host_type(qtype)
+    q = np.ascontiguousarray(q, dtype=np.uint8)
+    if q.ndim == 1:
+        q = q.reshape(1, -1)
+    rows = q.shape[0]
+    if q.shape[1] != t.row_bytes(n_per_row):
+        raise ValueError(f"rows of {q.shape[1]} bytes do not hold {n_per_row} {t.name} weights")
+    out = np.empty((rows, n_per_row), dtype=np.float32)
+    status = library().gq_dequantize(t.ggml_id, q.ctypes.data, out.ctypes.data, rows, n_per_row)
+    if status != 0:
+        raise RuntimeError(f"gq_dequantize({t.name}) failed with status {status}")
+    return out

@@ -1,0 +1,326 @@
+// Shared building blocks for gpuquant's kernels, written once for three compilers: NVRTC (the CuPy
+// backend), nvcc (compile checks) and a plain C++ compiler (the host build that CI tests against
+// ggml's golden bytes). Everything here is float32 arithmetic in ggml's order; the device build must
+// use --fmad=false and -ftz=false, the host build -ffp-contract=off, so that no a*b+c is fused and
+// subnormals survive, exactly as in ggml's portable C build.
+#pragma once
+
+#if defined(__CUDACC__)
+#define GQ_FN __device__ __forceinline__
+#define GQ_UNROLL _Pragma("unroll")
+#else
+#include <math.h>
+#include <string.h>
+#define GQ_FN static inline
+#define GQ_UNROLL
+#endif
+
+// NVRTC has no <stdint.h>; these widths hold on every platform we build for (LP64 and CUDA).
+typedef unsigned char gq_u8;
+typedef signed char gq_i8;
+typedef unsigned short gq_u16;
+typedef unsigned int gq_u32;
+typedef int gq_i32;
+typedef long long gq_i64;
+
+// ---------------------------------------------------------------- float bits
+
+GQ_FN gq_u32 gq_f32_bits(float f) {
+#if defined(__CUDACC__)
+    return __float_as_uint(f);
+#else
+    gq_u32 u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+#endif
+}
+
+GQ_FN float gq_f32_from_bits(gq_u32 u) {
+#if defined(__CUDACC__)
+    return __uint_as_float(u);
+#else
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+#endif
+}
+
+// float32 -> IEEE half bits, round to nearest even, overflow to inf; NaN becomes a quiet NaN with
+// its sign kept and no payload (0x7E00), as ggml's GGML_FP32_TO_FP16 does. Pure integer code, so
+// host and device agree bit for bit whatever the float environment.
+GQ_FN gq_u16 gq_fp32_to_fp16(float f) {
+    const gq_u32 u = gq_f32_bits(f);
+    const gq_u32 sign = (u >> 16) & 0x8000u;
+    const gq_u32 mag = u & 0x7FFFFFFFu;
+    if (mag > 0x7F800000u) return (gq_u16)(sign | 0x7E00u);   // NaN
+    if (mag >= 0x477FF000u) return (gq_u16)(sign | 0x7C00u);  // rounds past 65504: inf
+    if (mag >= 0x38800000u) {                                 // normal half (|f| >= 2^-14)
+        // Rebias the exponent (127 -> 15), then round the 13 dropped mantissa bits to even;
+        // a carry out of the mantissa correctly bumps the exponent.
+        const gq_u32 rebiased = mag - 0x38000000u;
+        const gq_u32 rounded = rebiased + 0x0FFFu + ((rebiased >> 13) & 1u);
+        return (gq_u16)(sign | (rounded >> 13));
+    }
+    if (mag < 0x33000000u) return (gq_u16)sign;  // below half the smallest subnormal: signed zero
+    // Subnormal half: the value in units of 2^-24, from the full 24-bit significand, rounded to even.
+    const gq_u32 exponent = mag >> 23;                        // 102..112
+    const gq_u32 significand = (mag & 0x007FFFFFu) | 0x00800000u;
+    const gq_u32 shift = 126u - exponent;                     // 14..24
+    const gq_u32 kept = significand >> shift;
+    const gq_u32 rest = significand & ((1u << shift) - 1u);
+    const gq_u32 half = 1u << (shift - 1u);
+    const gq_u32 round_up = (rest > half || (rest == half && (kept & 1u))) ? 1u : 0u;
+    return (gq_u16)(sign | (kept + round_up));
+}
+
+// IEEE half bits -> float32 (exact).
+GQ_FN float gq_fp16_to_fp32(gq_u16 h) {
+    const gq_u32 sign = ((gq_u32)h & 0x8000u) << 16;
+    const gq_u32 exponent = ((gq_u32)h >> 10) & 0x1Fu;
+    gq_u32 mantissa = (gq_u32)h & 0x03FFu;
+    if (exponent == 0x1Fu) return gq_f32_from_bits(sign | 0x7F800000u | (mantissa << 13));
+    if (exponent != 0) return gq_f32_from_bits(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+    if (mantissa == 0) return gq_f32_from_bits(sign);
+    // Subnormal half: normalize into a float32 exponent.
+    gq_u32 e = 113u;
+    while ((mantissa & 0x0400u) == 0) {
+        mantissa <<= 1;
+        e -= 1u;
+    }
+    return gq_f32_from_bits(sign | (e << 23) | ((mantissa & 0x03FFu) << 13));
+}
+
+// float32 -> bfloat16 bits as ggml_compute_fp32_to_bf16: round to nearest even, NaN forced quiet.
+GQ_FN gq_u16 gq_fp32_to_bf16(float f) {
+    const gq_u32 u = gq_f32_bits(f);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (gq_u16)((u >> 16) | 64u);
+    return (gq_u16)((u + (0x7FFFu + ((u >> 16) & 1u))) >> 16);
+}
+
+GQ_FN float gq_bf16_to_fp32(gq_u16 h) { return gq_f32_from_bits((gq_u32)h << 16); }
+
+// ---------------------------------------------------------------- rounding and casts
+
+// ggml's nearest_int: adding 1.5*2^23 rounds to an integer (half to even) in the low mantissa bits.
+// Using the same trick (rather than rint) keeps ggml's results even outside its asserted range.
+GQ_FN int gq_nearest_int(float f) {
+    const float shifted = f + 12582912.0f;
+    return (int)(gq_f32_bits(shifted) & 0x007FFFFFu) - 0x00400000;
+}
+
+// A C cast float -> int as x86-64 compiles it (cvttss2si): truncation toward zero, and INT_MIN for
+// NaN or anything out of range (the device's own conversion would saturate instead).
+GQ_FN int gq_trunc_to_int(float f) {
+    if (!(f > -2147483648.0f && f < 2147483648.0f)) return (int)0x80000000u;
+    return (int)f;
+}
+
+// (int8_t)f and (uint8_t)f as ggml's C code writes them: convert to int, keep the low byte.
+GQ_FN int gq_cast_i8(float f) { return (int)(gq_i8)(gq_u8)(gq_u32)gq_trunc_to_int(f); }
+GQ_FN int gq_cast_u8(float f) { return (int)(gq_u8)(gq_u32)gq_trunc_to_int(f); }
+
+// C's roundf (half away from zero), spelled out so that host and device share one exact definition:
+// f - truncf(f) is exact, so no f + 0.5 double rounding (0.49999997f stays 0).
+GQ_FN float gq_roundf(float f) {
+    const float t = truncf(f);
+    return fabsf(f - t) >= 0.5f ? t + copysignf(1.0f, f) : t;
+}
+
+// C's MIN/MAX macros: a < b ? a : b and a > b ? a : b (the comparison order decides ties and NaN).
+GQ_FN int gq_min_i(int a, int b) { return a < b ? a : b; }
+GQ_FN int gq_max_i(int a, int b) { return a > b ? a : b; }
+GQ_FN float gq_max_f(float a, float b) { return a > b ? a : b; }
+
+// ---------------------------------------------------------------- byte packing
+
+GQ_FN void gq_store_u16(gq_u8* dst, gq_u16 v) {
+    dst[0] = (gq_u8)(v & 0xFFu);
+    dst[1] = (gq_u8)(v >> 8);
+}
+
+GQ_FN gq_u16 gq_load_u16(const gq_u8* src) { return (gq_u16)(src[0] | (src[1] << 8)); }
+
+GQ_FN void gq_store_u32(gq_u8* dst, gq_u32 v) {
+    dst[0] = (gq_u8)(v & 0xFFu);
+    dst[1] = (gq_u8)((v >> 8) & 0xFFu);
+    dst[2] = (gq_u8)((v >> 16) & 0xFFu);
+    dst[3] = (gq_u8)(v >> 24);
+}
+
+GQ_FN gq_u32 gq_load_u32(const gq_u8* src) {
+    return (gq_u32)src[0] | ((gq_u32)src[1] << 8) | ((gq_u32)src[2] << 16) | ((gq_u32)src[3] << 24);
+}
+
+// ---------------------------------------------------------------- scale searches
+
+#define GQ_GROUP_MAX_EPS 1e-15f
+
+// The weight a search gives element i when no importance weights are passed (ggml's rmse_type).
+GQ_FN float gq_rmse_weight(int rmse_type, float x) {
+    if (rmse_type == 1) return x * x;
+    if (rmse_type == 2) return 1.0f;
+    if (rmse_type == 3) return fabsf(x);
+    return sqrtf(fabsf(x));
+}
+
+// ggml's make_qx_quants: a symmetric scale for N values on the levels -nmax..nmax-1, stored in L
+// as level + nmax. rmse_type 0 takes the plain max-based scale; otherwise a weighted least-squares
+// scale is fitted and 18 nearby inverse scales are tried (a negative rmse_type stops after the
+// first fit). qw (may be null) overrides the per-element weights. Returns the scale.
+template <int N>
+GQ_FN float gq_make_qx_quants(int nmax, const float* x, gq_i8* L, int rmse_type, const float* qw) {
+    float max = 0.0f;
+    float amax = 0.0f;
+    GQ_UNROLL
+    for (int i = 0; i < N; ++i) {
+        const float ax = fabsf(x[i]);
+        if (ax > amax) {
+            amax = ax;
+            max = x[i];
+        }
+    }
+    if (amax < GQ_GROUP_MAX_EPS) {
+        GQ_UNROLL
+        for (int i = 0; i < N; ++i) L[i] = 0;
+        return 0.0f;
+    }
+    float iscale = (float)(-nmax) / max;
+    if (rmse_type == 0) {
+        GQ_UNROLL
+        for (int i = 0; i < N; ++i) {
+            const int l = gq_nearest_int(iscale * x[i]);
+            L[i] = (gq_i8)(nmax + gq_max_i(-nmax, gq_min_i(nmax - 1, l)));
+        }
+        return 1.0f / iscale;
+    }
+    bool return_early = false;
+    if (rmse_type < 0) {
+        rmse_type = -rmse_type;
+        return_early = true;
+    }
+    float sumlx = 0.0f;
+    float suml2 = 0.0f;
+    GQ_UNROLL
+    for (int i = 0; i < N; ++i) {
+        const int l = gq_max_i(-nmax, gq_min_i(nmax - 1, gq_nearest_int(iscale * x[i])));
+        L[i] = (gq_i8)(l + nmax);
+        const float w = qw ? qw[i] : gq_rmse_weight(rmse_type, x[i]);
+        const float fl = (float)l;
+        sumlx += w * x[i] * fl;
+        suml2 += w * fl * fl;
+    }
+    float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
+    if (return_early) return suml2 > 0.0f ? 0.5f * (scale + 1.0f / iscale) : 1.0f / iscale;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -((float)nmax + 0.1f * (float)is) / max;
+        sumlx = 0.0f;
+        suml2 = 0.0f;
+        GQ_UNROLL
+        for (int i = 0; i < N; ++i) {
+            const int l = gq_max_i(-nmax, gq_min_i(nmax - 1, gq_nearest_int(iscale * x[i])));
+            const float w = qw ? qw[i] : gq_rmse_weight(rmse_type, x[i]);
+            const float fl = (float)l;
+            sumlx += w * x[i] * fl;
+            suml2 += w * fl * fl;
+        }
+        if (suml2 > 0.0f && sumlx * sumlx > best * suml2) {
+            GQ_UNROLL
+            for (int i = 0; i < N; ++i) {
+                const int l = gq_nearest_int(iscale * x[i]);
+                L[i] = (gq_i8)(nmax + gq_max_i(-nmax, gq_min_i(nmax - 1, l)));
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+// ggml's make_qkx3_quants: an asymmetric fit x ~ scale*L + min (min <= 0) on levels 0..nmax.
+// Starts from the min/max grid, then tries nstep+1 inverse scales (rmin + rdelta*is + nmax)/range,
+// each with a least-squares scale and min, keeping the one with the smallest weighted error
+// (squared, or absolute when use_mad). weights may be null (then x*x). Writes -min to *the_min and
+// returns the scale; Laux is scratch of N bytes.
+template <int N>
+GQ_FN float gq_make_qkx3_quants(int nmax, const float* x, const float* weights, gq_u8* L, float* the_min,
+                                gq_u8* Laux, float rmin, float rdelta, int nstep, bool use_mad) {
+    float min = x[0];
+    float max = x[0];
+    float sum_w = weights ? weights[0] : x[0] * x[0];
+    float sum_x = sum_w * x[0];
+    GQ_UNROLL
+    for (int i = 1; i < N; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        const float w = weights ? weights[i] : x[i] * x[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if (min > 0.0f) min = 0.0f;
+    if (max <= min) {
+        GQ_UNROLL
+        for (int i = 0; i < N; ++i) L[i] = 0;
+        *the_min = -min;
+        return 0.0f;
+    }
+    float iscale = (float)nmax / (max - min);
+    float scale = 1.0f / iscale;
+    float best_error = 0.0f;
+    GQ_UNROLL
+    for (int i = 0; i < N; ++i) {
+        const int l = gq_nearest_int(iscale * (x[i] - min));
+        L[i] = (gq_u8)gq_max_i(0, gq_min_i(nmax, l));
+        float diff = scale * (float)L[i] + min - x[i];
+        diff = use_mad ? fabsf(diff) : diff * diff;
+        const float w = weights ? weights[i] : x[i] * x[i];
+        best_error += w * diff;
+    }
+    if (nstep < 1) {
+        *the_min = -min;
+        return scale;
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + rdelta * (float)is + (float)nmax) / (max - min);
+        float sum_l = 0.0f;
+        float sum_l2 = 0.0f;
+        float sum_xl = 0.0f;
+        GQ_UNROLL
+        for (int i = 0; i < N; ++i) {
+            const int l = gq_max_i(0, gq_min_i(nmax, gq_nearest_int(iscale * (x[i] - min))));
+            Laux[i] = (gq_u8)l;
+            const float w = weights ? weights[i] : x[i] * x[i];
+            const float fl = (float)l;
+            sum_l += w * fl;
+            sum_l2 += w * fl * fl;
+            sum_xl += w * fl * x[i];
+        }
+        const float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0.0f) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0.0f) {
+                this_min = 0.0f;
+                this_scale = sum_xl / sum_l2;
+            }
+            float error = 0.0f;
+            GQ_UNROLL
+            for (int i = 0; i < N; ++i) {
+                float diff = this_scale * (float)Laux[i] + this_min - x[i];
+                diff = use_mad ? fabsf(diff) : diff * diff;
+                const float w = weights ? weights[i] : x[i] * x[i];
+                error += w * diff;
+            }
+            if (error < best_error) {
+                GQ_UNROLL
+                for (int i = 0; i < N; ++i) L[i] = Laux[i];
+                best_error = error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}

@@ -1,0 +1,192 @@
+"""The CuPy backend on a real GPU: ggml's golden bytes, and random arrays byte-equal to the host
+build of the same kernel code and to the numpy backend. Skipped without cupy or a CUDA device."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import golden, golden_cases
+from kernel_inputs import KINDS, random_imatrix, random_rows
+
+import gpuquant
+from gpuquant import hostkernels
+from gpuquant.backends import cupy_available
+from gpuquant.backends.numpy import QUANTIZERS
+
+if not cupy_available():
+    pytest.skip("needs cupy and a CUDA device", allow_module_level=True)
+
+import cupy  # noqa: E402
+
+from gpuquant.backends.cupy import CupyBackend  # noqa: E402
+from gpuquant.backends.cupy.compile import get_kernel  # noqa: E402
+
+TYPES = ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+WEIGHTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
+HAVE_HOST_BUILD = hostkernels.find_compiler() is not None
+# See test_kernels_host.py: the numpy backend differs from ggml there (the kernels match ggml).
+NUMPY_KNOWN_DIFFERENCES = {("Q4_1", True, "subnormal"), ("Q5_1", True, "subnormal")}
+
+
+@pytest.fixture(scope="module")
+def backend() -> CupyBackend:
+    return CupyBackend()
+
+
+def assert_same_bytes(got: np.ndarray, expected: np.ndarray, what: str) -> None:
+    assert got.dtype == expected.dtype and got.shape == expected.shape, what
+    rows = np.flatnonzero((got != expected).reshape(got.shape[0], -1).any(axis=1))
+    assert rows.size == 0, f"{what}: rows {rows.tolist()} differ"
+
+
+def host_reference(x: np.ndarray, type_name: str, imatrix: np.ndarray | None) -> np.ndarray:
+    if not HAVE_HOST_BUILD:
+        pytest.skip("no C++ compiler for the host build of the kernels")
+    return hostkernels.quantize(x, type_name, imatrix)
+
+
+# ---------------------------------------------------------------- against ggml
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_supports(backend, type_name):
+    assert backend.supports(gpuquant.resolve(type_name))
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_quantize_matches_ggml(type_name):
+    keys = []
+    for key, x, imatrix, expected in golden_cases(type_name):
+        got = gpuquant.quantize(x, type_name, imatrix=imatrix, backend="cupy")
+        assert_same_bytes(got, expected, f"{type_name} {key}")
+        keys.append(key)
+    assert len(keys) >= 12 and any(k.endswith("__imatrix") for k in keys)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_dequantize_matches_ggml(type_name):
+    ref = golden(type_name)
+    keys = [k for k in ref if k.endswith("__dequant")]
+    assert keys
+    for key in keys:
+        case = key.removesuffix("__dequant")
+        q = ref[case] if case in ref else ref[f"{case}__imatrix"]
+        got = gpuquant.dequantize(q, type_name, backend="cupy")
+        assert_same_bytes(got.view(np.uint32), ref[key].view(np.uint32), f"{type_name} {key}")
+
+
+# ---------------------------------------------------------------- random arrays
+
+
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
+@pytest.mark.parametrize("type_name", TYPES)
+def test_random_rows_match_host_build(backend, type_name, with_imatrix):
+    # Every kind of input at once, subnormals included: a kernel compiled with flush-to-zero or
+    # with fused multiply-adds differs from the host build here.
+    x = random_rows(seed=21, rows_per_kind=8, n_per_row=1024)
+    imatrix = random_imatrix(seed=22, n_per_row=1024) if with_imatrix else None
+    got = backend.quantize(x, gpuquant.resolve(type_name), imatrix)
+    assert_same_bytes(got, host_reference(x, type_name, imatrix), type_name)
+    back = backend.dequantize(got, gpuquant.resolve(type_name), x.shape[1])
+    if HAVE_HOST_BUILD:
+        expected_back = hostkernels.dequantize(got, type_name, x.shape[1])
+        assert_same_bytes(back.view(np.uint32), expected_back.view(np.uint32), f"{type_name} dequantize")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
+@pytest.mark.parametrize("type_name", TYPES)
+def test_random_rows_match_numpy_backend(backend, type_name, with_imatrix, kind, request):
+    if type_name not in QUANTIZERS:
+        pytest.skip(f"the numpy backend has no {type_name} yet")
+    if (type_name, with_imatrix, kind) in NUMPY_KNOWN_DIFFERENCES:
+        request.applymarker(pytest.mark.xfail(reason="numpy make_qkx3_quants, infinite inverse scale"))
+    x = random_rows(seed=31, kinds=(kind,), rows_per_kind=4, n_per_row=512)
+    imatrix = random_imatrix(seed=32, n_per_row=512) if with_imatrix else None
+    t = gpuquant.resolve(type_name)
+    expected = gpuquant.quantize(x, type_name, imatrix=imatrix, backend="numpy")
+    got = backend.quantize(x, t, imatrix)
+    assert_same_bytes(got, expected, f"{type_name} {kind}")
+    back = backend.dequantize(got, t, x.shape[1])
+    expected_back = gpuquant.dequantize(expected, type_name, backend="numpy")
+    assert_same_bytes(back.view(np.uint32), expected_back.view(np.uint32), f"{type_name} {kind} dequantize")
+
+
+@pytest.mark.parametrize("type_name", WEIGHTED)
+def test_row_statistics_with_many_rows(backend, type_name):
+    # 77 rows: the sigma2 kernel's 32-row tiles end part-filled; 4096 columns: many tiles a row.
+    x = random_rows(seed=41, kinds=("weights", "heavy_tail", "skewed"), rows_per_kind=26, n_per_row=4096)[:77]
+    x = np.ascontiguousarray(x)
+    imatrix = random_imatrix(seed=42, n_per_row=4096)
+    got = backend.quantize(x, gpuquant.resolve(type_name), imatrix)
+    assert_same_bytes(got, host_reference(x, type_name, imatrix), type_name)
+
+
+# ---------------------------------------------------------------- the device-level API
+
+
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
+@pytest.mark.parametrize("type_name", TYPES)
+def test_quantize_device_on_a_stream_with_unaligned_buffers(backend, type_name, with_imatrix):
+    # Views one element into larger buffers: the kernels' scalar (not float4) paths, on a
+    # non-default stream.
+    t = gpuquant.resolve(type_name)
+    x = random_rows(seed=51, kinds=("weights", "ties", "subnormal"), rows_per_kind=3, n_per_row=256)
+    rows, n_per_row = x.shape
+    imatrix = random_imatrix(seed=52, n_per_row=n_per_row) if with_imatrix else None
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        x_buffer = cupy.zeros(x.size + 1, dtype=cupy.float32)
+        x_dev = x_buffer[1:].reshape(rows, n_per_row)
+        x_dev.set(x, stream=stream)
+        im_dev = None
+        if imatrix is not None:
+            im_buffer = cupy.zeros(n_per_row + 1, dtype=cupy.float32)
+            im_dev = im_buffer[1:]
+            im_dev.set(imatrix, stream=stream)
+        out_buffer = cupy.zeros(rows * t.row_bytes(n_per_row) + 1, dtype=cupy.uint8)
+        out_dev = out_buffer[1:]
+        backend.quantize_device(x_dev, t, im_dev, out_dev, stream)
+        got = out_dev.get(stream=stream).reshape(rows, -1)
+        assert_same_bytes(got, host_reference(x, type_name, imatrix), f"{type_name} quantize_device")
+
+        y_buffer = cupy.zeros(x.size + 1, dtype=cupy.float32)
+        y_dev = y_buffer[1:].reshape(rows, n_per_row)
+        backend.dequantize_device(out_dev, t, n_per_row, y_dev, stream)
+        back = y_dev.get(stream=stream)
+    assert_same_bytes(back.view(np.uint32), backend.dequantize(got, t, n_per_row).view(np.uint32),
+                      f"{type_name} dequantize_device")
+
+
+def test_f32_is_a_copy(backend):
+    x = random_rows(seed=61, rows_per_kind=1)
+    t = gpuquant.resolve("F32")
+    q = backend.quantize(x, t, None)
+    np.testing.assert_array_equal(q, x.view(np.uint8))
+    np.testing.assert_array_equal(backend.dequantize(q, t, x.shape[1]).view(np.uint32), x.view(np.uint32))
+
+
+def test_empty_input(backend):
+    t = gpuquant.resolve("Q4_0")
+    assert backend.quantize(np.zeros((0, 64), np.float32), t, None).shape == (0, 36)
+    assert backend.dequantize(np.zeros((0, 36), np.uint8), t, 64).shape == (0, 64)
+
+
+def test_device_arguments_are_checked(backend):
+    t = gpuquant.resolve("Q4_0")
+    x = cupy.zeros((2, 64), dtype=cupy.float32)
+    out = cupy.zeros(72, dtype=cupy.uint8)
+    with pytest.raises(ValueError, match="float32"):
+        backend.quantize_device(x.astype(cupy.float64), t, None, out)
+    with pytest.raises(ValueError, match="bytes"):
+        backend.quantize_device(x, t, None, out[:-1])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        backend.quantize_device(cupy.zeros((64, 2), dtype=cupy.float32).T, t, None, out)
+    with pytest.raises(ValueError, match="imatrix"):
+        backend.quantize_device(x, t, cupy.ones(32, dtype=cupy.float32), out)
+    with pytest.raises(TypeError, match="cupy.ndarray"):
+        backend.quantize_device(np.zeros((2, 64), np.float32), t, None, out)
+
+
+def test_kernels_load_once():
+    assert get_kernel("legacy.cu", "gq_quantize_q4_0") is get_kernel("legacy.cu", "gq_quantize_q4_0")

@@ -1,0 +1,132 @@
+"""The CUDA kernels' block code, built for the CPU, against ggml's own bytes and the numpy backend.
+
+The CUDA kernels call exactly these .cuh functions, so this is how a machine without a GPU checks
+their arithmetic. Skipped only when no C++ compiler is installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import golden, golden_cases
+from kernel_inputs import KINDS, random_imatrix, random_rows
+
+import gpuquant
+from gpuquant import hostkernels
+from gpuquant.backends.numpy import QUANTIZERS
+from gpuquant.backends.numpy.floats import bf16_bits
+
+TYPES = hostkernels.HOST_TYPES
+
+
+@pytest.fixture(scope="module", autouse=True)
+def host_library():
+    if hostkernels.find_compiler() is None:
+        pytest.skip("no C++ compiler found (set CXX or install g++)")
+    return hostkernels.library()
+
+
+def assert_same_bytes(got: np.ndarray, expected: np.ndarray, what: str) -> None:
+    assert got.dtype == expected.dtype and got.shape == expected.shape, what
+    rows = np.flatnonzero((got != expected).reshape(got.shape[0], -1).any(axis=1))
+    assert rows.size == 0, f"{what}: rows {rows.tolist()} differ"
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_quantize_matches_ggml(type_name):
+    keys = []
+    for key, x, imatrix, expected in golden_cases(type_name):
+        assert_same_bytes(hostkernels.quantize(x, type_name, imatrix), expected, f"{type_name} {key}")
+        keys.append(key)
+    assert len(keys) >= 12 and any(k.endswith("__imatrix") for k in keys)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_dequantize_matches_ggml(type_name):
+    ref = golden(type_name)
+    keys = [k for k in ref if k.endswith("__dequant")]
+    assert keys
+    for key in keys:
+        case = key.removesuffix("__dequant")
+        q = ref[case] if case in ref else ref[f"{case}__imatrix"]
+        got = hostkernels.dequantize(q, type_name, ref[key].shape[1])
+        assert_same_bytes(got.view(np.uint32), ref[key].view(np.uint32), f"{type_name} {key}")
+
+
+# The numpy backend's make_qkx3_quants rounds an infinite iscale*(x - min) (a block whose range is
+# subnormal) to the top level; ggml's nearest_int, and these kernels, give level 0 (checked against
+# a ggml build). Reported to the numpy backend's owner.
+_NUMPY_KNOWN_DIFFERENCES = {("Q4_1", True, "subnormal"), ("Q5_1", True, "subnormal")}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
+@pytest.mark.parametrize("type_name", TYPES)
+def test_random_rows_match_numpy_backend(type_name, with_imatrix, kind, request):
+    if type_name not in QUANTIZERS:
+        pytest.skip(f"the numpy backend has no {type_name} yet")
+    if (type_name, with_imatrix, kind) in _NUMPY_KNOWN_DIFFERENCES:
+        # Still run: an XPASS says the numpy backend was fixed and this entry can go.
+        request.applymarker(pytest.mark.xfail(reason="numpy make_qkx3_quants, infinite inverse scale"))
+    x = random_rows(seed=11, kinds=(kind,))
+    imatrix = random_imatrix(seed=12, n_per_row=x.shape[1]) if with_imatrix else None
+    expected = gpuquant.quantize(x, type_name, imatrix=imatrix, backend="numpy")
+    got = hostkernels.quantize(x, type_name, imatrix)
+    assert_same_bytes(got, expected, f"{type_name} {kind}")
+    back = hostkernels.dequantize(got, type_name, x.shape[1])
+    expected_back = gpuquant.dequantize(expected, type_name, backend="numpy")
+    assert_same_bytes(back.view(np.uint32), expected_back.view(np.uint32), f"{type_name} {kind} dequantize")
+
+
+def _special_floats() -> np.ndarray:
+    """Rounding boundaries of fp16 and bf16, subnormals, overflow, infinities and NaNs."""
+    values = np.array(
+        [0.0, -0.0, 1.0, -1.0, 65504.0, -65504.0, 65519.996, 65520.0, 1e6, -1e6, np.inf, -np.inf,
+         2.0**-14, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 2.0**-26, 1e-40, -1e-45, 1.0 + 2.0**-11,
+         1.0 + 3 * 2.0**-11, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, 3.4028235e38],
+        dtype=np.float32,
+    )
+    bits = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FBFFFFF, 0xFFFFFFFF], dtype=np.uint32)
+    rng = np.random.default_rng(5)
+    random_bits = rng.integers(0, 2**32, size=4096 - values.size - bits.size, dtype=np.uint64)
+    return np.concatenate([values, bits.view(np.float32), random_bits.astype(np.uint32).view(np.float32)])
+
+
+def test_f16_conversion_rounds_like_ggml():
+    x = _special_floats().reshape(2, -1)
+    got = hostkernels.quantize(x, "F16").view(np.uint16)
+    with np.errstate(all="ignore"):
+        expected = x.astype(np.float16).view(np.uint16)
+    # ggml writes every NaN as a payload-free quiet NaN that keeps the sign.
+    expected = np.where(np.isnan(x), (expected & 0x8000) | 0x7E00, expected).astype(np.uint16)
+    np.testing.assert_array_equal(got, expected)
+    back = hostkernels.dequantize(got.view(np.uint8), "F16", x.shape[1])
+    np.testing.assert_array_equal(back.view(np.uint32), got.view(np.float16).astype(np.float32).view(np.uint32))
+
+
+def test_bf16_conversion_rounds_like_ggml():
+    x = _special_floats().reshape(2, -1)
+    got = hostkernels.quantize(x, "BF16").view(np.uint16)
+    np.testing.assert_array_equal(got, bf16_bits(x))
+    back = hostkernels.dequantize(got.view(np.uint8), "BF16", x.shape[1])
+    np.testing.assert_array_equal(back.view(np.uint32), got.astype(np.uint32) << 16)
+
+
+def test_q8_0_ignores_the_imatrix():
+    x = random_rows(seed=3, rows_per_kind=1)
+    plain = hostkernels.quantize(x, "Q8_0")
+    assert_same_bytes(hostkernels.quantize(x, "Q8_0", random_imatrix(4, x.shape[1])), plain, "Q8_0")
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+def test_imatrix_changes_the_bytes(type_name):
+    # Guards against an imatrix silently ignored: the weighted search must pick other levels.
+    x = random_rows(seed=7, rows_per_kind=1)
+    plain = hostkernels.quantize(x, type_name)
+    weighted = hostkernels.quantize(x, type_name, random_imatrix(8, x.shape[1]))
+    assert (plain != weighted).any()
+
+
+def test_rejects_types_it_does_not_build():
+    with pytest.raises(ValueError, match="host kernel build has no Q4_K"):
+        hostkernels.quantize(np.zeros((1, 256), np.float32), "Q4_K")
