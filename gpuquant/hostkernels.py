@@ -1,6 +1,6 @@
 """The CUDA kernels' per-block code built for the CPU: how CI (no GPU) tests the kernels' arithmetic.
 
-`kernels/host_api.cpp` loops the same `.cuh` block functions that the CUDA kernels call; this module
+`kernels/host_<family>.cpp` loop the same `.cuh` block functions that the CUDA kernels call; this module
 compiles it with the system C++ compiler (no FMA contraction, like ggml's reference build) into a
 cache directory keyed by a hash of the kernel sources, loads it with ctypes, and offers
 `quantize(x, qtype, imatrix)` / `dequantize(q, qtype, n_per_row)` with the numpy backend's array
@@ -24,8 +24,11 @@ from .qtypes import QType, resolve
 KERNELS_DIR_ENV = "GPUQUANT_KERNELS_DIR"
 CACHE_DIR_ENV = "GPUQUANT_CACHE_DIR"
 
-# Types whose block code lives in kernels/legacy.cuh (plus the elementwise float conversions).
-HOST_TYPES = ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+# Types the host build has, per family (kernels/host_<family>.cpp): one line per family.
+HOST_FAMILIES = {
+    "legacy": ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"),
+}
+HOST_TYPES = tuple(name for names in HOST_FAMILIES.values() for name in names)
 
 CXX_FLAGS = ("-O2", "-std=c++17", "-ffp-contract=off", "-fPIC", "-shared")
 
@@ -72,7 +75,7 @@ def cache_dir() -> Path:
 
 
 def build_library() -> Path:
-    """Compile kernels/host_api.cpp (once per source version) and return the shared library's path."""
+    """Compile kernels/host_*.cpp (once per source version) and return the shared library's path."""
     compiler = find_compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
@@ -87,7 +90,9 @@ def build_library() -> Path:
     # Build under a unique name and rename: concurrent test processes never load a partial file.
     fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    command = [compiler, *CXX_FLAGS, "-I", str(source_dir), str(source_dir / "host_api.cpp"), "-o", partial]
+    sources = [str(source_dir / "host_api.cpp"), *(str(p) for p in sorted(source_dir.glob("host_*.cpp"))
+                                                   if p.name != "host_api.cpp")]
+    command = [compiler, *CXX_FLAGS, "-I", str(source_dir), *sources, "-o", partial]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         os.unlink(partial)

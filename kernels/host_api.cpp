@@ -1,113 +1,43 @@
-// The host build of the kernels' per-block code: the same functions as the CUDA kernels, looped
-// over rows and blocks on the CPU. CI has no GPU, so this is how it checks the kernel code byte for
-// byte against ggml's golden vectors. Build (gpuquant/hostkernels.py does it):
-//   g++ -O2 -std=c++17 -ffp-contract=off -fPIC -shared -I kernels kernels/host_api.cpp -o libgqhost.so
-#include "legacy.cuh"
+// The host build's entry points: each type family's host_<family>.cpp exports a quantize and a
+// dequantize function that answers GQ_UNKNOWN_TYPE (-1) for types it does not own; these two
+// functions ask each family in turn. Add a family by adding one line to each table.
+#include <cstdint>
+
+typedef int (*GqQuantizeFn)(int, const float*, const float*, std::uint8_t*, std::int64_t, std::int64_t);
+typedef int (*GqDequantizeFn)(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
+
+extern "C" {
+int gq_legacy_quantize(int, const float*, const float*, std::uint8_t*, std::int64_t, std::int64_t);
+int gq_legacy_dequantize(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
+}
 
 namespace {
-
-// ggml type ids (ggml.h), the ones this build implements.
-enum GqTypeId {
-    GQ_F16 = 1,
-    GQ_Q4_0 = 2,
-    GQ_Q4_1 = 3,
-    GQ_Q5_0 = 6,
-    GQ_Q5_1 = 7,
-    GQ_Q8_0 = 8,
-    GQ_BF16 = 30,
+const GqQuantizeFn kQuantizers[] = {
+    gq_legacy_quantize,
 };
-
-enum GqStatus { GQ_OK = 0, GQ_UNKNOWN_TYPE = -1, GQ_BAD_ROW_LENGTH = -2 };
-
-typedef void (*BlockQuantizer)(const float* x, gq_u8* out);
-typedef void (*WeightedBlockQuantizer)(const float* x, const float* qw, float sigma2, gq_u8* out);
-typedef void (*BlockDequantizer)(const gq_u8* in, float* y);
-
-struct BlockFormat {
-    int bytes;
-    BlockQuantizer quantize;
-    WeightedBlockQuantizer quantize_weighted;  // null: the format ignores an importance matrix
-    BlockDequantizer dequantize;
+const GqDequantizeFn kDequantizers[] = {
+    gq_legacy_dequantize,
 };
-
-bool block_format(int type_id, BlockFormat* f) {
-    switch (type_id) {
-        case GQ_Q4_0:
-            *f = {GQ_Q4_0_BYTES, gq_quantize_block_q4_0, gq_quantize_block_q4_0_weighted, gq_dequantize_block_q4_0};
-            return true;
-        case GQ_Q4_1:
-            *f = {GQ_Q4_1_BYTES, gq_quantize_block_q4_1, gq_quantize_block_q4_1_weighted, gq_dequantize_block_q4_1};
-            return true;
-        case GQ_Q5_0:
-            *f = {GQ_Q5_0_BYTES, gq_quantize_block_q5_0, gq_quantize_block_q5_0_weighted, gq_dequantize_block_q5_0};
-            return true;
-        case GQ_Q5_1:
-            *f = {GQ_Q5_1_BYTES, gq_quantize_block_q5_1, gq_quantize_block_q5_1_weighted, gq_dequantize_block_q5_1};
-            return true;
-        case GQ_Q8_0:
-            *f = {GQ_Q8_0_BYTES, gq_quantize_block_q8_0, nullptr, gq_dequantize_block_q8_0};
-            return true;
-        default:
-            return false;
-    }
-}
-
-// The row's mean square, summed in order as ggml's *_impl quantizers (and gq_row_sigma2) do.
-float row_sigma2(const float* x, gq_i64 n_per_row) {
-    float sum = 0.0f;
-    for (gq_i64 j = 0; j < n_per_row; ++j) sum += x[j] * x[j];
-    return sum / (float)n_per_row;
-}
-
+const int kUnknownType = -1;
 }  // namespace
 
 extern "C" {
 
-// Quantizes nrows rows of n_per_row floats into out (nrows * row_bytes bytes). imatrix (n_per_row
-// floats) may be null. Returns 0, or a negative GqStatus.
-int gq_quantize(int type_id, const float* x, const float* imatrix, gq_u8* out, gq_i64 nrows, gq_i64 n_per_row) {
-    const gq_i64 n = nrows * n_per_row;
-    if (type_id == GQ_F16 || type_id == GQ_BF16) {
-        for (gq_i64 i = 0; i < n; ++i) {
-            gq_store_u16(out + 2 * i, type_id == GQ_F16 ? gq_fp32_to_fp16(x[i]) : gq_fp32_to_bf16(x[i]));
-        }
-        return GQ_OK;
+int gq_quantize(int type_id, const float* x, const float* imatrix, std::uint8_t* out, std::int64_t nrows,
+                std::int64_t n_per_row) {
+    for (GqQuantizeFn fn : kQuantizers) {
+        const int status = fn(type_id, x, imatrix, out, nrows, n_per_row);
+        if (status != kUnknownType) return status;
     }
-    BlockFormat f;
-    if (!block_format(type_id, &f)) return GQ_UNKNOWN_TYPE;
-    if (n_per_row % GQ_QK != 0) return GQ_BAD_ROW_LENGTH;
-    const gq_i64 blocks_per_row = n_per_row / GQ_QK;
-    for (gq_i64 r = 0; r < nrows; ++r) {
-        const float* xr = x + r * n_per_row;
-        gq_u8* qr = out + r * blocks_per_row * f.bytes;
-        if (imatrix && f.quantize_weighted) {
-            const float sigma2 = row_sigma2(xr, n_per_row);
-            for (gq_i64 b = 0; b < blocks_per_row; ++b) {
-                f.quantize_weighted(xr + b * GQ_QK, imatrix + b * GQ_QK, sigma2, qr + b * f.bytes);
-            }
-        } else {
-            for (gq_i64 b = 0; b < blocks_per_row; ++b) f.quantize(xr + b * GQ_QK, qr + b * f.bytes);
-        }
-    }
-    return GQ_OK;
+    return kUnknownType;
 }
 
-// Dequantizes nrows rows (n_per_row weights each) from q into y. Returns 0, or a negative GqStatus.
-int gq_dequantize(int type_id, const gq_u8* q, float* y, gq_i64 nrows, gq_i64 n_per_row) {
-    const gq_i64 n = nrows * n_per_row;
-    if (type_id == GQ_F16 || type_id == GQ_BF16) {
-        for (gq_i64 i = 0; i < n; ++i) {
-            const gq_u16 h = gq_load_u16(q + 2 * i);
-            y[i] = type_id == GQ_F16 ? gq_fp16_to_fp32(h) : gq_bf16_to_fp32(h);
-        }
-        return GQ_OK;
+int gq_dequantize(int type_id, const std::uint8_t* q, float* y, std::int64_t nrows, std::int64_t n_per_row) {
+    for (GqDequantizeFn fn : kDequantizers) {
+        const int status = fn(type_id, q, y, nrows, n_per_row);
+        if (status != kUnknownType) return status;
     }
-    BlockFormat f;
-    if (!block_format(type_id, &f)) return GQ_UNKNOWN_TYPE;
-    if (n_per_row % GQ_QK != 0) return GQ_BAD_ROW_LENGTH;
-    const gq_i64 n_blocks = n / GQ_QK;
-    for (gq_i64 b = 0; b < n_blocks; ++b) f.dequantize(q + b * f.bytes, y + b * GQ_QK);
-    return GQ_OK;
+    return kUnknownType;
 }
 
 }  // extern "C"

@@ -1,5 +1,5 @@
 // ggml's legacy 32-weight block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), one block at a time: the
-// same functions run in the CUDA kernels (legacy.cu) and in the host build (host_api.cpp).
+// same functions run in the CUDA kernels (legacy.cu) and in the host build (host_legacy.cpp).
 //
 // Block layouts (little-endian, no padding):
 //   Q4_0 18 bytes: d fp16 | qs[16]              x = (q - 8) * d
