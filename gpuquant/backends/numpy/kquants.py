@@ -186,9 +186,7 @@ def _q2_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     sub_d = (fp16_bits_to_f32(d_bits)[:, None] * (scale_bytes & 0xF).astype(F32)).reshape(-1)
     sub_m = (fp16_bits_to_f32(dmin_bits)[:, None] * (scale_bytes >> 4).astype(F32)).reshape(-1)
     levels = _requantize(sub, sub_d, sub_m, levels, 0, 3, 0).reshape(nb, QK_K)
-    return np.concatenate(
-        [scale_bytes, _pack_2bit(levels), _fp16_bytes(d_bits), _fp16_bytes(dmin_bits)], axis=1
-    )
+    return np.concatenate([scale_bytes, _pack_2bit(levels), _fp16_bytes(d_bits), _fp16_bytes(dmin_bits)], axis=1)
 
 
 def _q2_k_values(blocks: np.ndarray) -> np.ndarray:
@@ -451,9 +449,7 @@ def _q6_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     ql = np.concatenate([low[:, :, 0] | (low[:, :, 2] << 4), low[:, :, 1] | (low[:, :, 3] << 4)], axis=2)
     top = quads >> 4
     qh = top[:, :, 0] | (top[:, :, 1] << 2) | (top[:, :, 2] << 4) | (top[:, :, 3] << 6)
-    return np.concatenate(
-        [ql.reshape(nb, 128), qh.reshape(nb, 64), sc.view(np.uint8), _fp16_bytes(d_bits)], axis=1
-    )
+    return np.concatenate([ql.reshape(nb, 128), qh.reshape(nb, 64), sc.view(np.uint8), _fp16_bytes(d_bits)], axis=1)
 
 
 def _q6_k_values(blocks: np.ndarray) -> np.ndarray:
