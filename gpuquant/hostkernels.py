@@ -36,9 +36,12 @@ _library: ctypes.CDLL | None = None
 
 
 def kernels_dir() -> Path:
-    """The folder of CUDA/C++ kernel sources: $GPUQUANT_KERNELS_DIR, else the repository's kernels/."""
+    """The folder of CUDA/C++ kernel sources: $GPUQUANT_KERNELS_DIR, else the repository's kernels/,
+    else the copy an installed wheel carries as gpuquant/kernels."""
     override = os.environ.get(KERNELS_DIR_ENV)
     path = Path(override) if override else Path(__file__).resolve().parents[1] / "kernels"
+    if not override and not path.is_dir():
+        path = Path(__file__).resolve().parent / "kernels"
     if not (path / "common.cuh").is_file():
         raise FileNotFoundError(f"no kernel sources (common.cuh) in {path}; set {KERNELS_DIR_ENV}")
     return path
