@@ -1,0 +1,315 @@
+"""The per-block code of IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4, NVFP4, Q1_0 and Q2_0 (kernels/iq4.cuh,
+ternary.cuh, fp4.cuh, lowbit.cuh), built for the CPU, against ggml's own bytes and the numpy backend.
+
+The CUDA kernels (kernels/more_types.cu) call exactly these functions, so this is how a machine
+without a GPU checks their arithmetic. Skipped only without a C++ compiler.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from conftest import golden, golden_cases
+from kernel_inputs import KINDS, random_imatrix, random_rows
+
+import gpuquant
+from gpuquant import hostkernels
+from gpuquant.backends.cupy import more_types
+from gpuquant.backends.numpy.rounding import fp16_bits
+
+MORE_TYPES = hostkernels.HOST_FAMILIES["more"]
+IMATRIX_USERS = ("IQ4_NL", "IQ4_XS")
+IMATRIX_IGNORERS = tuple(name for name in MORE_TYPES if name not in IMATRIX_USERS)
+# Byte offset of each block's fp16 scale (MXFP4 and NVFP4 have 8-bit scales instead).
+FP16_SCALE_OFFSET = {"IQ4_NL": 0, "IQ4_XS": 0, "TQ1_0": 52, "TQ2_0": 64, "Q1_0": 0, "Q2_0": 0}
+FP16_NAN = (0x00, 0x7E)  # ggml writes every NaN scale as this quiet NaN (little-endian bytes)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def host_library():
+    if hostkernels.find_compiler() is None:
+        pytest.skip("no C++ compiler found (set CXX or install g++)")
+    return hostkernels.library()
+
+
+def assert_same_bytes(got: np.ndarray, expected: np.ndarray, what: str) -> None:
+    assert got.dtype == expected.dtype and got.shape == expected.shape, what
+    rows = np.flatnonzero((got != expected).reshape(got.shape[0], -1).any(axis=1))
+    assert rows.size == 0, f"{what}: rows {rows.tolist()} differ"
+
+
+def test_the_family():
+    assert set(MORE_TYPES) == {"IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0", "Q2_0"}
+
+
+# ---------------------------------------------------------------- against ggml
+
+
+@pytest.mark.parametrize("type_name", MORE_TYPES)
+def test_quantize_matches_ggml(type_name):
+    keys = []
+    for key, x, imatrix, expected in golden_cases(type_name):
+        assert_same_bytes(hostkernels.quantize(x, type_name, imatrix), expected, f"{type_name} {key}")
+        keys.append(key)
+    # every golden case, each without and with an imatrix
+    assert len(keys) >= 10
+    assert {k.removesuffix("__imatrix") for k in keys if k.endswith("__imatrix")} == {
+        k for k in keys if not k.endswith("__imatrix")
+    }
+
+
+@pytest.mark.parametrize("type_name", MORE_TYPES)
+def test_dequantize_matches_ggml(type_name):
+    ref = golden(type_name)
+    keys = [k for k in ref if k.endswith("__dequant")]
+    assert keys
+    for key in keys:
+        case = key.removesuffix("__dequant")
+        q = ref[case] if case in ref else ref[f"{case}__imatrix"]
+        got = hostkernels.dequantize(q, type_name, ref[key].shape[1])
+        assert_same_bytes(got.view(np.uint32), ref[key].view(np.uint32), f"{type_name} {key}")
+
+
+# ---------------------------------------------------------------- against the numpy backend
+
+
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
+@pytest.mark.parametrize("type_name", MORE_TYPES)
+def test_random_rows_match_numpy_backend(type_name, with_imatrix):
+    # Every awkward kind of input at once (ties, constant blocks, subnormals, fp16 overflow); rows
+    # of 4 super-blocks, so that each block must take its own slice of the imatrix.
+    x = random_rows(seed=81, kinds=KINDS, rows_per_kind=3, n_per_row=1024)
+    imatrix = random_imatrix(seed=82, n_per_row=1024) if with_imatrix else None
+    with np.errstate(all="ignore"):  # the numpy backend's own float warnings on huge values
+        expected = gpuquant.quantize(x, type_name, imatrix=imatrix, backend="numpy")
+    got = hostkernels.quantize(x, type_name, imatrix)
+    assert_same_bytes(got, expected, type_name)
+    back = hostkernels.dequantize(got, type_name, x.shape[1])
+    expected_back = gpuquant.dequantize(expected, type_name, backend="numpy")
+    assert_same_bytes(back.view(np.uint32), expected_back.view(np.uint32), f"{type_name} dequantize")
+
+
+@pytest.mark.parametrize("type_name", MORE_TYPES)
+def test_infinities_and_extreme_scales_match_numpy_backend(type_name):
+    # Infinite weights (infinite block maxima, 0 * inf in the searches), weights of 1e36 (fp16 scales
+    # overflow) and subnormal weights (infinite inverse scales), mixed within rows.
+    rng = np.random.default_rng(83)
+    x = rng.standard_normal((6, 512)).astype(np.float32)
+    x[0, rng.random(512) < 0.05] = np.inf
+    x[1, rng.random(512) < 0.05] = -np.inf
+    x[2] *= np.float32(1e36)
+    x[3] *= np.float32(1e-40)
+    x[4, :256] *= np.float32(1e-30)
+    x[5, ::7] = 0.0
+    imatrix = random_imatrix(seed=84, n_per_row=512)
+    with np.errstate(all="ignore"):
+        expected = gpuquant.quantize(x, type_name, imatrix=imatrix, backend="numpy")
+    assert_same_bytes(hostkernels.quantize(x, type_name, imatrix), expected, type_name)
+
+
+@pytest.mark.parametrize("type_name", MORE_TYPES)
+def test_dequantize_arbitrary_bytes_like_numpy(type_name):
+    # Every bit of every field set somewhere: nibbles, trits, sign bits, IQ4_XS's split 6-bit
+    # multipliers, every E8M0 and UE4M3 scale byte.
+    t = gpuquant.resolve(type_name)
+    rng = np.random.default_rng(85)
+    rows, n_per_row = 4, 1024
+    q = rng.integers(0, 256, size=(rows * n_per_row // t.block_size, t.type_size), dtype=np.uint8)
+    if type_name in FP16_SCALE_OFFSET:
+        # finite fp16 scales, so that both sides compute with numbers, not NaN payloads
+        offset = FP16_SCALE_OFFSET[type_name]
+        scale = fp16_bits(rng.standard_normal(q.shape[0]).astype(np.float32)).astype("<u2")
+        q[:, offset : offset + 2] = scale.view(np.uint8).reshape(-1, 2)
+    q = q.reshape(rows, -1)
+    with np.errstate(all="ignore"):
+        expected = gpuquant.dequantize(q, type_name, backend="numpy")
+    got = hostkernels.dequantize(q, type_name, n_per_row)
+    assert_same_bytes(got.view(np.uint32), expected.view(np.uint32), type_name)
+
+
+# ---------------------------------------------------------------- the importance matrix
+
+
+@pytest.mark.parametrize("type_name", IMATRIX_USERS)
+def test_imatrix_changes_the_bytes(type_name):
+    # Guards against an imatrix silently ignored: the weighted search must pick other scales.
+    x = random_rows(seed=86, kinds=("weights", "heavy_tail"), rows_per_kind=2, n_per_row=512)
+    plain = hostkernels.quantize(x, type_name)
+    assert (hostkernels.quantize(x, type_name, random_imatrix(87, x.shape[1])) != plain).any()
+
+
+@pytest.mark.parametrize("type_name", IMATRIX_IGNORERS)
+def test_other_types_ignore_the_imatrix(type_name):
+    x = random_rows(seed=88, rows_per_kind=1, n_per_row=512)
+    plain = hostkernels.quantize(x, type_name)
+    assert_same_bytes(hostkernels.quantize(x, type_name, random_imatrix(89, x.shape[1])), plain, type_name)
+
+
+# ---------------------------------------------------------------- C semantics at the edges
+
+
+def _tq1_0_trits(patterns: np.ndarray) -> np.ndarray:
+    """A 256-weight block's trits such that TQ1_0's 48 five-trit bytes hold patterns[0:48] and its
+    4 four-trit bytes patterns[48:52] (base-3 numbers, most significant trit first)."""
+    trits = np.empty(256, dtype=np.int64)
+    for n in range(5):
+        trits[32 * n : 32 * n + 32] = patterns[0:32] // 3 ** (4 - n) % 3  # byte m: weights m + 32 n
+        trits[160 + 16 * n : 176 + 16 * n] = patterns[32:48] // 3 ** (4 - n) % 3  # weights 160 + m + 16 n
+    for m in range(4):
+        trits[240 + 4 * m : 244 + 4 * m] = patterns[48:52] // 3 ** (3 - m) % 3  # qh[j]: weights 240 + j + 4 m
+    return trits
+
+
+@pytest.mark.parametrize("type_name", ["TQ1_0", "TQ2_0"])
+def test_ternary_round_trips_every_trit_pattern(type_name):
+    # Weights -1, 0, 1 (so d = 1) decode to themselves. Over the blocks, TQ1_0's bytes run through
+    # all 243 five-trit and all 81 four-trit numbers: a wrong byte scaling or trit order breaks some.
+    blocks = 21  # 21 * 48 >= 243 and 21 * 4 >= 81
+    x = np.empty((blocks, 256), dtype=np.float32)
+    covered = set(), set()
+    for block in range(blocks):
+        patterns = np.concatenate([(block * 48 + np.arange(48)) % 243, (block * 4 + np.arange(4)) % 81])
+        covered[0].update(patterns[:48].tolist())
+        covered[1].update(patterns[48:].tolist())
+        x[block] = (_tq1_0_trits(patterns) - 1).astype(np.float32)
+    assert len(covered[0]) == 243 and len(covered[1]) == 81
+    back = hostkernels.dequantize(hostkernels.quantize(x, type_name), type_name, 256)
+    np.testing.assert_array_equal(back, x)
+
+
+def test_mxfp4_exponent_rounds_log2_like_ggml():
+    # e = floor(log2f(max |x|)) - 2 + 127 with log2f rounded to float32: the 100 floats just below
+    # each power of two (some of which round up to it), the power itself, and subnormal maxima
+    # (whose e wraps through the uint8 cast).
+    maxima = []
+    for exponent in range(-148, 129):
+        top = np.float32(2.0**exponent) if exponent < 128 else np.float32(np.inf)
+        below = np.nextafter(top, np.float32(0)) if exponent < 128 else np.finfo(np.float32).max
+        for _ in range(100):
+            maxima.append(below)
+            below = np.nextafter(below, np.float32(0))
+        if exponent < 128:
+            maxima.append(top)
+    maxima = np.unique(np.array(maxima, dtype=np.float32))
+    maxima = maxima[maxima > 0]  # the steps below the smallest powers run out at 0
+    x = np.zeros((maxima.size, 32), dtype=np.float32)
+    x[:, 5] = -maxima
+    x[:, 9] = maxima * np.float32(0.5)
+    got = hostkernels.quantize(x, "MXFP4")[:, 0]  # one block a row
+    # the float64 log2 rounded to float32 is the correctly rounded log2f at every one of these
+    log2 = np.floor(np.log2(maxima.astype(np.float64)).astype(np.float32))
+    expected = (log2.astype(np.int64) - 2 + 127) & 0xFF  # the float -> uint8 cast goes through int
+    np.testing.assert_array_equal(got, expected.astype(np.uint8))
+
+
+def _block_with_nans(n: int) -> np.ndarray:
+    x = (np.random.default_rng(90).standard_normal((1, n)) * 0.1).astype(np.float32)
+    x[0, 3] = np.nan
+    x[0, n - 1] = np.nan  # the last value: C's MAX keeps a NaN only when nothing follows it
+    return x
+
+
+def test_ternary_nan_maximum_gives_nan_scale_and_zero_trits():
+    # MAX(amax, NaN) takes the trailing NaN: d is NaN, x * (1/d) is NaN, lroundf(NaN) is LONG_MIN and
+    # the trit LONG_MIN + 1 narrowed to int is 1, the zero trit.
+    x = _block_with_nans(256)
+    tq2 = hostkernels.quantize(x, "TQ2_0")[0]
+    assert (tq2[:64] == 0x55).all() and tuple(tq2[64:]) == FP16_NAN
+    tq1 = hostkernels.quantize(x, "TQ1_0")[0]
+    assert (tq1[:48] == 128).all()  # 11111 in base 3, scaled: (121 * 256 + 242) // 243
+    assert (tq1[48:52] == 127).all()  # 1111 then a 0 trit: (120 * 256 + 242) // 243
+    assert tuple(tq1[52:]) == FP16_NAN
+
+
+def test_iq4_nl_nan_block_has_zero_scale():
+    # NaN weights make every least-squares sum NaN, so no trial scale is ever taken: d = 0, and the
+    # levels of 0 * x are level 8 (the value 1) for numbers and the top level 15 for NaN.
+    x = _block_with_nans(32)
+    q = hostkernels.quantize(x, "IQ4_NL")[0]
+    levels = np.concatenate([q[2:] & 0x0F, q[2:] >> 4])
+    assert tuple(q[:2]) == (0, 0)
+    np.testing.assert_array_equal(levels, np.where(np.isnan(x[0]), 15, 8))
+
+
+@pytest.mark.parametrize("type_name", ["MXFP4", "NVFP4"])
+def test_fp4_nan_is_level_zero(type_name):
+    # `amax < fabsf(NaN)` is false, and every |level * d - NaN| is NaN: index 0, as for 0.
+    x = _block_with_nans(64)
+    assert_same_bytes(
+        hostkernels.quantize(x, type_name), hostkernels.quantize(np.nan_to_num(x, nan=0.0), type_name), type_name
+    )
+
+
+def test_q1_0_nan_gives_nan_scale_and_clear_bit():
+    x = _block_with_nans(128)
+    q = hostkernels.quantize(x, "Q1_0")[0]
+    assert tuple(q[:2]) == FP16_NAN
+    np.testing.assert_array_equal(np.unpackbits(q[2:], bitorder="little"), x[0] >= 0)
+
+
+def test_q2_0_nan_is_level_zero():
+    # `a > amax` never takes a NaN; (int)roundf(NaN) is INT_MIN on x86, clamped to level 0.
+    x = _block_with_nans(64)
+    q = hostkernels.quantize(x, "Q2_0")[0]
+    reference = hostkernels.quantize(np.nan_to_num(x, nan=0.0), "Q2_0")[0]
+    assert tuple(q[:2]) == tuple(reference[:2])
+    fields = (q[2:, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3
+    expected = (reference[2:, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3
+    np.testing.assert_array_equal(fields.reshape(-1), np.where(np.isnan(x[0]), 0, expected.reshape(-1)))
+
+
+# ---------------------------------------------------------------- the CuPy launchers, without a GPU
+
+
+def _kernel_signatures() -> dict[str, list[str]]:
+    """kernel name -> its parameter types, from kernels/more_types.cu."""
+    source = (hostkernels.kernels_dir() / more_types.SOURCE).read_text()
+    return {
+        name: [p.strip().rsplit(" ", 1)[0] for p in params.split(",")]
+        for name, params in re.findall(r"__global__ void (\w+)\(([^)]*)\)", source)
+    }
+
+
+class _FakeArray:
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.size = int(np.prod(shape))
+
+
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
+@pytest.mark.parametrize("type_name", MORE_TYPES)
+def test_launchers_match_the_kernels(type_name, with_imatrix, monkeypatch):
+    # Each launch names a kernel of more_types.cu, passes pointers and 64-bit integers where it takes
+    # them, and starts a thread for every unit of work the kernel counts.
+    signatures = _kernel_signatures()
+    launches = []
+
+    def fake_get_kernel(source, name):
+        assert source == more_types.SOURCE and name in signatures, name
+        return lambda grid, block, args, stream: launches.append((name, grid, block, args))
+
+    monkeypatch.setattr(more_types, "get_kernel", fake_get_kernel)
+    t = gpuquant.resolve(type_name)
+    rows, n_per_row = 3, 1024
+    x, out = _FakeArray((rows, n_per_row)), _FakeArray((rows * t.row_bytes(n_per_row),))
+    more_types.quantize_device(x, t, _FakeArray((n_per_row,)) if with_imatrix else None, out, stream=None)
+    more_types.dequantize_device(out, t, n_per_row, x, stream=None)
+    assert len(launches) == 2
+    weighted = with_imatrix and type_name in IMATRIX_USERS
+    assert launches[0][0].endswith("_imatrix") == weighted
+    per_thread = {"IQ4_XS": 32, "NVFP4": 16}.get(type_name, t.block_size)
+    expected_units = [
+        rows * n_per_row // per_thread,
+        rows * n_per_row // (32 if type_name == "IQ4_XS" else t.block_size),
+    ]
+    for (name, grid, block, args), units in zip(launches, expected_units, strict=True):
+        params = signatures[name]
+        assert len(args) == len(params), name
+        for arg, param in zip(args, params, strict=True):
+            assert isinstance(arg, np.int64) == (param == "gq_i64"), (name, param)
+        n_units = int(args[len(params) - (2 if name.endswith("_imatrix") else 1)])
+        assert n_units == units and grid[0] * block[0] >= units, name
+        if name.endswith("_imatrix"):
+            assert int(args[-1]) == n_per_row // 32  # blocks or sub-blocks per row
