@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .rounding import NEAREST_INT_PLAIN_LIMIT, nearest_int_exact
+
 F32 = np.float32
 _ZERO = F32(0.0)
 _ONE = F32(1.0)
@@ -18,16 +20,6 @@ GROUP_MAX_EPS = F32(1e-15)
 # Elements searched at once: large enough to amortize numpy's per-call cost, small enough that the
 # [n, groups] float32 temporaries of a search stay near the CPU caches.
 SEARCH_CHUNK_ELEMENTS = 1 << 18
-_MAGIC = F32(12582912.0)  # 1.5 * 2**23: ggml's nearest_int adds it and reads the low mantissa bits
-_NEAREST_INT_LIMIT = F32(4194303.0)  # up to here ggml's nearest_int is round-half-even
-
-
-def nearest_int_exact(x: np.ndarray) -> np.ndarray:
-    """ggml's nearest_int bit for bit, also outside |x| <= 2**22 (where np.rint would differ), as int32."""
-    bits = np.add(x, _MAGIC, dtype=F32).view(np.int32)
-    bits &= 0x7FFFFF
-    bits -= 0x400000
-    return bits
 
 
 def transposed(a: np.ndarray) -> np.ndarray:
@@ -43,19 +35,19 @@ def sequential_sum(terms: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _levels(xt, data_min, data_max, group_min, iscale, nmax: np.float32, out=None) -> np.ndarray:
+def _levels(xt, data_min, data_max, group_min, iscale, nmax: np.float32, out=None, has_nan=False) -> np.ndarray:
     """MAX(0, MIN(nmax, nearest_int(iscale*(x - min)))) as float32 `[n, nblocks]`.
 
     np.rint is ggml's nearest_int while |iscale*(x - min)| <= 2**22 - 1. That is bounded from the
     data range (rounding is monotonic, so a bound from the endpoints holds for every element);
     only a search whose min moved far from the data could exceed it, and then ggml's bit trick
-    is reproduced instead.
+    is reproduced instead. So is it where the data has NaN (which the range does not bound).
     """
     t = np.subtract(xt, group_min, out=out)
     t *= iscale
     reach = np.maximum(data_max - group_min, group_min - data_min)
     reach *= np.abs(iscale)
-    if np.all(reach <= _NEAREST_INT_LIMIT):
+    if not has_nan and np.all(reach <= NEAREST_INT_PLAIN_LIMIT):
         np.rint(t, out=t)
         np.clip(t, _ZERO, nmax, out=t)
     else:
@@ -89,7 +81,6 @@ def make_qkx2_quants(
 
     A weighted search for scale and min (x ~ scale*L - the_min, L in 0..nmax) over nstep+1
     candidate inverse scales; each accepted candidate moves the min that later candidates use.
-    (NaN inputs are not reproduced: ggml skips a NaN in its min/max scan, numpy propagates it.)
     """
     nblocks, n = x.shape
     scale = np.empty(nblocks, dtype=F32)
@@ -110,9 +101,13 @@ def _make_qkx2_quants_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
     n, nb = xt.shape
     f_nmax = F32(nmax)
     # min and max carry no rounding, so any order gives ggml's values (up to the sign of a zero,
-    # which cannot change any output here)
+    # which cannot change any output here), except where NaN propagates through np.min/np.max
     data_min = np.min(xt, axis=0)
     group_max = np.max(xt, axis=0)
+    nan_groups = np.flatnonzero(np.isnan(data_min))  # NaN in data_min iff NaN in group_max
+    has_nan = nan_groups.size > 0
+    if has_nan:
+        data_min[nan_groups], group_max[nan_groups] = _c_min_max_t(xt[:, nan_groups])
     group_min = np.minimum(data_min, _ZERO)
     flat = group_max == group_min
     sums = np.empty((n, 3, nb), dtype=F32)  # per element: w*l, w*l*l, w*l*x (then w, w*x)
@@ -131,7 +126,7 @@ def _make_qkx2_quants_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = f_nmax / span()
         scale = _ONE / iscale
-        levels = _levels(xt, data_min, group_max, group_min, iscale, f_nmax)
+        levels = _levels(xt, data_min, group_max, group_min, iscale, f_nmax, has_nan=has_nan)
         diff = np.empty_like(xt)
         best_error = _weighted_error(xt, wt, levels, scale, group_min, use_mad, diff)
         # L is recomputed at the end from the (iscale, min) pair that produced the winner
@@ -142,7 +137,7 @@ def _make_qkx2_quants_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
         for step in range(nstep + 1):
             factor = F32(F32(rmin) + F32(rdelta) * F32(step)) + f_nmax
             iscale = factor / span()
-            _levels(xt, data_min, group_max, group_min, iscale, f_nmax, out=levels)
+            _levels(xt, data_min, group_max, group_min, iscale, f_nmax, out=levels, has_nan=has_nan)
             np.multiply(wt, levels, out=wl)
             np.multiply(wl, levels, out=wl2)
             np.multiply(wl, xt, out=wlx)
@@ -162,10 +157,21 @@ def _make_qkx2_quants_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
             best_levels_min = np.where(better, group_min, best_levels_min)
             group_min = np.where(better, this_min, group_min)
 
-        levels = _levels(xt, data_min, group_max, best_levels_min, best_iscale, f_nmax, out=levels)
+        levels = _levels(xt, data_min, group_max, best_levels_min, best_iscale, f_nmax, out=levels, has_nan=has_nan)
     levels[:, flat] = 0
     scale[flat] = _ZERO
     return scale, -group_min, levels.astype(np.uint8)
+
+
+def _c_min_max_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """C's `min = max = x[0]; for i >= 1: if (x[i] < min) min = x[i]; if (x[i] > max) max = x[i];`
+    per column of `[n, nb]`: NaN is skipped, except a NaN x[0], which stays."""
+    vmin = xt[0].copy()
+    vmax = xt[0].copy()
+    for row in xt[1:]:
+        np.copyto(vmin, row, where=row < vmin)
+        np.copyto(vmax, row, where=row > vmax)
+    return vmin, vmax
 
 
 def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,11 +194,14 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
         for start in range(0, nblocks, chunk):
             part = slice(start, min(start + chunk, nblocks))
             xt = transposed(x[part])
-            vmax = _first_max_abs_t(xt)
+            vmax, finite = _first_max_abs_t(xt)
             empty[part] = np.abs(vmax) < GROUP_MAX_EPS
             lv = np.multiply(xt, F32(-nmax) / vmax)
-            np.rint(lv, out=lv)  # |iscale*x| <= nmax: rint is ggml's nearest_int here
-            np.clip(lv, lo, hi, out=lv)
+            if finite:
+                np.rint(lv, out=lv)  # |iscale*x| <= nmax: rint is ggml's nearest_int here
+                np.clip(lv, lo, hi, out=lv)
+            else:  # inf*0 and NaN: ggml's nearest_int gives 0 where np.rint keeps NaN
+                lv[...] = np.clip(nearest_int_exact(lv), int(lo), int(hi))
             changed[part] = _q3_descent_pass(xt, lv, sumlx[part], suml2[part], lo, hi, first=True)
             levels[:, part] = lv
         for _ in range(4):
@@ -212,8 +221,9 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     return scale, np.ascontiguousarray(levels.astype(np.uint8).T)
 
 
-def _first_max_abs_t(xt: np.ndarray) -> np.ndarray:
-    """Per column of `[n, nb]`, the first value of largest magnitude (C's `if (fabsf(x) > amax)` scan)."""
+def _first_max_abs_t(xt: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Per column of `[n, nb]`, the first value of largest magnitude (C's `if (fabsf(x) > amax)` scan
+    from amax = 0, which skips NaN), and whether every value is finite."""
     top = np.max(xt, axis=0)  # no rounding: any order gives the same values
     bottom = np.min(xt, axis=0)
     vmax = np.where(top >= -bottom, top, bottom)
@@ -223,6 +233,23 @@ def _first_max_abs_t(xt: np.ndarray) -> np.ndarray:
         cols = xt[:, tied]
         first = np.argmax(np.abs(cols) == top[tied], axis=0)
         vmax[tied] = cols[first, np.arange(tied.size)]
+    finite = bool(np.isfinite(top).all() and np.isfinite(bottom).all())
+    if not finite:  # NaN propagated through np.max/np.min: scan those columns as C does
+        nan_cols = np.flatnonzero(np.isnan(top))
+        if nan_cols.size:
+            vmax[nan_cols] = _c_first_max_abs_t(xt[:, nan_cols])
+    return vmax, finite
+
+
+def _c_first_max_abs_t(xt: np.ndarray) -> np.ndarray:
+    """C's scan itself, element by element: `if (fabsf(x) > amax) { amax = fabsf(x); max = x; }`."""
+    amax = np.zeros(xt.shape[1], dtype=F32)
+    vmax = np.zeros(xt.shape[1], dtype=F32)
+    for row in xt:
+        magnitude = np.abs(row)
+        larger = magnitude > amax
+        np.copyto(amax, magnitude, where=larger)
+        np.copyto(vmax, row, where=larger)
     return vmax
 
 

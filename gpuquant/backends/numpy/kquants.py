@@ -19,14 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kquant_search import (
-    make_q3_quants,
-    make_qkx2_quants,
-    make_qp_quants,
-    nearest_int_exact,
-    sequential_sum,
-)
-from .rounding import fp16_bits, fp16_bits_to_f32
+from .kquant_search import make_q3_quants, make_qkx2_quants, make_qp_quants, sequential_sum
+from .rounding import fp16_bits, fp16_bits_to_f32, nearest_int_exact
 from .search import make_qkx3_quants, make_qx_quants
 
 QK_K = 256

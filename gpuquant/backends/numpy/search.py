@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .rounding import NEAREST_INT_PLAIN_LIMIT, nearest_int_exact
+
 # ggml's GROUP_MAX_EPS: a block whose largest magnitude is below this quantizes to zeros.
 GROUP_MAX_EPS = np.float32(1e-15)
 
@@ -31,23 +33,14 @@ def _accumulate(rows: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-# ggml's nearest_int adds 1.5 * 2**23 and reads the low mantissa bits: plain round-half-even
-# for |x| <= 4194303, something else for larger values, infinities and NaN (NaN gives 0).
-_NEAREST_INT_LIMIT = np.float32(4194303.0)
-_MAGIC = np.float32(12582912.0)
-
-
 def _clipped_levels(scaled: np.ndarray, lo: int, hi: int, exact: bool) -> np.ndarray:
     """MAX(lo, MIN(hi, nearest_int(scaled))) in place, kept as float32 (small integers).
 
-    exact=False assumes every |scaled| <= 4194303 (np.rint is then ggml's nearest_int);
-    exact=True reproduces ggml's bit trick for any float32, at some cost.
+    exact=False assumes every |scaled| <= NEAREST_INT_PLAIN_LIMIT (np.rint is then ggml's
+    nearest_int); exact=True reproduces ggml's bit trick for any float32, at some cost.
     """
     if exact:
-        with np.errstate(invalid="ignore", over="ignore"):
-            bits = np.add(scaled, _MAGIC).view(np.int32)
-        bits &= np.int32(0x007FFFFF)
-        bits -= np.int32(0x00400000)
+        bits = nearest_int_exact(scaled)
         np.clip(bits, lo, hi, out=bits)
         scaled[...] = bits
     else:
@@ -257,13 +250,14 @@ def _may_exceed_nearest_int(iscale, data_min, data_max, cur_min) -> bool:
     """Whether iscale*(x - cur_min) can leave nearest_int's plain range for some x of a block.
 
     Once ggml has moved `min` above the data minimum, a span (max - min) that is tiny next to
-    (min - data minimum) makes huge values. The products are monotone in x, so the ends of the
-    data range bound them.
+    (min - data minimum) makes huge values; a subnormal span makes iscale infinite (its NaN and
+    inf products fail the test too). The products are monotone in x, so the ends of the data
+    range bound them.
     """
     with np.errstate(invalid="ignore", over="ignore"):
         low_end = np.abs(iscale * (data_min - cur_min))
         high_end = np.abs(iscale * (data_max - cur_min))
-        return not bool(((low_end <= _NEAREST_INT_LIMIT) & (high_end <= _NEAREST_INT_LIMIT)).all())
+        return not bool(((low_end <= NEAREST_INT_PLAIN_LIMIT) & (high_end <= NEAREST_INT_PLAIN_LIMIT)).all())
 
 
 def _make_qkx3_quants_t(xt, nmax, wt, rmin, rdelta, nstep, use_mad):
@@ -308,7 +302,10 @@ def _make_qkx3_quants_t(xt, nmax, wt, rmin, rdelta, nstep, use_mad):
         scale = _F_ONE / iscale
         scaled = np.empty_like(xt)
         np.multiply(iscale, shifted, out=scaled)
-        best_lvl = _clipped_levels(scaled, 0, nmax, nonfinite).copy()
+        # A subnormal span makes iscale infinite (nmax / span overflows): ggml's nearest_int
+        # then turns inf*0 = NaN and inf into level 0, where np.rint would give nmax.
+        exact = nonfinite or _may_exceed_nearest_int(iscale, data_min, vmax, cur_min)
+        best_lvl = _clipped_levels(scaled, 0, nmax, exact).copy()
 
         diff = np.empty_like(xt)
         best_mad = np.empty(nb, dtype=np.float32)
