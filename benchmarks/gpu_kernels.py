@@ -14,10 +14,12 @@ import sys
 import numpy as np
 
 from gpuquant.backends import cupy_available
+from gpuquant.backends.cupy import _FAMILIES
 from gpuquant.qtypes import resolve
 
-TYPES = ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
-WEIGHTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
+# Every type the CuPy backend has but F32 (a copy); those that use an imatrix are timed with one too.
+TYPES = tuple(name for name in _FAMILIES if name != "F32")
+WEIGHTED = tuple(name for name in TYPES if resolve(name).imatrix_use != "ignored")
 
 
 def _time_ms(fn, fn_args: tuple, repeats: int) -> float:

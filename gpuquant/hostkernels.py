@@ -27,6 +27,8 @@ CACHE_DIR_ENV = "GPUQUANT_CACHE_DIR"
 # Types the host build has, per family (kernels/host_<family>.cpp): one line per family.
 HOST_FAMILIES = {
     "legacy": ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"),
+    "kquants": ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"),
+    "more": ("IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0", "Q2_0"),
 }
 HOST_TYPES = tuple(name for names in HOST_FAMILIES.values() for name in names)
 

@@ -9,14 +9,22 @@ typedef int (*GqDequantizeFn)(int, const std::uint8_t*, float*, std::int64_t, st
 extern "C" {
 int gq_legacy_quantize(int, const float*, const float*, std::uint8_t*, std::int64_t, std::int64_t);
 int gq_legacy_dequantize(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
+int gq_kquants_quantize(int, const float*, const float*, std::uint8_t*, std::int64_t, std::int64_t);
+int gq_kquants_dequantize(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
+int gq_more_quantize(int, const float*, const float*, std::uint8_t*, std::int64_t, std::int64_t);
+int gq_more_dequantize(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
 }
 
 namespace {
 const GqQuantizeFn kQuantizers[] = {
     gq_legacy_quantize,
+    gq_kquants_quantize,
+    gq_more_quantize,
 };
 const GqDequantizeFn kDequantizers[] = {
     gq_legacy_dequantize,
+    gq_kquants_dequantize,
+    gq_more_dequantize,
 };
 const int kUnknownType = -1;
 }  // namespace

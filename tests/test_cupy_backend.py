@@ -18,14 +18,13 @@ if not cupy_available():
 
 import cupy  # noqa: E402
 
-from gpuquant.backends.cupy import CupyBackend  # noqa: E402
+from gpuquant.backends.cupy import _FAMILIES, CupyBackend  # noqa: E402
 from gpuquant.backends.cupy.compile import get_kernel  # noqa: E402
 
-TYPES = ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
-WEIGHTED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
+# Every type the backend has (F32, a plain copy, is tested on its own), and those that use an imatrix.
+TYPES = tuple(name for name in _FAMILIES if name != "F32")
+WEIGHTED = tuple(name for name in TYPES if gpuquant.resolve(name).imatrix_use != "ignored")
 HAVE_HOST_BUILD = hostkernels.find_compiler() is not None
-# See test_kernels_host.py: the numpy backend differs from ggml there (the kernels match ggml).
-NUMPY_KNOWN_DIFFERENCES = {("Q4_1", True, "subnormal"), ("Q5_1", True, "subnormal")}
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +95,9 @@ def test_random_rows_match_host_build(backend, type_name, with_imatrix):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
 @pytest.mark.parametrize("type_name", TYPES)
-def test_random_rows_match_numpy_backend(backend, type_name, with_imatrix, kind, request):
+def test_random_rows_match_numpy_backend(backend, type_name, with_imatrix, kind):
     if type_name not in QUANTIZERS:
         pytest.skip(f"the numpy backend has no {type_name} yet")
-    if (type_name, with_imatrix, kind) in NUMPY_KNOWN_DIFFERENCES:
-        request.applymarker(pytest.mark.xfail(reason="numpy make_qkx3_quants, infinite inverse scale"))
     x = random_rows(seed=31, kinds=(kind,), rows_per_kind=4, n_per_row=512)
     imatrix = random_imatrix(seed=32, n_per_row=512) if with_imatrix else None
     t = gpuquant.resolve(type_name)
@@ -190,3 +187,65 @@ def test_device_arguments_are_checked(backend):
 
 def test_kernels_load_once():
     assert get_kernel("legacy.cu", "gq_quantize_q4_0") is get_kernel("legacy.cu", "gq_quantize_q4_0")
+
+
+# ---------------------------------------------------------------- the streaming file pipeline (stream.py)
+
+import test_gpu_stream_fake as streaming  # noqa: E402  (its chunk cases and helpers)
+
+from gpuquant.backends import NonFiniteError  # noqa: E402
+from gpuquant.synthetic import write_synthetic_model  # noqa: E402
+
+
+@pytest.mark.parametrize("memory", [streaming.TINY_MEMORY, None], ids=["tiny-slots", "default"])
+def test_quantize_chunks_match_numpy_backend(memory):
+    # Types, widths, an importance matrix that changes and comes back, empty, one-row and strided
+    # chunks; with tiny slots most chunks are split into pieces of 1 to 3 rows.
+    chunks = streaming.mixed_chunks()
+    got = streaming.run(CupyBackend(device_memory_bytes=memory), chunks)
+    streaming.assert_same_outputs(got, streaming.expected(chunks))
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q8_0", "Q5_1"])
+def test_quantize_chunks_large_chunks_split_over_slots(type_name):
+    # 16 MiB chunks through 1.1 MiB slots: every chunk spans many pieces and all slots are busy.
+    rng = np.random.default_rng(71)
+    t = gpuquant.resolve(type_name)
+    imatrix = random_imatrix(72, n_per_row=4096) if type_name == "Q5_1" else None
+    chunks = [((rng.standard_normal((1024, 4096)) * 0.02).astype(np.float32), t, imatrix) for _ in range(3)]
+    chunks.append((chunks[0][0][:7], t, imatrix))
+    backend = CupyBackend(device_memory_bytes=16 << 20)
+    streaming.assert_same_outputs(streaming.run(backend, chunks), streaming.expected(chunks))
+
+
+@pytest.mark.parametrize("bad_row", [0, 13, 19])
+def test_quantize_chunks_non_finite_row(bad_row):
+    t = gpuquant.resolve("Q4_0")
+    chunks = [(streaming.rows(30 + i, 20, 256), t, None) for i in range(4)]
+    chunks[2][0][bad_row, 77] = np.nan
+    want = streaming.expected(chunks[:2])
+    backend = CupyBackend(device_memory_bytes=streaming.TINY_MEMORY)
+    outputs = backend.quantize_chunks(chunks, check_finite=True)
+    assert np.array_equal(next(outputs), want[0])
+    assert np.array_equal(next(outputs), want[1])
+    with pytest.raises(NonFiniteError) as raised:
+        next(outputs)
+    assert raised.value.row == bad_row
+    assert len(streaming.run(backend, chunks, check_finite=False)) == 4
+    streaming.assert_same_outputs(streaming.run(backend, chunks[:2]), want)
+
+
+@pytest.fixture(scope="module")
+def kokoro_file(tmp_path_factory):
+    return write_synthetic_model("kokoro", tmp_path_factory.mktemp("kokoro") / "kokoro-f32.gguf")
+
+
+@pytest.mark.parametrize("type_name, memory", [("Q4_0", None), ("Q8_0", None), ("Q4_0", "8M")],
+                         ids=["Q4_0", "Q8_0", "Q4_0-8M-slots"])
+def test_whole_file_matches_numpy_backend(kokoro_file, tmp_path, monkeypatch, type_name, memory):
+    if memory:
+        monkeypatch.setenv("GPUQUANT_GPU_MEMORY", memory)
+    on_gpu = gpuquant.quantize_file(kokoro_file, tmp_path / "gpu.gguf", type_name, backend="cupy")
+    gpuquant.quantize_file(kokoro_file, tmp_path / "cpu.gguf", type_name, backend="numpy", n_threads=8)
+    assert on_gpu.backend == "cupy"
+    assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()

@@ -10,13 +10,19 @@ cupy is imported lazily, so importing this package needs no GPU (tests read its 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
 
 from ...qtypes import QType, resolve
-from . import legacy
+from .. import Chunk
+from . import kquants, legacy, more_types
+from . import stream as streaming  # the file pipeline's engine ("stream" names CUDA streams here)
 
 # type name -> the module whose quantize_device / dequantize_device handle it
 _FAMILIES = {name: legacy for name in legacy.TYPES}
+_FAMILIES.update({name: kquants for name in kquants.TYPES})
+_FAMILIES.update({name: more_types for name in more_types.TYPES})
 
 
 def _check_c_contiguous(name: str, a, dtype) -> None:
@@ -31,7 +37,15 @@ def _check_c_contiguous(name: str, a, dtype) -> None:
 
 
 class CupyBackend:
+    """`device_memory_bytes` bounds the file pipeline's device memory (default: $GPUQUANT_GPU_MEMORY,
+    else 2 GiB; strings such as "4G" work); `stream_slots` is how many pieces it keeps in flight."""
+
     name = "cupy"
+
+    def __init__(self, device_memory_bytes: int | str | None = None,
+                 stream_slots: int = streaming.DEFAULT_SLOTS) -> None:
+        self.device_memory_bytes = streaming.device_memory_setting(device_memory_bytes)
+        self.stream_slots = stream_slots
 
     def supports(self, qtype: QType) -> bool:
         return resolve(qtype).name in _FAMILIES
@@ -82,6 +96,11 @@ class CupyBackend:
         family.dequantize_device(q, t, n_per_row, out, stream)
 
     # ------------------------------------------------------------ host arrays (Backend protocol)
+
+    def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
+        """The file pipeline's entry: pinned buffers and CUDA streams overlap reading, copies,
+        kernels and writing (stream.py); a yielded array is reused once the next is asked for."""
+        return streaming.quantize_chunks(self, chunks, check_finite)
 
     def quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None) -> np.ndarray:
         import cupy

@@ -1,0 +1,288 @@
+"""The GPU file pipeline's streaming engine (gpuquant/backends/cupy/stream.py), run without a GPU.
+
+tests/fake_cupy.py stands in for CuPy: work queued on a stream runs only when the host waits for
+it, as on a GPU, and the kernels are their own per-block code built for the host. Every output must
+equal the numpy backend's, byte for byte, whatever the chunk shapes, slot sizes and types.
+"""
+
+from __future__ import annotations
+
+import fake_cupy
+import numpy as np
+import pytest
+from kernel_inputs import random_imatrix, random_rows
+from tiny_models import kokoro_like, write_tiny
+
+import gpuquant
+from gpuquant import hostkernels, pipeline
+from gpuquant.backends import NonFiniteError, get_backend
+from gpuquant.backends.cupy import CupyBackend
+from gpuquant.backends.cupy.stream import (
+    DEFAULT_DEVICE_MEMORY,
+    DEVICE_MEMORY_ENV,
+    StreamEngine,
+    device_memory_setting,
+    slot_input_bytes,
+)
+from gpuquant.backends.numpy_backend import NumpyBackend
+from gpuquant.imatrix import Imatrix
+
+pytestmark = pytest.mark.skipif(hostkernels.find_compiler() is None,
+                                reason="the fake GPU runs the kernels' host build: needs a C++ compiler")
+
+# A slot of this budget with 4 slots takes 3 rows of 256 float32 (or 1 row of 512) a piece.
+TINY_MEMORY = int(4 * 3.5 * 3 * 1024)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.delenv(DEVICE_MEMORY_ENV, raising=False)
+    return fake_cupy.install(monkeypatch)
+
+
+def rows(seed: int, n_rows: int, n_per_row: int) -> np.ndarray:
+    kinds = ("weights", "ties", "sparse", "huge", "heavy_tail")
+    x = random_rows(seed, kinds, rows_per_kind=-(-n_rows // len(kinds)), n_per_row=n_per_row)
+    return np.ascontiguousarray(x[:n_rows])
+
+
+def mixed_chunks() -> list:
+    """Chunks of several tensors in a row: types, widths, an importance matrix that comes, changes,
+    comes back and goes, an empty chunk, one-row chunks, a strided view."""
+    im_a, im_b, im_c = random_imatrix(1, 256), random_imatrix(2, 256), random_imatrix(3, 512)
+    big = rows(10, 37, 256)
+    chunks = [
+        (big, "Q4_0", None),
+        (rows(11, 1, 512), "Q8_0", None),
+        (rows(12, 5, 256), "Q4_1", im_a),
+        (rows(13, 6, 256), "Q4_1", im_b),
+        (rows(14, 4, 256), "Q4_1", im_a),
+        (rows(15, 9, 256), "Q5_0", im_a.copy()),  # the same values in another array
+        (np.zeros((0, 256), np.float32), "Q5_0", im_a),
+        (rows(16, 7, 512), "Q5_1", im_c),
+        (rows(17, 3, 64), "F16", None),
+        (rows(18, 3, 64), "BF16", None),
+        (rows(19, 2, 96), "F32", None),
+        (big[1::3, 32:160], "Q4_0", None),  # not contiguous: rows 1, 4, ..., columns 32..159
+        (rows(20, 1, 32), "Q4_0", None),
+        (rows(21, 8, 256), "Q8_0", im_b),  # Q8_0 ignores the importance matrix
+    ]
+    return [(x, gpuquant.resolve(t), w) for x, t, w in chunks]
+
+
+def run(backend, chunks, check_finite: bool = True) -> list[np.ndarray]:
+    # copy each output before asking for the next: the engine reuses its buffers after that
+    return [q.copy() for q in backend.quantize_chunks(chunks, check_finite)]
+
+
+def expected(chunks, check_finite: bool = True) -> list[np.ndarray]:
+    contiguous = [(np.ascontiguousarray(x), t, w) for x, t, w in chunks]
+    return run(NumpyBackend(), contiguous, check_finite)
+
+
+def assert_same_outputs(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g.dtype == w.dtype and g.shape == w.shape, f"chunk {i}: {g.dtype}{g.shape} vs {w.dtype}{w.shape}"
+        assert np.array_equal(g, w), f"chunk {i}: rows {np.flatnonzero((g != w).any(axis=1)).tolist()} differ"
+
+
+def pieces(chunks, memory: int, slots: int) -> int:
+    per_slot = slot_input_bytes(memory, slots)
+    total = 0
+    for x, t, _ in chunks:
+        per_piece = per_slot // max(4 * x.shape[1], t.row_bytes(x.shape[1]))
+        total += -(-x.shape[0] // per_piece)
+    return total
+
+
+@pytest.mark.parametrize("memory, slots", [
+    (TINY_MEMORY, 4),  # most chunks split into pieces of 1 to 3 rows
+    (int(2 * 3.5 * 5 * 1024), 2),  # two slots of 5 rows of 256
+    (None, 4),  # the default: no chunk here is split
+    (None, 3),
+], ids=["tiny-4", "small-2", "default-4", "default-3"])
+def test_chunks_match_numpy_backend(fake, memory, slots):
+    chunks = mixed_chunks()
+    backend = CupyBackend(device_memory_bytes=memory, stream_slots=slots)
+    assert_same_outputs(run(backend, chunks), expected(chunks))
+    budget = memory or DEFAULT_DEVICE_MEMORY
+    n_pieces = pieces(chunks, budget, slots)
+    assert fake.STATS["quantize"] == n_pieces
+    assert fake.STATS["h2d"] >= n_pieces and fake.STATS["d2h"] == 2 * n_pieces  # outputs and finite flags
+    assert fake.STATS["elementwise"] == n_pieces  # the finite checks
+    assert 0 < fake.STATS["device_peak"] <= budget
+    if memory == TINY_MEMORY:
+        assert n_pieces > 2 * len(chunks)
+
+
+def test_outputs_without_finite_check_and_a_second_run(fake):
+    chunks = mixed_chunks()
+    backend = CupyBackend(device_memory_bytes=TINY_MEMORY)
+    assert_same_outputs(run(backend, chunks, check_finite=False), expected(chunks, check_finite=False))
+    assert fake.STATS["elementwise"] == 0
+    # the same backend again: its engine and buffers are reused, nothing is allocated anew
+    allocations = fake.STATS["device_allocs"] + fake.STATS["pinned_allocs"]
+    assert_same_outputs(run(backend, chunks), expected(chunks))
+    assert fake.STATS["device_allocs"] + fake.STATS["pinned_allocs"] - allocations == fake.STATS["elementwise"] * 2
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("bad_row", [0, 13, 19])
+def test_non_finite_weight_raises_when_its_chunk_is_due(fake, bad, bad_row):
+    t = gpuquant.resolve("Q4_0")
+    chunks = [(rows(30 + i, 20, 256), t, None) for i in range(4)]
+    chunks[2][0][bad_row, 77] = bad
+    want = expected(chunks[:2])
+    backend = CupyBackend(device_memory_bytes=TINY_MEMORY)  # 3 rows a piece: 7 pieces a chunk
+    outputs = backend.quantize_chunks(chunks, check_finite=True)
+    assert np.array_equal(next(outputs), want[0])
+    assert np.array_equal(next(outputs), want[1])
+    with pytest.raises(NonFiniteError) as raised:
+        next(outputs)
+    assert raised.value.row == bad_row
+    assert fake.STATS["quantize_nonfinite"] == 0  # the kernels never saw the bad piece
+    with pytest.raises(NonFiniteError) as reference:
+        run(NumpyBackend(), chunks)
+    assert reference.value.row == bad_row
+    # without the check the run goes through; and the engine is whole again for the next run
+    assert len(run(backend, chunks, check_finite=False)) == 4
+    assert fake.STATS["quantize_nonfinite"] == 1
+    assert_same_outputs(run(backend, chunks[:2]), want)
+
+
+def test_abandoned_and_interleaved_runs(fake):
+    t = gpuquant.resolve("Q4_0")
+    chunks = [(rows(40 + i, 10, 256), t, None) for i in range(5)]
+    want = expected(chunks)
+    backend = CupyBackend(device_memory_bytes=TINY_MEMORY, stream_slots=2)
+    first = backend.quantize_chunks(chunks, True)
+    got_first = [next(first).copy()]
+    second = backend.quantize_chunks(chunks, True)  # while the first is in flight: its own engine
+    got_second = [next(second).copy() for _ in range(3)]
+    got_first += [q.copy() for q in first]
+    got_second += [q.copy() for q in second]
+    assert_same_outputs(got_first, want)
+    assert_same_outputs(got_second, want)
+    third = backend.quantize_chunks(chunks, True)
+    next(third)
+    third.close()  # abandoned half way, as the pipeline does after its last output
+    assert_same_outputs(run(backend, chunks), want)
+
+
+def test_large_pieces_are_filled_by_several_threads(fake):
+    # Pieces of MiBs: the pinned buffer is filled by 5 threads over row ranges, contiguous or not.
+    rng = np.random.default_rng(45)
+    big = (rng.standard_normal((1400, 1024)) * 0.02).astype(np.float32)
+    chunks = [(big[:700], gpuquant.resolve("Q8_0"), None), (big[1::2], gpuquant.resolve("Q4_0"), None),
+              (big[700:703], gpuquant.resolve("Q4_0"), None)]
+    engine = StreamEngine(CupyBackend(), 64 << 20, slots=2, copy_threads=5)
+    try:
+        assert_same_outputs([q.copy() for q in engine.run(chunks, True)], expected(chunks))
+    finally:
+        engine.close()
+
+
+def test_yielded_array_is_valid_until_the_next_is_asked_for(fake):
+    # The pipeline writes each output before asking for the next; holding on to one past that is
+    # allowed to see it reused (the protocol says so). Here: each is right when it is yielded.
+    t = gpuquant.resolve("Q8_0")
+    chunks = [(rows(50 + i, 3, 256), t, None) for i in range(6)]
+    want = expected(chunks)
+    for i, q in enumerate(CupyBackend(stream_slots=2).quantize_chunks(chunks, True)):
+        assert np.array_equal(q, want[i])
+
+
+def test_device_memory_setting(monkeypatch):
+    monkeypatch.delenv(DEVICE_MEMORY_ENV, raising=False)
+    assert device_memory_setting() == DEFAULT_DEVICE_MEMORY == 2 << 30
+    for text, value in [("4G", 4 << 30), ("512MiB", 512 << 20), ("1.5g", 3 << 29), ("123456", 123456),
+                        ("64 KB", 64 << 10)]:
+        monkeypatch.setenv(DEVICE_MEMORY_ENV, text)
+        assert device_memory_setting() == value, text
+    assert device_memory_setting(1 << 20) == 1 << 20  # the argument wins over the variable
+    assert device_memory_setting("3M") == 3 << 20
+    for bad in ("four", "4X", "0", "-5"):
+        monkeypatch.setenv(DEVICE_MEMORY_ENV, bad)
+        with pytest.raises(ValueError, match=DEVICE_MEMORY_ENV):
+            device_memory_setting()
+    with pytest.raises(ValueError, match="positive"):
+        CupyBackend(device_memory_bytes=0)
+
+
+def test_setting_reaches_the_backend_and_bounds_rows(fake, monkeypatch):
+    monkeypatch.setenv(DEVICE_MEMORY_ENV, "96K")
+    backend = get_backend("cupy")
+    assert isinstance(backend, CupyBackend) and backend.device_memory_bytes == 96 << 10
+    small = CupyBackend(device_memory_bytes=10_000)  # 714 bytes a slot: a row of 256 float32 is 1024
+    chunks = [(rows(60, 2, 256), gpuquant.resolve("Q4_0"), None)]
+    with pytest.raises(ValueError, match="GPU memory setting"):
+        run(small, chunks)
+    with pytest.raises(ValueError, match="imatrix has 128 values"):
+        run(backend, [(rows(61, 2, 256), gpuquant.resolve("Q4_0"), random_imatrix(1, 128))])
+    with pytest.raises(ValueError, match="float32"):
+        run(backend, [(rows(62, 2, 256).astype(np.float64), gpuquant.resolve("Q4_0"), None)])
+
+
+# ---------------------------------------------------------------- the whole file pipeline
+
+
+def tiny_model(path, source: str):
+    rng = np.random.default_rng(5)
+    tensors = kokoro_like(rng, n_per_row=512, rows=30)  # q [30, 512], ffn [60, 512], a bias and a norm
+    tensors["kokoro.albert.layer.0.k"] = (rng.standard_normal((3, 20, 256)) * 0.02).astype(np.float32)
+    for name, a in tensors.items():
+        if a.ndim >= 2 and source == "F16":
+            tensors[name] = a.astype(np.float16)
+        elif a.ndim >= 2 and source == "BF16":
+            tensors[name] = (a.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    return write_tiny(path, tensors), tensors
+
+
+def importance() -> Imatrix:
+    rng = np.random.default_rng(6)
+    entries = {
+        "kokoro.albert.layer.0.q": rng.random(512).astype(np.float32),
+        "kokoro.albert.layer.0.k": rng.random(3 * 256).astype(np.float32),  # one row per expert
+    }
+    return Imatrix("calib.imatrix", entries, ["calib.txt"], 10, "gguf")
+
+
+@pytest.mark.parametrize("target, weighted, source", [
+    ("Q4_0", False, "F32"),
+    ("Q4_1", True, "F32"),
+    ("Q8_0", False, "F16"),
+    ("Q5_0", True, "BF16"),
+    ("F16", False, "F32"),
+])
+def test_file_pipeline_matches_numpy(fake, monkeypatch, tmp_path, target, weighted, source):
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 8 << 10)  # several chunks a tensor
+    monkeypatch.setenv(DEVICE_MEMORY_ENV, "96K")  # several pieces a chunk: 1 to 3 rows of 512
+    src, _ = tiny_model(tmp_path / "in.gguf", source)
+    imatrix = importance() if weighted else None
+    on_gpu = gpuquant.quantize_file(src, tmp_path / "gpu.gguf", target, backend="cupy", imatrix=imatrix)
+    on_cpu = gpuquant.quantize_file(src, tmp_path / "cpu.gguf", target, backend="numpy", imatrix=imatrix)
+    assert on_gpu.backend == "cupy" and on_cpu.backend == "numpy"
+    assert [r.dst_type for r in on_gpu.records] == [r.dst_type for r in on_cpu.records]
+    assert sum(r.imatrix_used for r in on_gpu.records) == (2 if weighted else 0)
+    assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()
+    chunks = sum(-(-r.n_elements * 4 // (8 << 10)) for r in on_gpu.records if r.src_type != r.dst_type)
+    assert fake.STATS["quantize"] > chunks  # the chunks were split into pieces
+
+
+def test_file_pipeline_non_finite_message_matches_numpy(fake, monkeypatch, tmp_path):
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 8 << 10)  # 4 rows of 512 a chunk
+    monkeypatch.setenv(DEVICE_MEMORY_ENV, "96K")
+    rng = np.random.default_rng(7)
+    tensors = kokoro_like(rng, n_per_row=512, rows=30)
+    tensors["kokoro.albert.layer.0.ffn"][17, 300] = np.nan  # chunk 4 (rows 16..19), its 2nd row
+    src = write_tiny(tmp_path / "nan.gguf", tensors)
+    messages = []
+    for backend in ("cupy", "numpy"):
+        dst = tmp_path / f"{backend}.gguf"
+        with pytest.raises(ValueError) as raised:
+            gpuquant.quantize_file(src, dst, "Q4_0", backend=backend)
+        messages.append(str(raised.value))
+        assert not dst.exists()
+    assert messages[0] == messages[1]
+    assert "kokoro.albert.layer.0.ffn" in messages[0] and "row 17" in messages[0]
