@@ -105,12 +105,22 @@ def _run(model, dst, target, backend_name, n_threads, imatrix, show_progress, op
         PlannedTensor(t.name, t.shape_numpy, d.qtype, t.n_rows * d.qtype.row_bytes(t.n_per_row))
         for t, d in zip(model.tensors, decisions, strict=True)
     ]
+    # One chunk stream for every converted tensor of the file, so that a backend working ahead
+    # (the GPU engine) overlaps tensors too, not only the chunks of one tensor.
+    conversions = [(t, d.qtype, w) for t, d, w in zip(model.tensors, decisions, weights, strict=True)
+                   if d.qtype != t.qtype]
+    chunk_ranges = {t.name: list(_row_chunks(t, w)) for t, _, w in conversions}
+    chunks = (
+        (model.rows_as_float32(t, r0, r1), qtype, wc)
+        for t, qtype, _ in conversions for r0, r1, wc in chunk_ranges[t.name]
+    )
+    outputs = be.quantize_chunks(chunks, check_finite=True)
     with AtomicGGUFWriter(dst, metadata, planned, model.alignment) as writer:
         for i, (t, d, p, w) in enumerate(zip(model.tensors, decisions, planned, weights, strict=True)):
             if d.qtype == t.qtype:
                 _copy_tensor(model, t, writer)
             else:
-                _convert_tensor(model, t, d.qtype, w, be, writer)
+                _write_converted(model, t, chunk_ranges[t.name], outputs, writer)
             summary.records.append(TensorRecord(
                 t.name, t.qtype.name, d.qtype.name, t.n_elements, t.n_bytes, p.n_bytes, d.reason,
                 d.fallback_from.name if d.fallback_from else None,
@@ -119,6 +129,7 @@ def _run(model, dst, target, backend_name, n_threads, imatrix, show_progress, op
             if report:
                 report.tensor_done(i, t.name, t.qtype.name, d.qtype.name, t.n_bytes)
         writer.commit()
+        outputs.close()
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -182,11 +193,9 @@ def _row_chunks(t, weights: np.ndarray | None):
             yield r0, min(e0 + span, r0 + rows_per_chunk), w
 
 
-def _convert_tensor(model: SourceModel, t, qtype: QType, weights, be, writer: AtomicGGUFWriter) -> None:
+def _write_converted(model: SourceModel, t, ranges, outputs, writer: AtomicGGUFWriter) -> None:
+    """Writes the outputs of one tensor's chunks, in order, and drops their input pages."""
     src_row_bytes = t.n_bytes // t.n_rows
-    ranges = list(_row_chunks(t, weights))
-    chunks = ((model.rows_as_float32(t, r0, r1), qtype, w) for r0, r1, w in ranges)
-    outputs = be.quantize_chunks(chunks, check_finite=not qtype.is_float)
     for r0, r1, _ in ranges:
         try:
             q = next(outputs)

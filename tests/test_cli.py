@@ -169,3 +169,14 @@ def test_types_command_lists_every_type():
     assert r.exit_code == 0
     for name in gpuquant.QTYPES:
         assert f"\n{name} " in "\n" + r.output
+
+
+def test_inf_is_a_value_for_float_targets(tmp_path):
+    tensors = kokoro_like(np.random.default_rng(5))
+    tensors["kokoro.albert.layer.0.ffn"][2, 3] = np.inf
+    src = write_tiny(tmp_path / "inf.gguf", tensors)
+    out = tmp_path / "o.gguf"
+    r = CliRunner().invoke(main, ["quantize", str(src), str(out), "F16", "--quiet"])
+    assert r.exit_code == 0, r.output
+    ffn = next(t for t in gguf.GGUFReader(out).tensors if t.name == "kokoro.albert.layer.0.ffn")
+    assert ffn.tensor_type.name == "F16" and np.isposinf(np.asarray(ffn.data)[2, 3])

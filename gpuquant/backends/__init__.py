@@ -39,7 +39,8 @@ class Backend(Protocol):
 
         A backend may work ahead (read the next chunks while earlier ones compute); a yielded
         array may be a buffer that is reused once the next output is asked for. With
-        check_finite, a chunk holding NaN or Inf raises NonFiniteError when its output is due.
+        check_finite, a chunk bound for a block type (not F32/F16/BF16, which carry NaN and Inf
+        as values) that holds NaN or Inf raises NonFiniteError when its output is due.
         """
         ...
 

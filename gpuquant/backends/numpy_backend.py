@@ -34,6 +34,7 @@ class NumpyBackend:
 
     def _quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None, check_finite: bool) -> np.ndarray:
         fn = QUANTIZERS[qtype.name]
+        check_finite = check_finite and not qtype.is_float
         rows = x.shape[0]
         if self._pool is None or rows < 2 * _MIN_ROWS_PER_TASK:
             _check_finite(x, 0, check_finite)

@@ -231,7 +231,7 @@ class StreamEngine:
                 row_bytes = t.row_bytes(n_per_row)
                 if rows == 0 or n_per_row == 0:  # nothing to compute, but its output keeps its place
                     pending.append(_Piece(None, _ChunkOutput(rows, row_bytes, 1), x, t, imatrix, 0, 0,
-                                          check_finite))
+                                          check_finite and not t.is_float))
                     continue
                 per_piece = self._rows_per_piece(n_per_row, row_bytes)
                 output = _ChunkOutput(rows, row_bytes, pieces=-(-rows // per_piece))
@@ -239,7 +239,7 @@ class StreamEngine:
                     while not free:
                         yield from self._finish(pending.popleft(), free)
                     piece = _Piece(free.popleft(), output, x, t, imatrix, r0, min(rows, r0 + per_piece),
-                                   check_finite)
+                                   check_finite and not t.is_float)
                     piece.staged = self._last_staged = self._stager.submit(self._stage, piece)
                     pending.append(piece)
             while pending:
