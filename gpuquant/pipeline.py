@@ -115,21 +115,23 @@ def _run(model, dst, target, backend_name, n_threads, imatrix, show_progress, op
         for t, qtype, _ in conversions for r0, r1, wc in chunk_ranges[t.name]
     )
     outputs = be.quantize_chunks(chunks, check_finite=True)
-    with AtomicGGUFWriter(dst, metadata, planned, model.alignment) as writer:
-        for i, (t, d, p, w) in enumerate(zip(model.tensors, decisions, planned, weights, strict=True)):
-            if d.qtype == t.qtype:
-                _copy_tensor(model, t, writer)
-            else:
-                _write_converted(model, t, chunk_ranges[t.name], outputs, writer)
-            summary.records.append(TensorRecord(
-                t.name, t.qtype.name, d.qtype.name, t.n_elements, t.n_bytes, p.n_bytes, d.reason,
-                d.fallback_from.name if d.fallback_from else None,
-                imatrix_used=w is not None,
-            ))
-            if report:
-                report.tensor_done(i, t.name, t.qtype.name, d.qtype.name, t.n_bytes)
-        writer.commit()
-        outputs.close()
+    try:
+        with AtomicGGUFWriter(dst, metadata, planned, model.alignment) as writer:
+            for i, (t, d, p, w) in enumerate(zip(model.tensors, decisions, planned, weights, strict=True)):
+                if d.qtype == t.qtype:
+                    _copy_tensor(model, t, writer)
+                else:
+                    _write_converted(model, t, chunk_ranges[t.name], outputs, writer)
+                summary.records.append(TensorRecord(
+                    t.name, t.qtype.name, d.qtype.name, t.n_elements, t.n_bytes, p.n_bytes, d.reason,
+                    d.fallback_from.name if d.fallback_from else None,
+                    imatrix_used=w is not None,
+                ))
+                if report:
+                    report.tensor_done(i, t.name, t.qtype.name, d.qtype.name, t.n_bytes)
+            writer.commit()
+    finally:
+        outputs.close()  # stops a backend working ahead (GPU streams, staging threads)
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -142,8 +142,11 @@ def test_rows_not_a_multiple_of_the_block_are_kept_with_a_warning(tmp_path):
 def test_ctrl_c_leaves_no_partial_file(tiny, tmp_path, monkeypatch):
     from gpuquant.backends.numpy_backend import NumpyBackend
 
-    def interrupted(self, chunks, check_finite):
+    def interrupted(self, chunks, check_finite):  # Ctrl-C while the first tensor is being quantized
+        next(iter(chunks))
+        assert list((tmp_path).glob("*.partial")), "the output is being written under a temporary name"
         raise KeyboardInterrupt
+        yield
 
     monkeypatch.setattr(NumpyBackend, "quantize_chunks", interrupted)
     out = tmp_path / "o.gguf"
