@@ -4,7 +4,10 @@ into the output, in row chunks, with progress and a summary."""
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -116,20 +119,25 @@ def _run(model, dst, target, backend_name, n_threads, imatrix, show_progress, op
     )
     outputs = be.quantize_chunks(chunks, check_finite=True)
     try:
-        with AtomicGGUFWriter(dst, metadata, planned, model.alignment) as writer:
-            for i, (t, d, p, w) in enumerate(zip(model.tensors, decisions, planned, weights, strict=True)):
-                if d.qtype == t.qtype:
-                    _copy_tensor(model, t, writer)
-                else:
-                    _write_converted(model, t, chunk_ranges[t.name], outputs, writer)
-                summary.records.append(TensorRecord(
-                    t.name, t.qtype.name, d.qtype.name, t.n_elements, t.n_bytes, p.n_bytes, d.reason,
-                    d.fallback_from.name if d.fallback_from else None,
-                    imatrix_used=w is not None,
-                ))
-                if report:
-                    report.tensor_done(i, t.name, t.qtype.name, d.qtype.name, t.n_bytes)
-            writer.commit()
+        with AtomicGGUFWriter(dst, metadata, planned, model.alignment) as file_writer:
+            writer = _WriteBehind(file_writer, outputs_owned=getattr(be, "outputs_owned", False))
+            try:
+                for i, (t, d, p, w) in enumerate(zip(model.tensors, decisions, planned, weights, strict=True)):
+                    if d.qtype == t.qtype:
+                        _copy_tensor(model, t, writer)
+                    else:
+                        _write_converted(model, t, chunk_ranges[t.name], outputs, writer)
+                    summary.records.append(TensorRecord(
+                        t.name, t.qtype.name, d.qtype.name, t.n_elements, t.n_bytes, p.n_bytes, d.reason,
+                        d.fallback_from.name if d.fallback_from else None,
+                        imatrix_used=w is not None,
+                    ))
+                    if report:
+                        report.tensor_done(i, t.name, t.qtype.name, d.qtype.name, t.n_bytes)
+                writer.drain()
+            finally:
+                writer.close()
+            file_writer.commit()
     finally:
         outputs.close()  # stops a backend working ahead (GPU streams, staging threads)
     summary.seconds = time.perf_counter() - start
@@ -177,11 +185,60 @@ def _note_plan_warnings(tensors, decisions, summary: Summary, report: Progress |
             report.warn(m)
 
 
-def _copy_tensor(model: SourceModel, t, writer: AtomicGGUFWriter) -> None:
+class _WriteBehind:
+    """Writes on a background thread, so the next chunk is quantized while this one is written.
+
+    Views of the mapped input and arrays the backend hands over for good (`outputs_owned`) go
+    through the queue; a backend's reused output buffer is written at once, after the queue.
+    `then` runs after the data is written (dropping the input pages the data came from).
+    """
+
+    def __init__(self, writer: AtomicGGUFWriter, outputs_owned: bool, depth: int = 4) -> None:
+        self._writer = writer
+        self._outputs_owned = outputs_owned
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="gpuquant-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            data, then = item
+            if self._error is None:
+                try:
+                    self._writer.write(data)
+                    then()
+                except BaseException as e:  # reported to the caller at its next call
+                    self._error = e
+            self._queue.task_done()
+        self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, data: np.ndarray, then, *, from_backend: bool = False) -> None:
+        self._raise()
+        if from_backend and not self._outputs_owned:
+            self.drain()
+            self._writer.write(data)
+            then()
+        else:
+            self._queue.put((data, then))
+
+    def drain(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+def _copy_tensor(model: SourceModel, t, writer: _WriteBehind) -> None:
     for a in range(0, t.n_bytes, CHUNK_BYTES):
         b = min(t.n_bytes, a + CHUNK_BYTES)
-        writer.write(model.raw_bytes(t, a, b))
-        model.release(t, a, b)
+        writer.write(model.raw_bytes(t, a, b), partial(model.release, t, a, b))
 
 
 def _row_chunks(t, weights: np.ndarray | None):
@@ -195,7 +252,7 @@ def _row_chunks(t, weights: np.ndarray | None):
             yield r0, min(e0 + span, r0 + rows_per_chunk), w
 
 
-def _write_converted(model: SourceModel, t, ranges, outputs, writer: AtomicGGUFWriter) -> None:
+def _write_converted(model: SourceModel, t, ranges, outputs, writer: _WriteBehind) -> None:
     """Writes the outputs of one tensor's chunks, in order, and drops their input pages."""
     src_row_bytes = t.n_bytes // t.n_rows
     for r0, r1, _ in ranges:
@@ -205,5 +262,4 @@ def _write_converted(model: SourceModel, t, ranges, outputs, writer: AtomicGGUFW
             raise ValueError(
                 f"tensor {t.name}: NaN or Inf weight in row {r0 + e.row}; refusing to quantize it"
             ) from None
-        writer.write(q)
-        model.release(t, r0 * src_row_bytes, r1 * src_row_bytes)
+        writer.write(q, partial(model.release, t, r0 * src_row_bytes, r1 * src_row_bytes), from_backend=True)

@@ -183,3 +183,22 @@ def test_inf_is_a_value_for_float_targets(tmp_path):
     assert r.exit_code == 0, r.output
     ffn = next(t for t in gguf.GGUFReader(out).tensors if t.name == "kokoro.albert.layer.0.ffn")
     assert ffn.tensor_type.name == "F16" and np.isposinf(np.asarray(ffn.data)[2, 3])
+
+
+def test_write_error_on_the_writer_thread_is_reported_and_cleaned_up(tiny, tmp_path, monkeypatch):
+    from gpuquant.gguf_io import AtomicGGUFWriter
+
+    real_write, calls = AtomicGGUFWriter.write, []
+
+    def failing_write(self, data):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_write(self, data)
+
+    monkeypatch.setattr(AtomicGGUFWriter, "write", failing_write)
+    out = tmp_path / "o.gguf"
+    r = CliRunner().invoke(main, ["quantize", str(tiny), str(out), "--backend", "numpy"])
+    errors = [line for line in r.output.splitlines() if "error" in line]
+    assert r.exit_code == 1 and len(errors) == 1 and "No space left on device" in errors[0]
+    assert not out.exists() and not leftovers(tmp_path)

@@ -17,6 +17,7 @@ _MIN_ROWS_PER_TASK = 16
 
 class NumpyBackend:
     name = "numpy"
+    outputs_owned = True  # quantize_chunks yields fresh arrays: a writer may keep them
 
     def __init__(self, n_threads: int = 1) -> None:
         self.n_threads = max(1, int(n_threads))
