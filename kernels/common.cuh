@@ -73,12 +73,16 @@ GQ_FN gq_u16 gq_fp32_to_fp16(float f) {
     return (gq_u16)(sign | (kept + round_up));
 }
 
-// IEEE half bits -> float32 (exact).
+// IEEE half bits -> float32 (exact), except that a NaN comes out quiet (bit 22 set, payload and sign
+// kept), as ggml's GGML_FP16_TO_FP32 makes it by passing the value through a multiply.
 GQ_FN float gq_fp16_to_fp32(gq_u16 h) {
     const gq_u32 sign = ((gq_u32)h & 0x8000u) << 16;
     const gq_u32 exponent = ((gq_u32)h >> 10) & 0x1Fu;
     gq_u32 mantissa = (gq_u32)h & 0x03FFu;
-    if (exponent == 0x1Fu) return gq_f32_from_bits(sign | 0x7F800000u | (mantissa << 13));
+    if (exponent == 0x1Fu) {
+        const gq_u32 quiet = mantissa != 0 ? 0x00400000u : 0u;
+        return gq_f32_from_bits(sign | 0x7F800000u | quiet | (mantissa << 13));
+    }
     if (exponent != 0) return gq_f32_from_bits(sign | ((exponent + 112u) << 23) | (mantissa << 13));
     if (mantissa == 0) return gq_f32_from_bits(sign);
     // Subnormal half: normalize into a float32 exponent.

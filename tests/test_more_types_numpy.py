@@ -12,6 +12,7 @@ from conftest import CASES, golden
 
 import gpuquant
 from gpuquant.backends.numpy import DEQUANTIZERS, QUANTIZERS, fp4, iq4
+from gpuquant.backends.numpy.rounding import nearest_int_exact
 from gpuquant.qtypes import QTYPES
 
 TYPES = ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0", "Q2_0"]
@@ -172,11 +173,11 @@ def test_iq4_level_table_matches_best_index_int8():
     np.testing.assert_array_equal(got, expected)
 
 
-def test_iq4_xs_uses_ggml_nearest_int():
+def test_nearest_int_exact_is_ggml_nearest_int():
     v = np.float32([0.5, 1.5, 2.5, -0.5, -2.5, 31.49, -32.6, np.nan, np.inf, -np.inf])
     # half to even like np.rint; NaN -> 0 and +-inf -> -2^22 (the magic-number trick)
     expected = np.int32([0, 2, 2, 0, -2, 31, -33, 0, -(1 << 22), -(1 << 22)])
-    np.testing.assert_array_equal(iq4._ggml_nearest_int(v), expected)
+    np.testing.assert_array_equal(nearest_int_exact(v), expected)
 
 
 def _best_index_fp4_literal(x: np.ndarray, d: np.ndarray) -> np.ndarray:

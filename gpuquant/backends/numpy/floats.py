@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rounding import fp16_bits
+from .rounding import fp16_bits, fp16_bits_to_f32
 
 
 def _quantize_f32(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -20,13 +20,14 @@ def _quantize_f16(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 def _dequantize_f16(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    return np.ascontiguousarray(q).view(np.float16).astype(np.float32).reshape(q.shape[0], n_per_row)
+    bits = np.ascontiguousarray(q).view(np.uint16)
+    return fp16_bits_to_f32(bits).reshape(q.shape[0], n_per_row)
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
     """ggml_compute_fp32_to_bf16: round to nearest even; NaN kept quiet (not rounded into inf)."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = ((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16))
+    rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
     is_nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
     quiet = (u >> np.uint32(16)) | np.uint32(64)
     return np.where(is_nan, quiet, rounded).astype(np.uint16)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .rounding import max_abs_skipping_nan
+
 QK_MXFP4 = 32
 QK_NVFP4 = 64
 NVFP4_SUB = 16  # weights per UE4M3 scale
@@ -56,8 +58,10 @@ _MAGNITUDES = _KVALUES_F32[:8]  # 0, 1, 2, 3, 4, 6, 8, 12
 _MIDPOINTS = np.array([0.5, 1.5, 2.5, 3.5, 5, 7, 10], dtype=np.float32)
 _FLT_MIN = np.float32(2.0**-126)
 _RATIO_LIMIT = np.float32(2.0**20)  # |x| / d below this: rounding never merges two errors
+_LEVEL_OVERFLOW = np.float32(2.0**125)  # d from here on: level 8 * d overflows to inf
 
 
+@np.errstate(over="ignore")  # level * d for the largest E8M0 scales overflows to inf, as in C
 def _search_fp4(x: np.ndarray, d: np.ndarray) -> np.ndarray:
     """best_index_mxfp4 itself: index (uint8) of the first level with the least |level * d - x|
     (strict comparison, levels in table order), for x [..., m] and d [..., 1], d >= 0.
@@ -80,19 +84,20 @@ def _search_fp4(x: np.ndarray, d: np.ndarray) -> np.ndarray:
     return index
 
 
+@np.errstate(over="ignore")  # midpoint * d and 2^20 * d for the largest E8M0 scales
 def _nearest_fp4(x: np.ndarray, d: np.ndarray, amax: np.ndarray) -> np.ndarray:
     """_search_fp4's result, mostly by counting midpoints: for normal d with at most 4
-    significant bits (every level * d and midpoint * d exact) and |x| < 2^20 d, both errors are
-    exact near each midpoint (Sterbenz) and clearly apart elsewhere, and ties keep the smaller
-    magnitude, so the magnitude index is the number of midpoints strictly below |x| / d.
-    Blocks outside those bounds (d = 0 among them) take the literal search."""
+    significant bits (every level * d and midpoint * d exact and finite) and |x| < 2^20 d, both
+    errors are exact near each midpoint (Sterbenz) and clearly apart elsewhere, and ties keep the
+    smaller magnitude, so the magnitude index is the number of midpoints strictly below |x| / d.
+    Blocks outside those bounds (d = 0 among them, and MXFP4's e = 253 whose top levels overflow
+    to an infinite error) take the literal search."""
     ax = np.abs(x)
     index = np.zeros(x.shape, dtype=np.uint8)
     for midpoint in _MIDPOINTS:
         np.add(index, ax > midpoint * d, out=index)
     np.add(index, np.uint8(8), out=index, where=(x < 0) & (index > 0))
-    with np.errstate(over="ignore"):
-        unproven = (d[..., 0] < _FLT_MIN) | (amax >= _RATIO_LIMIT * d[..., 0])
+    unproven = (d[..., 0] < _FLT_MIN) | (d[..., 0] >= _LEVEL_OVERFLOW) | (amax >= _RATIO_LIMIT * d[..., 0])
     if unproven.any():
         index[unproven] = _search_fp4(x[unproven], d[unproven])
     return index
@@ -110,16 +115,12 @@ def _floor_log2f(amax: np.ndarray) -> np.ndarray:
     return np.floor(np.log2(amax.astype(np.float64)).astype(np.float32))
 
 
-def _max_abs(blocks: np.ndarray) -> np.ndarray:
-    """`if (amax < fabsf(v)) amax = fabsf(v)` from 0: the maximum, NaN never taken."""
-    amax = np.fmax.reduce(np.abs(blocks), axis=1)
-    return np.where(amax > 0, amax, np.float32(0))
-
-
 def _mxfp4_blocks(blocks: np.ndarray) -> np.ndarray:
-    amax = _max_abs(blocks)
+    amax = max_abs_skipping_nan(blocks)
     exponent = _floor_log2f(np.where(amax > 0, amax, np.float32(1))) + np.float32(125)  # -2 + 127
-    # (uint8_t) of the float: in range for any normal amax; wraps like an int cast otherwise
+    # (uint8_t) of the float, compiled as a cast to int (x86: INT_MIN for inf, low byte 0) that
+    # keeps the low byte: in range for any normal amax, wrapping for subnormal ones
+    exponent = np.where(np.isfinite(exponent), exponent, np.float32(0))
     e = np.where(amax > 0, exponent.astype(np.int32) & 0xFF, 0).astype(np.uint8)
     d = _E8M0_HALF[e][:, None]
     out = np.empty((blocks.shape[0], _MXFP4_BYTES), dtype=np.uint8)
@@ -151,7 +152,7 @@ def fp32_to_ue4m3(v: np.ndarray) -> np.ndarray:
 
 def _nvfp4_blocks(blocks: np.ndarray) -> np.ndarray:
     subs = blocks.reshape(-1, NVFP4_SUB)
-    amax = _max_abs(subs)
+    amax = max_abs_skipping_nan(subs)
     ue = fp32_to_ue4m3(amax / np.float32(6))
     d = _UE4M3[ue][:, None]
     packed = _pack_halves(_nearest_fp4(subs, d, amax))  # [n_sub_total, 8]

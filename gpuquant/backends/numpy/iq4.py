@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rounding import fp16_bits, fp16_bits_to_f32
+from .rounding import fp16_bits, fp16_bits_to_f32, nearest_int_exact
 
 BLOCK = 32  # weights that share one searched scale
 QK_K = 256  # IQ4_XS super-block
@@ -43,13 +43,6 @@ def _half_steps(doubled: np.ndarray) -> np.ndarray:
     np.fmin(doubled, np.float32(255), out=doubled)
     np.maximum(doubled, np.float32(-256), out=doubled)
     return doubled.astype(np.intp)
-
-
-def _ggml_nearest_int(v: np.ndarray) -> np.ndarray:
-    """ggml's nearest_int bit for bit: the mantissa of v + 1.5 * 2^23. Half to even like np.rint
-    for |v| < 2^22; unlike a cast it also maps NaN to 0 and +-inf to -2^22, as ggml does."""
-    shifted = (np.asarray(v, dtype=np.float32) + np.float32(12582912)).view(np.int32)
-    return (shifted & 0x007FFFFF) - 0x00400000
 
 
 def _sequential_sum(columns: np.ndarray) -> np.ndarray:
@@ -150,7 +143,7 @@ def _iq4_xs_chunk(xs: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     max_scale = np.where(abs_scales[rows, first_max] > 0, scales[rows, first_max], np.float32(0))
     d = -max_scale / np.float32(32)  # -0 for an empty super-block, as in ggml
     inv_d = np.where(d != 0, np.float32(1) / d, np.float32(0))
-    mult = np.clip(_ggml_nearest_int(inv_d[:, None] * scales), -32, 31)
+    mult = np.clip(nearest_int_exact(inv_d[:, None] * scales), -32, 31)
     block_scale = d[:, None] * mult.astype(np.float32)
     levels = _nearest_levels(xt, block_scale.reshape(-1))
 

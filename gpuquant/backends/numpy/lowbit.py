@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rounding import fp16_bits, fp16_bits_to_f32, roundf
+from .rounding import fp16_bits, fp16_bits_to_f32, max_abs_skipping_nan, roundf
 
 QK1_0 = 128
 QK2_0 = 64
@@ -42,14 +42,17 @@ def _q1_0_blocks(blocks: np.ndarray) -> np.ndarray:
 
 
 def _q2_0_blocks(blocks: np.ndarray) -> np.ndarray:
-    amax = np.fmax.reduce(np.abs(blocks), axis=1)  # `if (a > amax)` from 0: NaN never taken
-    amax = np.where(amax > 0, amax, np.float32(0))
+    amax = max_abs_skipping_nan(blocks)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         inv_d = np.where(amax > 0, np.float32(1) / amax, np.float32(0))  # inf for denormal amax
-        # (int)roundf(v) of an inf/NaN v is INT_MIN on x86, as numpy's cast: clamps to level 0
-        rounded = roundf(blocks * inv_d[:, None]).astype(np.int32)
-    levels = np.clip(rounded.astype(np.int64) + 1, 0, 3).astype(np.uint8)
-    fields = levels.reshape(-1, QK2_0 // 4, 4)
+        # `(int)roundf(v) + 1` clamped to [0, 3]: |v| <= 1 unless a NaN or inf is in the block
+        # (fmax sends the quiet NaN of a NaN weight to level 0, as INT_MIN + 1 clamps in C)
+        shifted = roundf(blocks * inv_d[:, None]) + np.float32(1)
+        levels = np.minimum(np.fmax(shifted, np.float32(0)), np.float32(3))
+        # 1/d = inf (denormal amax): every v is +-inf or NaN, and the cast gives INT_MIN (x86)
+        # for each of them, +inf included: level 0 throughout
+        levels[np.isinf(inv_d)] = 0
+    fields = levels.astype(np.uint8).reshape(-1, QK2_0 // 4, 4)
     out = np.empty((blocks.shape[0], _Q2_0_BYTES), dtype=np.uint8)
     out[:, 0:2] = fp16_bits(amax).view(np.uint8).reshape(-1, 2)
     out[:, 2:] = fields[..., 0] | (fields[..., 1] << 2) | (fields[..., 2] << 4) | (fields[..., 3] << 6)

@@ -32,17 +32,53 @@ def roundf(x: np.ndarray) -> np.ndarray:
     return np.where(frac >= np.float32(0.5), t + np.sign(x), t).astype(np.float32)
 
 
+_FP16_SIGN = np.uint16(0x8000)
+_FP16_QUIET_NAN = np.uint16(0x7E00)
+_CONVERT_CHUNK = 1 << 17  # floats per fp32 -> fp16 step
+
+
+def _fp16_to_f32_table() -> np.ndarray:
+    """GGML_FP16_TO_FP32 of every fp16 bit pattern: numpy's exact cast, with NaNs made quiet."""
+    values = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    bits = values.view(np.uint32)
+    bits[np.isnan(values)] |= np.uint32(0x00400000)
+    return values
+
+
+_FP16_TO_F32 = _fp16_to_f32_table()
+
+
 def fp16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> IEEE half bits, round to nearest even, overflow to inf (GGML_FP32_TO_FP16)."""
+    """GGML_FP32_TO_FP16 as uint16 bits: round to nearest even, overflow to inf, and every NaN
+    written as the quiet NaN 0x7E00 with its sign kept (numpy's cast keeps the payload instead).
+    Converted a cache-sized slice at a time, so that the NaN check reads cached data."""
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty(x.shape, dtype=np.float16)
+    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
     with np.errstate(over="ignore"):
-        return np.asarray(x, dtype=np.float32).astype(np.float16).view(np.uint16)
-
-
-def fp16_round_trip(x: np.ndarray) -> np.ndarray:
-    """The float32 value that a stored fp16 scale reads back as."""
-    with np.errstate(over="ignore"):
-        return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
+        for start in range(0, flat_x.size, _CONVERT_CHUNK):
+            part = flat_x[start : start + _CONVERT_CHUNK]
+            flat_out[start : start + _CONVERT_CHUNK] = part
+            if np.isnan(np.max(part)):  # one quick pass; NaN inputs are rare
+                bits = flat_out[start : start + _CONVERT_CHUNK].view(np.uint16)
+                is_nan = np.isnan(part)
+                bits[is_nan] = (bits[is_nan] & _FP16_SIGN) | _FP16_QUIET_NAN
+    return out.view(np.uint16)
 
 
 def fp16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
-    return np.asarray(bits, dtype=np.uint16).view(np.float16).astype(np.float32)
+    """GGML_FP16_TO_FP32 of uint16 bits: exact, except that a signaling NaN comes out quiet (ggml's
+    conversion goes through a multiply; numpy's cast keeps it signaling). A table lookup, as fast
+    as the cast."""
+    return _FP16_TO_F32[np.asarray(bits, dtype=np.uint16)]
+
+
+def max_abs_skipping_nan(blocks: np.ndarray) -> np.ndarray:
+    """`if (amax < |v|) amax = |v|` (or `if (|v| > amax)`) from 0: the maximum, NaN never taken.
+    np.fmax.reduce skips quiet NaNs only: a signaling NaN turns the running max into NaN, which
+    the next fmax then drops with everything before it. So NaNs are zeroed first, in the rare
+    slices that hold any (found by one flat np.max, which propagates every NaN)."""
+    ax = np.abs(blocks)
+    if np.isnan(np.max(ax)):
+        ax = np.where(np.isnan(ax), np.float32(0), ax)
+    return np.fmax.reduce(ax, axis=1)

@@ -28,10 +28,10 @@ def _by_chunks(blocks: np.ndarray, type_size: int, quantize_blocks) -> np.ndarra
     return out
 
 
-def _running_max_abs(blocks: np.ndarray) -> np.ndarray:
-    """amax = MAX(amax, |v|) over each block in order, from 0. Without NaN that is the plain
-    maximum; ggml's MAX (a > b ? a : b) takes a NaN and drops it at the next value, so blocks
-    holding a NaN replay the loop."""
+def _running_max_abs(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """amax = MAX(amax, |v|) over each block in order, from 0, and which blocks hold a NaN.
+    Without NaN that is the plain maximum; ggml's MAX (a > b ? a : b) takes a NaN and drops it
+    at the next value, so blocks holding a NaN replay the loop."""
     ax = np.abs(blocks)
     amax = np.max(ax, axis=1)
     has_nan = np.isnan(amax)
@@ -40,27 +40,48 @@ def _running_max_abs(blocks: np.ndarray) -> np.ndarray:
         for column in ax[has_nan].T:
             running = np.where(running > column, running, column)
         amax[has_nan] = running
-    return amax
+    return amax, has_nan
+
+
+_INT32_LIMIT = np.float32(2.0**31)
 
 
 def _scaled_trits(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per 256-block: the fp16 bits of d = max |x| and the trits lroundf(x / d) + 1 as int32."""
-    amax = _running_max_abs(blocks)
+    """Per 256-block: the fp16 bits of d = max |x| and the low byte of each
+    xi = lroundf(x / d) + 1 as uint8 (ggml packs xi into uint8_t arithmetic, so only that byte
+    counts). Normally xi is a trit in {0, 1, 2}; a NaN that drops the true max, an inf, or a
+    denormal max (1/d = inf) give other values."""
+    amax, has_nan = _running_max_abs(blocks)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         inv_d = np.where(amax != 0, np.float32(1) / amax, np.float32(0))  # inf for denormal amax
-        # `int xi = lroundf(v) + 1`: a long, narrowed to int; an inf/NaN v gives LONG_MIN on
-        # x86-64, so xi wraps to 1 (the zero trit)
-        rounded = roundf(blocks * inv_d[:, None]).astype(np.int64)
-    return fp16_bits(amax), (rounded + 1).astype(np.int32)
+        rounded = roundf(blocks * inv_d[:, None])
+        xi = (rounded + np.float32(1)).astype(np.uint8)  # exact where |x / d| <= 1
+        unusual = has_nan | ~np.isfinite(amax) | ~np.isfinite(inv_d)
+        if unusual.any():
+            # lroundf beyond 2^31 (and of inf/NaN: LONG_MIN on x86-64) has 8 zero low bits, like 0
+            r = rounded[unusual]
+            r = np.where(np.abs(r) < _INT32_LIMIT, r, np.float32(0))
+            xi[unusual] = (r.astype(np.int32) + 1).astype(np.uint8)  # keeps the low byte
+    return fp16_bits(amax), xi
+
+
+def _ceiling_bytes() -> np.ndarray:
+    """`(uint16_t)q * 256 + 242) / 243` stored back into a uint8_t, for every q."""
+    q = np.arange(256, dtype=np.int32)
+    return ((q * 256 + 242) // 243).astype(np.uint8)
+
+
+_CEILING_BYTES = _ceiling_bytes()
 
 
 def _base3_bytes(trits: np.ndarray) -> np.ndarray:
-    """trits [..., digits, m] (most significant digit first) -> the base-3 number scaled to a
-    byte with ceiling division, as uint8 [..., m]."""
-    value = np.zeros(trits.shape[:-2] + trits.shape[-1:], dtype=np.int32)
+    """trits [..., digits, m] (uint8, most significant digit first) -> ggml's packed byte
+    [..., m]: the base-3 number in uint8 arithmetic (wrapping like `q = q * 3 + xi` in a
+    uint8_t), scaled to the byte range with ceiling division."""
+    value = np.zeros(trits.shape[:-2] + trits.shape[-1:], dtype=np.uint8)
     for digit in range(trits.shape[-2]):
-        value = value * 3 + trits[..., digit, :]
-    return ((value * 256 + 242) // 243).astype(np.uint8)
+        value = value * np.uint8(3) + trits[..., digit, :]
+    return _CEILING_BYTES[value]
 
 
 def _tq1_0_blocks(blocks: np.ndarray) -> np.ndarray:
@@ -81,7 +102,7 @@ def _tq2_0_blocks(blocks: np.ndarray) -> np.ndarray:
     d_bits, trits = _scaled_trits(blocks)
     n = trits.shape[0]
     # byte 32 g + m holds weights 128 g + 32 l + m in bits 2 l
-    fields = (trits & 3).reshape(n, 2, 4, 32)
+    fields = (trits & np.uint8(3)).reshape(n, 2, 4, 32)
     qs = fields[:, :, 0] | (fields[:, :, 1] << 2) | (fields[:, :, 2] << 4) | (fields[:, :, 3] << 6)
     out = np.empty((n, _TQ2_BYTES), dtype=np.uint8)
     out[:, 0:64] = qs.reshape(n, 64)
