@@ -11,8 +11,9 @@ from ..qtypes import QType
 from . import Chunk, NonFiniteError
 from .numpy import DEQUANTIZERS, QUANTIZERS
 
-# Rows per task: large enough that per-call numpy overhead is small, small enough to balance.
-_MIN_ROWS_PER_TASK = 16
+# Weights per task: the K and IQ quantizers run many small numpy steps per call, and tasks
+# smaller than this spend their time fighting over the GIL instead of computing.
+_MIN_WEIGHTS_PER_TASK = 1 << 18
 
 
 class NumpyBackend:
@@ -37,11 +38,12 @@ class NumpyBackend:
         fn = QUANTIZERS[qtype.name]
         check_finite = check_finite and not qtype.is_float
         rows = x.shape[0]
-        if self._pool is None or rows < 2 * _MIN_ROWS_PER_TASK:
+        min_rows = max(1, _MIN_WEIGHTS_PER_TASK // max(1, x.shape[1]))
+        if self._pool is None or rows < 2 * min_rows:
             _check_finite(x, 0, check_finite)
             return fn(x, imatrix)
         out = np.empty((rows, qtype.row_bytes(x.shape[1])), dtype=np.uint8)
-        n_tasks = min(self.n_threads * 4, rows // _MIN_ROWS_PER_TASK)
+        n_tasks = min(self.n_threads * 4, rows // min_rows)
         bounds = np.linspace(0, rows, n_tasks + 1).astype(int)
 
         def run(i: int) -> None:
