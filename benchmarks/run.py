@@ -6,7 +6,9 @@ A. Array quantizers, 4096-wide float32 rows: ours (1 and 2 threads) next to gguf
 B. File to file: a full-size synthetic parler-tts-mini (2.07 GB F32) to Q4_0 and Q8_0 with the
    NumPy backend, 2 threads, warm page cache: wall seconds, GB/s and peak RSS, next to TTS.cpp's
    own `quantize` on the same file (anchor: 2.2 s, 1.99 GB peak, 2 threads).
-C. With a CUDA device: kernel-only GB/s and GPU file runs (benchmarks/gpu_kernels.py).
+C. With a CUDA device: kernel-only GB/s per type (benchmarks/gpu_kernels.py), and full-size
+   parler-tts-mini and dia file to file with the cupy and the numpy backend side by side
+   (benchmarks/gpu_file.py).
 """
 
 from __future__ import annotations
@@ -137,18 +139,20 @@ def main() -> None:
     ap.add_argument("--skip-file", action="store_true", help="only the array benchmarks")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    bench_arrays(list(QTYPES), rows_fast=4096, rows_slow=256)
+    bench_arrays(list(QTYPES), rows_fast=4096, rows_slow=1024)
     if not args.skip_file:
         bench_file(args.data_dir, ["Q4_0", "Q8_0"], args.threads)
     try:
         from gpuquant.backends import cupy_available
 
         if cupy_available():
+            import gpu_file  # benchmarks/gpu_file.py
             import gpu_kernels  # benchmarks/gpu_kernels.py
 
-            gpu_kernels.main()
+            print("\nC. GPU")
+            gpu_kernels.main([])
             if not args.skip_file:
-                bench_file(args.data_dir, ["Q4_0", "Q8_0"], args.threads, backend="cupy")
+                gpu_file.main(["--models", "parler-tts-mini,dia", "--data-dir", str(args.data_dir)])
         else:
             print("\nC. no CUDA device: GPU rows skipped")
     except ImportError as e:
