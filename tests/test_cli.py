@@ -202,3 +202,25 @@ def test_write_error_on_the_writer_thread_is_reported_and_cleaned_up(tiny, tmp_p
     errors = [line for line in r.output.splitlines() if "error" in line]
     assert r.exit_code == 1 and len(errors) == 1 and "No space left on device" in errors[0]
     assert not out.exists() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, t in gpuquant.QTYPES.items() if not t.requires_imatrix))
+def test_every_supported_type_by_id_end_to_end(tmp_path, name):
+    from gpuquant.backends.numpy import QUANTIZERS
+
+    t = gpuquant.QTYPES[name]
+    if name not in QUANTIZERS:
+        pytest.skip(f"{name} is not implemented yet")
+    tensors = kokoro_like(np.random.default_rng(6), n_per_row=512, rows=4)
+    src = write_tiny(tmp_path / "m.gguf", tensors)
+    out = tmp_path / "o.gguf"
+    r = run("quantize", "-mp", str(src), "-qp", str(out), "-qt", str(t.ggml_id), "-q")
+    assert r.exit_code == 0, r.output
+    if name not in gguf.GGMLQuantizationType.__members__:  # gguf 0.19 cannot read Q2_0 (id 42) back
+        return
+    reader = gguf.GGUFReader(out)
+    q = next(x for x in reader.tensors if x.name == "kokoro.albert.layer.0.q")
+    assert q.tensor_type.name == name
+    expected = gpuquant.quantize(tensors["kokoro.albert.layer.0.q"], name)
+    assert np.array_equal(np.asarray(q.data).view(np.uint8).reshape(expected.shape), expected)
+    assert reader.fields["general.quantization_type"].contents() == t.ggml_id
