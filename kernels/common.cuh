@@ -155,6 +155,100 @@ GQ_FN gq_u32 gq_load_u32(const gq_u8* src) {
     return (gq_u32)src[0] | ((gq_u32)src[1] << 8) | ((gq_u32)src[2] << 16) | ((gq_u32)src[3] << 24);
 }
 
+// ---------------------------------------------------------------- loads and stores of a block
+
+// N consecutive floats (N a multiple of 4) into registers: on the device, 16-byte vector loads when
+// src is 16-byte aligned (every block of a tensor is when the tensor's start is, as blocks are
+// multiples of 16 bytes), scalar loads otherwise (a tensor view may start anywhere).
+template <int N>
+GQ_FN void gq_load_floats(const float* __restrict__ src, float* dst) {
+#if defined(__CUDACC__)
+    if ((reinterpret_cast<unsigned long long>(src) & 15ull) == 0) {
+        const float4* v = reinterpret_cast<const float4*>(src);
+        GQ_UNROLL
+        for (int k = 0; k < N / 4; ++k) {
+            const float4 f = v[k];
+            dst[4 * k + 0] = f.x;
+            dst[4 * k + 1] = f.y;
+            dst[4 * k + 2] = f.z;
+            dst[4 * k + 3] = f.w;
+        }
+        return;
+    }
+#endif
+    GQ_UNROLL
+    for (int k = 0; k < N; ++k) dst[k] = src[k];
+}
+
+// The reverse of gq_load_floats: N floats from registers to dst, as vectors when dst is aligned.
+template <int N>
+GQ_FN void gq_store_floats(float* __restrict__ dst, const float* src) {
+#if defined(__CUDACC__)
+    if ((reinterpret_cast<unsigned long long>(dst) & 15ull) == 0) {
+        float4* v = reinterpret_cast<float4*>(dst);
+        GQ_UNROLL
+        for (int k = 0; k < N / 4; ++k) v[k] = make_float4(src[4 * k], src[4 * k + 1], src[4 * k + 2], src[4 * k + 3]);
+        return;
+    }
+#endif
+    GQ_UNROLL
+    for (int k = 0; k < N; ++k) dst[k] = src[k];
+}
+
+template <int N>
+GQ_FN void gq_copy_bytes(gq_u8* __restrict__ dst, const gq_u8* src) {
+    GQ_UNROLL
+    for (int k = 0; k < N; ++k) dst[k] = src[k];
+}
+
+#if defined(__CUDACC__)
+// ---------------------------------------------------------------- kernel bodies: one thread per block
+
+// The global index of the calling thread in a one-dimensional launch.
+__device__ __forceinline__ gq_i64 gq_thread_index() {
+    return (gq_i64)blockIdx.x * (gq_i64)blockDim.x + (gq_i64)threadIdx.x;
+}
+
+// Thread b converts block b of a tensor (Block weights, Bytes bytes; blocks never straddle rows, so
+// block b of the tensor is at x + Block * b and out + Bytes * b) with a .cuh file's block function.
+// Blocks that fit in registers are loaded, converted and stored there:
+template <int Block, int Bytes, void (*Quantize)(const float*, gq_u8*)>
+__device__ __forceinline__ void gq_quantize_in_registers(const float* __restrict__ x, gq_u8* __restrict__ out,
+                                                         gq_i64 n_blocks) {
+    const gq_i64 b = gq_thread_index();
+    if (b >= n_blocks) return;
+    float xb[Block];
+    gq_load_floats<Block>(x + b * Block, xb);
+    gq_u8 qb[Bytes];
+    Quantize(xb, qb);
+    gq_copy_bytes<Bytes>(out + b * Bytes, qb);
+}
+
+template <int Block, int Bytes, void (*Dequantize)(const gq_u8*, float*)>
+__device__ __forceinline__ void gq_dequantize_in_registers(const gq_u8* __restrict__ q, float* __restrict__ y,
+                                                           gq_i64 n_blocks) {
+    const gq_i64 b = gq_thread_index();
+    if (b >= n_blocks) return;
+    float yb[Block];
+    Dequantize(q + b * Bytes, yb);
+    gq_store_floats<Block>(y + b * Block, yb);
+}
+
+// and larger blocks straight in global memory:
+template <int Block, int Bytes, void (*Quantize)(const float*, gq_u8*)>
+__device__ __forceinline__ void gq_quantize_in_memory(const float* __restrict__ x, gq_u8* __restrict__ out,
+                                                      gq_i64 n_blocks) {
+    const gq_i64 b = gq_thread_index();
+    if (b < n_blocks) Quantize(x + b * Block, out + b * Bytes);
+}
+
+template <int Block, int Bytes, void (*Dequantize)(const gq_u8*, float*)>
+__device__ __forceinline__ void gq_dequantize_in_memory(const gq_u8* q, float* y, gq_i64 n_blocks) {
+    const gq_i64 b = gq_thread_index();
+    if (b < n_blocks) Dequantize(q + b * Bytes, y + b * Block);
+}
+#endif
+
 // ---------------------------------------------------------------- scale searches
 
 #define GQ_GROUP_MAX_EPS 1e-15f
@@ -167,22 +261,33 @@ GQ_FN float gq_rmse_weight(int rmse_type, float x) {
     return sqrtf(fabsf(x));
 }
 
+// The first of N values of largest magnitude, as ggml's symmetric searches find it: from 0,
+// `if (fabsf(v) > amax)` takes v, so ties keep the first and a NaN is never taken. Its magnitude goes
+// to *amax when amax is not null.
+template <int N>
+GQ_FN float gq_first_max_abs(const float* x, float* amax = nullptr) {
+    float max = 0.0f;
+    float largest = 0.0f;
+    GQ_UNROLL
+    for (int i = 0; i < N; ++i) {
+        const float ax = fabsf(x[i]);
+        if (ax > largest) {
+            largest = ax;
+            max = x[i];
+        }
+    }
+    if (amax) *amax = largest;
+    return max;
+}
+
 // ggml's make_qx_quants: a symmetric scale for N values on the levels -nmax..nmax-1, stored in L
 // as level + nmax. rmse_type 0 takes the plain max-based scale; otherwise a weighted least-squares
 // scale is fitted and 18 nearby inverse scales are tried (a negative rmse_type stops after the
 // first fit). qw (may be null) overrides the per-element weights. Returns the scale.
 template <int N>
 GQ_FN float gq_make_qx_quants(int nmax, const float* x, gq_i8* L, int rmse_type, const float* qw) {
-    float max = 0.0f;
-    float amax = 0.0f;
-    GQ_UNROLL
-    for (int i = 0; i < N; ++i) {
-        const float ax = fabsf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
+    float amax;
+    const float max = gq_first_max_abs<N>(x, &amax);
     if (amax < GQ_GROUP_MAX_EPS) {
         GQ_UNROLL
         for (int i = 0; i < N; ++i) L[i] = 0;

@@ -3,6 +3,7 @@
 // byte against ggml's golden vectors. Build (gpuquant/hostkernels.py does it):
 //   g++ -O2 -std=c++17 -ffp-contract=off -fPIC -shared -I kernels kernels/host_*.cpp -o libgqhost.so
 // This file: F16, BF16 and the legacy 32-blocks; kernels/host_api.cpp dispatches to each family.
+#include "host_loop.h"
 #include "legacy.cuh"
 
 namespace {
@@ -18,35 +19,34 @@ enum GqTypeId {
     GQ_BF16 = 30,
 };
 
-enum GqStatus { GQ_OK = 0, GQ_UNKNOWN_TYPE = -1, GQ_BAD_ROW_LENGTH = -2 };
-
-typedef void (*BlockQuantizer)(const float* x, gq_u8* out);
 typedef void (*WeightedBlockQuantizer)(const float* x, const float* qw, float sigma2, gq_u8* out);
-typedef void (*BlockDequantizer)(const gq_u8* in, float* y);
 
-struct BlockFormat {
-    int bytes;
-    BlockQuantizer quantize;
-    WeightedBlockQuantizer quantize_weighted;  // null: the format ignores an importance matrix
-    BlockDequantizer dequantize;
+struct LegacyFormat {
+    GqHostFormat plain;  // its quantize ignores the imatrix: ggml's quantize_row_*_ref
+    WeightedBlockQuantizer quantize_weighted;  // ggml's *_impl; null: the format ignores an imatrix
 };
 
-bool block_format(int type_id, BlockFormat* f) {
+bool legacy_format(int type_id, LegacyFormat* f) {
     switch (type_id) {
         case GQ_Q4_0:
-            *f = {GQ_Q4_0_BYTES, gq_quantize_block_q4_0, gq_quantize_block_q4_0_weighted, gq_dequantize_block_q4_0};
+            *f = {{GQ_QK, GQ_Q4_0_BYTES, gq_ignoring_imatrix<gq_quantize_block_q4_0>, gq_dequantize_block_q4_0},
+                  gq_quantize_block_q4_0_weighted};
             return true;
         case GQ_Q4_1:
-            *f = {GQ_Q4_1_BYTES, gq_quantize_block_q4_1, gq_quantize_block_q4_1_weighted, gq_dequantize_block_q4_1};
+            *f = {{GQ_QK, GQ_Q4_1_BYTES, gq_ignoring_imatrix<gq_quantize_block_q4_1>, gq_dequantize_block_q4_1},
+                  gq_quantize_block_q4_1_weighted};
             return true;
         case GQ_Q5_0:
-            *f = {GQ_Q5_0_BYTES, gq_quantize_block_q5_0, gq_quantize_block_q5_0_weighted, gq_dequantize_block_q5_0};
+            *f = {{GQ_QK, GQ_Q5_0_BYTES, gq_ignoring_imatrix<gq_quantize_block_q5_0>, gq_dequantize_block_q5_0},
+                  gq_quantize_block_q5_0_weighted};
             return true;
         case GQ_Q5_1:
-            *f = {GQ_Q5_1_BYTES, gq_quantize_block_q5_1, gq_quantize_block_q5_1_weighted, gq_dequantize_block_q5_1};
+            *f = {{GQ_QK, GQ_Q5_1_BYTES, gq_ignoring_imatrix<gq_quantize_block_q5_1>, gq_dequantize_block_q5_1},
+                  gq_quantize_block_q5_1_weighted};
             return true;
         case GQ_Q8_0:
-            *f = {GQ_Q8_0_BYTES, gq_quantize_block_q8_0, nullptr, gq_dequantize_block_q8_0};
+            *f = {{GQ_QK, GQ_Q8_0_BYTES, gq_ignoring_imatrix<gq_quantize_block_q8_0>, gq_dequantize_block_q8_0},
+                  nullptr};
             return true;
         default:
             return false;
@@ -74,20 +74,19 @@ int gq_legacy_quantize(int type_id, const float* x, const float* imatrix, gq_u8*
         }
         return GQ_OK;
     }
-    BlockFormat f;
-    if (!block_format(type_id, &f)) return GQ_UNKNOWN_TYPE;
+    LegacyFormat f;
+    if (!legacy_format(type_id, &f)) return GQ_UNKNOWN_TYPE;
+    if (!imatrix || !f.quantize_weighted) return gq_host_quantize_rows(f.plain, x, nullptr, out, nrows, n_per_row);
+    // The weighted search needs the whole row's mean square first.
     if (n_per_row % GQ_QK != 0) return GQ_BAD_ROW_LENGTH;
     const gq_i64 blocks_per_row = n_per_row / GQ_QK;
+    const int bytes = f.plain.bytes;
     for (gq_i64 r = 0; r < nrows; ++r) {
         const float* xr = x + r * n_per_row;
-        gq_u8* qr = out + r * blocks_per_row * f.bytes;
-        if (imatrix && f.quantize_weighted) {
-            const float sigma2 = row_sigma2(xr, n_per_row);
-            for (gq_i64 b = 0; b < blocks_per_row; ++b) {
-                f.quantize_weighted(xr + b * GQ_QK, imatrix + b * GQ_QK, sigma2, qr + b * f.bytes);
-            }
-        } else {
-            for (gq_i64 b = 0; b < blocks_per_row; ++b) f.quantize(xr + b * GQ_QK, qr + b * f.bytes);
+        gq_u8* qr = out + r * blocks_per_row * bytes;
+        const float sigma2 = row_sigma2(xr, n_per_row);
+        for (gq_i64 b = 0; b < blocks_per_row; ++b) {
+            f.quantize_weighted(xr + b * GQ_QK, imatrix + b * GQ_QK, sigma2, qr + b * bytes);
         }
     }
     return GQ_OK;
@@ -103,12 +102,9 @@ int gq_legacy_dequantize(int type_id, const gq_u8* q, float* y, gq_i64 nrows, gq
         }
         return GQ_OK;
     }
-    BlockFormat f;
-    if (!block_format(type_id, &f)) return GQ_UNKNOWN_TYPE;
-    if (n_per_row % GQ_QK != 0) return GQ_BAD_ROW_LENGTH;
-    const gq_i64 n_blocks = n / GQ_QK;
-    for (gq_i64 b = 0; b < n_blocks; ++b) f.dequantize(q + b * f.bytes, y + b * GQ_QK);
-    return GQ_OK;
+    LegacyFormat f;
+    if (!legacy_format(type_id, &f)) return GQ_UNKNOWN_TYPE;
+    return gq_host_dequantize_rows(f.plain, q, y, nrows, n_per_row);
 }
 
 }  // extern "C"

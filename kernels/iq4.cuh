@@ -93,16 +93,8 @@ GQ_FN void gq_iq4_weighted_sums(const float* x, const float* weight, float inv_s
 // The block's scale d (x ~ d * K[q]): 0 when max |x| < 1e-15, else the least-squares scale of the
 // first of 1 + 15 trial inverse scales that fits best.
 GQ_FN float gq_iq4_search_scale(const float* x, const float* weight) {
-    float amax = 0.0f;
-    float max = 0.0f;
-    GQ_UNROLL
-    for (int j = 0; j < GQ_IQ4_BLOCK; ++j) {
-        const float ax = fabsf(x[j]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[j];
-        }
-    }
+    float amax;
+    const float max = gq_first_max_abs<GQ_IQ4_BLOCK>(x, &amax);
     if (amax < GQ_GROUP_MAX_EPS) return 0.0f;
     const float lowest = -127.0f;  // K[0]
     float sumqx, sumq2;
@@ -157,17 +149,7 @@ GQ_FN void gq_dequantize_block_iq4_nl(const gq_u8* in, float* y) {
 
 // The super-block scale d: -1/32 of the first sub-block scale of largest magnitude.
 GQ_FN float gq_iq4_xs_super_scale(const float* scales) {
-    float amax_scale = 0.0f;
-    float max_scale = 0.0f;
-    GQ_UNROLL
-    for (int ib = 0; ib < GQ_IQ4_SUBS; ++ib) {
-        const float abs_d = fabsf(scales[ib]);
-        if (abs_d > amax_scale) {
-            amax_scale = abs_d;
-            max_scale = scales[ib];
-        }
-    }
-    return -max_scale / 32.0f;
+    return -gq_first_max_abs<GQ_IQ4_SUBS>(scales) / 32.0f;
 }
 
 // A sub-block's multiplier of d, in [-32, 31].

@@ -29,28 +29,6 @@
 
 // ---------------------------------------------------------------- small pieces
 
-// N consecutive floats into a register array: 16-byte vector loads on the device when the source
-// is aligned (sub-blocks are 64 or 128 bytes, so all of a tensor's are when its start is).
-template <int N>
-GQ_FN void gq_copy_floats(const float* src, float* dst) {
-#if defined(__CUDACC__)
-    if ((reinterpret_cast<unsigned long long>(src) & 15ull) == 0) {
-        const float4* v = reinterpret_cast<const float4*>(src);
-        GQ_UNROLL
-        for (int k = 0; k < N / 4; ++k) {
-            const float4 f = v[k];
-            dst[4 * k + 0] = f.x;
-            dst[4 * k + 1] = f.y;
-            dst[4 * k + 2] = f.z;
-            dst[4 * k + 3] = f.w;
-        }
-        return;
-    }
-#endif
-    GQ_UNROLL
-    for (int k = 0; k < N; ++k) dst[k] = src[k];
-}
-
 // C's store of an int into int8_t: keeps the low byte, read back signed.
 GQ_FN int gq_wrap_i8(int v) { return (int)(gq_i8)(gq_u8)(gq_u32)v; }
 
@@ -61,7 +39,7 @@ GQ_FN float gq_superblock_sum_x2(const float* x) {
     float sum = 0.0f;
     for (int c = 0; c < GQ_QK_K; c += 32) {
         float v[32];
-        gq_copy_floats<32>(x + c, v);
+        gq_load_floats<32>(x + c, v);
         GQ_UNROLL
         for (int k = 0; k < 32; ++k) sum += v[k] * v[k];
     }
@@ -72,7 +50,7 @@ GQ_FN float gq_superblock_sum_x2(const float* x) {
 template <int N>
 GQ_FN float gq_imatrix_weights(const float* xs, const float* qw, float sigma2, float* w) {
     float qws[N];
-    gq_copy_floats<N>(qw, qws);
+    gq_load_floats<N>(qw, qws);
     float sum = 0.0f;
     GQ_UNROLL
     for (int l = 0; l < N; ++l) {
@@ -99,16 +77,8 @@ GQ_FN float gq_make_qkx2_quants(int nmax, const float* x, const float* weights, 
 // move one level at a time while sumlx^2/suml2 grows. L gets level + nmax. Returns the scale.
 template <int N>
 GQ_FN float gq_make_q3_quants(int nmax, const float* x, gq_i8* L) {
-    float max = 0.0f;
-    float amax = 0.0f;
-    GQ_UNROLL
-    for (int i = 0; i < N; ++i) {
-        const float ax = fabsf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
+    float amax;
+    const float max = gq_first_max_abs<N>(x, &amax);
     if (amax < GQ_GROUP_MAX_EPS) {
         GQ_UNROLL
         for (int i = 0; i < N; ++i) L[i] = 0;
@@ -304,7 +274,7 @@ GQ_FN void gq_finish_q2_k(const float* x, const gq_u8* sb, gq_u16 d_bits, gq_u16
         if (d == 0.0f) continue;
         const float dm = dmin_all * (float)(sb[j] >> 4);
         float xs[16];
-        gq_copy_floats<16>(x + 16 * j, xs);
+        gq_load_floats<16>(x + 16 * j, xs);
         GQ_UNROLL
         for (int i = 0; i < 16; ++i) L[16 * j + i] = (gq_u8)gq_clamp_i(gq_nearest_int((xs[i] + dm) / d), 0, 3);
     }
@@ -327,7 +297,7 @@ GQ_FN void gq_quantize_superblock_q2_k(const float* x, gq_u8* out) {
         float xs[16];
         float w[16];
         gq_u8 Laux[16];
-        gq_copy_floats<16>(x + 16 * j, xs);
+        gq_load_floats<16>(x + 16 * j, xs);
         GQ_UNROLL
         for (int l = 0; l < 16; ++l) w[l] = fabsf(xs[l]);
         scales[j] = gq_make_qkx2_quants<16>(3, xs, w, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true);
@@ -364,7 +334,7 @@ GQ_FN void gq_quantize_superblock_q2_k_weighted(const float* x, const float* qw,
         float xs[16];
         float w[16];
         gq_u8 Laux[16];
-        gq_copy_floats<16>(x + 16 * j, xs);
+        gq_load_floats<16>(x + 16 * j, xs);
         sw[j] = gq_imatrix_weights<16>(xs, qw + 16 * j, sigma2, w);
         scales[j] = gq_make_qkx3_quants<16>(3, xs, w, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
     }
@@ -404,7 +374,7 @@ GQ_FN void gq_finish_q3_k(const float* x, const gq_u8* packed, gq_u16 d_bits, gq
         const float d = d_all * (float)(gq_scale_q3(packed, j) - 32);
         if (d == 0.0f) continue;
         float xs[16];
-        gq_copy_floats<16>(x + 16 * j, xs);
+        gq_load_floats<16>(x + 16 * j, xs);
         GQ_UNROLL
         for (int i = 0; i < 16; ++i) L[16 * j + i] = (gq_i8)(gq_clamp_i(gq_nearest_int(xs[i] / d), -4, 3) + 4);
     }
@@ -436,18 +406,12 @@ GQ_FN void gq_finish_q3_k(const float* x, const gq_u8* packed, gq_u16 d_bits, gq
 GQ_FN void gq_quantize_superblock_q3_k(const float* x, gq_u8* out) {
     gq_i8 L[GQ_QK_K];
     float scales[16];
-    float max_scale = 0.0f;
-    float amax = 0.0f;
     for (int j = 0; j < 16; ++j) {
         float xs[16];
-        gq_copy_floats<16>(x + 16 * j, xs);
+        gq_load_floats<16>(x + 16 * j, xs);
         scales[j] = gq_make_q3_quants<16>(4, xs, L + 16 * j);
-        const float a = fabsf(scales[j]);
-        if (a > amax) {
-            amax = a;
-            max_scale = scales[j];
-        }
     }
+    const float max_scale = gq_first_max_abs<16>(scales);
     gq_u8 packed[12];
     gq_u16 d_bits = 0;
     if (max_scale != 0.0f) {  // C's `if (max_scale)`: NaN counts as set
@@ -476,7 +440,7 @@ GQ_FN void gq_quantize_superblock_q3_k_weighted(const float* x, const float* qw,
     for (int j = 0; j < 16; ++j) {
         float xs[16];
         float w[16];
-        gq_copy_floats<16>(x + 16 * j, xs);
+        gq_load_floats<16>(x + 16 * j, xs);
         sw[j] = gq_imatrix_weights<16>(xs, qw + 16 * j, sigma2, w);
         scales[j] = gq_make_qx_quants<16>(4, xs, L + 16 * j, 1, w);
     }
@@ -524,7 +488,7 @@ GQ_FN void gq_finish_k4(const float* x, const gq_u8* ls, const gq_u8* lm, gq_u16
         if (d == 0.0f) continue;
         const float dm = dmin_all * (float)m;
         float xs[32];
-        gq_copy_floats<32>(x + 32 * j, xs);
+        gq_load_floats<32>(x + 32 * j, xs);
         GQ_UNROLL
         for (int i = 0; i < 32; ++i) L[32 * j + i] = (gq_u8)gq_clamp_i(gq_nearest_int((xs[i] + dm) / d), 0, NMAX);
     }
@@ -544,7 +508,7 @@ GQ_FN void gq_k4_plain(const float* x, float rmin, float rdelta, int nstep, gq_u
         float xs[32];
         float w[32];
         gq_u8 Laux[32];
-        gq_copy_floats<32>(x + 32 * j, xs);
+        gq_load_floats<32>(x + 32 * j, xs);
         float sum_x2 = 0.0f;
         GQ_UNROLL
         for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
@@ -583,7 +547,7 @@ GQ_FN void gq_k4_weighted(const float* x, const float* qw, bool clamp_to_63, gq_
         float xs[32];
         float w[32];
         gq_u8 Laux[32];
-        gq_copy_floats<32>(x + 32 * j, xs);
+        gq_load_floats<32>(x + 32 * j, xs);
         sw[j] = gq_imatrix_weights<32>(xs, qw + 32 * j, sigma2, w);
         scales[j] = gq_make_qkx3_quants<32>(NMAX, xs, w, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
     }
@@ -724,11 +688,11 @@ GQ_FN void gq_quantize_superblock_q6_k_any(const float* x, const float* qw, gq_u
     float max_abs_scale = 0.0f;
     for (int j = 0; j < 16; ++j) {
         float xs[16];
-        gq_copy_floats<16>(x + 16 * j, xs);
+        gq_load_floats<16>(x + 16 * j, xs);
         float scale;
         if (kWeighted) {
             float qws[16];
-            gq_copy_floats<16>(qw + 16 * j, qws);
+            gq_load_floats<16>(qw + 16 * j, qws);
             scale = gq_make_qx_quants<16>(32, xs, L + 16 * j, 1, qws);
         } else {
             scale = gq_make_qx_quants<16>(32, xs, L + 16 * j, 1, nullptr);
@@ -753,7 +717,7 @@ GQ_FN void gq_quantize_superblock_q6_k_any(const float* x, const float* qw, gq_u
         const float d = d_all * (float)sc[j];
         if (d == 0.0f) continue;
         float xs[16];
-        gq_copy_floats<16>(x + 16 * j, xs);
+        gq_load_floats<16>(x + 16 * j, xs);
         GQ_UNROLL
         for (int i = 0; i < 16; ++i) L[16 * j + i] = (gq_i8)(gq_clamp_i(gq_nearest_int(xs[i] / d), -32, 31) + 32);
     }

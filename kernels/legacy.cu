@@ -9,103 +9,10 @@
 // it (one warp per 32 rows, each lane summing its own row in order), then the *_imatrix kernel runs.
 #include "legacy.cuh"
 
-// ---------------------------------------------------------------- loads and stores
-
-// 32 consecutive floats into registers: vector loads when the tensor is 16-byte aligned (every
-// block then is, as blocks are 128 bytes), scalar loads otherwise.
-__device__ __forceinline__ void gq_load_32(const float* __restrict__ src, float* dst) {
-    if ((reinterpret_cast<unsigned long long>(src) & 15ull) == 0) {
-        const float4* v = reinterpret_cast<const float4*>(src);
-        GQ_UNROLL
-        for (int k = 0; k < 8; ++k) {
-            const float4 f = v[k];
-            dst[4 * k + 0] = f.x;
-            dst[4 * k + 1] = f.y;
-            dst[4 * k + 2] = f.z;
-            dst[4 * k + 3] = f.w;
-        }
-    } else {
-        GQ_UNROLL
-        for (int k = 0; k < 32; ++k) dst[k] = src[k];
-    }
-}
-
-__device__ __forceinline__ void gq_store_32(float* __restrict__ dst, const float* src) {
-    if ((reinterpret_cast<unsigned long long>(dst) & 15ull) == 0) {
-        float4* v = reinterpret_cast<float4*>(dst);
-        GQ_UNROLL
-        for (int k = 0; k < 8; ++k) v[k] = make_float4(src[4 * k], src[4 * k + 1], src[4 * k + 2], src[4 * k + 3]);
-    } else {
-        GQ_UNROLL
-        for (int k = 0; k < 32; ++k) dst[k] = src[k];
-    }
-}
-
-__device__ __forceinline__ gq_i64 gq_thread_index() {
-    return (gq_i64)blockIdx.x * (gq_i64)blockDim.x + (gq_i64)threadIdx.x;
-}
-
-// ---------------------------------------------------------------- the formats, as kernel parameters
-
-struct GqQ4_0 {
-    static constexpr int bytes = GQ_Q4_0_BYTES;
-    static __device__ __forceinline__ void quantize(const float* x, gq_u8* out) { gq_quantize_block_q4_0(x, out); }
-    static __device__ __forceinline__ void quantize_weighted(const float* x, const float* qw, float sigma2, gq_u8* out) {
-        gq_quantize_block_q4_0_weighted(x, qw, sigma2, out);
-    }
-    static __device__ __forceinline__ void dequantize(const gq_u8* in, float* y) { gq_dequantize_block_q4_0(in, y); }
-};
-
-struct GqQ4_1 {
-    static constexpr int bytes = GQ_Q4_1_BYTES;
-    static __device__ __forceinline__ void quantize(const float* x, gq_u8* out) { gq_quantize_block_q4_1(x, out); }
-    static __device__ __forceinline__ void quantize_weighted(const float* x, const float* qw, float sigma2, gq_u8* out) {
-        gq_quantize_block_q4_1_weighted(x, qw, sigma2, out);
-    }
-    static __device__ __forceinline__ void dequantize(const gq_u8* in, float* y) { gq_dequantize_block_q4_1(in, y); }
-};
-
-struct GqQ5_0 {
-    static constexpr int bytes = GQ_Q5_0_BYTES;
-    static __device__ __forceinline__ void quantize(const float* x, gq_u8* out) { gq_quantize_block_q5_0(x, out); }
-    static __device__ __forceinline__ void quantize_weighted(const float* x, const float* qw, float sigma2, gq_u8* out) {
-        gq_quantize_block_q5_0_weighted(x, qw, sigma2, out);
-    }
-    static __device__ __forceinline__ void dequantize(const gq_u8* in, float* y) { gq_dequantize_block_q5_0(in, y); }
-};
-
-struct GqQ5_1 {
-    static constexpr int bytes = GQ_Q5_1_BYTES;
-    static __device__ __forceinline__ void quantize(const float* x, gq_u8* out) { gq_quantize_block_q5_1(x, out); }
-    static __device__ __forceinline__ void quantize_weighted(const float* x, const float* qw, float sigma2, gq_u8* out) {
-        gq_quantize_block_q5_1_weighted(x, qw, sigma2, out);
-    }
-    static __device__ __forceinline__ void dequantize(const gq_u8* in, float* y) { gq_dequantize_block_q5_1(in, y); }
-};
-
-struct GqQ8_0 {
-    static constexpr int bytes = GQ_Q8_0_BYTES;
-    static __device__ __forceinline__ void quantize(const float* x, gq_u8* out) { gq_quantize_block_q8_0(x, out); }
-    static __device__ __forceinline__ void dequantize(const gq_u8* in, float* y) { gq_dequantize_block_q8_0(in, y); }
-};
-
 // ---------------------------------------------------------------- kernel bodies
+// Each takes the block functions of legacy.cuh of one type as template arguments.
 
-template <class Format>
-__device__ __forceinline__ void gq_quantize_blocks(const float* __restrict__ x, gq_u8* __restrict__ out,
-                                                   gq_i64 n_blocks) {
-    const gq_i64 b = gq_thread_index();
-    if (b >= n_blocks) return;
-    float xb[GQ_QK];
-    gq_load_32(x + b * GQ_QK, xb);
-    gq_u8 qb[Format::bytes];
-    Format::quantize(xb, qb);
-    gq_u8* dst = out + b * Format::bytes;
-    GQ_UNROLL
-    for (int k = 0; k < Format::bytes; ++k) dst[k] = qb[k];
-}
-
-template <class Format>
+template <int Bytes, void (*QuantizeWeighted)(const float*, const float*, float, gq_u8*)>
 __device__ __forceinline__ void gq_quantize_blocks_weighted(const float* __restrict__ x,
                                                             const float* __restrict__ imatrix,
                                                             const float* __restrict__ sigma2,
@@ -117,30 +24,45 @@ __device__ __forceinline__ void gq_quantize_blocks_weighted(const float* __restr
     const gq_i64 block_in_row = b - row * blocks_per_row;
     float xb[GQ_QK];
     float qw[GQ_QK];
-    gq_load_32(x + b * GQ_QK, xb);
-    gq_load_32(imatrix + block_in_row * GQ_QK, qw);
-    gq_u8 qb[Format::bytes];
-    Format::quantize_weighted(xb, qw, sigma2[row], qb);
-    gq_u8* dst = out + b * Format::bytes;
-    GQ_UNROLL
-    for (int k = 0; k < Format::bytes; ++k) dst[k] = qb[k];
+    gq_load_floats<GQ_QK>(x + b * GQ_QK, xb);
+    gq_load_floats<GQ_QK>(imatrix + block_in_row * GQ_QK, qw);
+    gq_u8 qb[Bytes];
+    QuantizeWeighted(xb, qw, sigma2[row], qb);
+    gq_copy_bytes<Bytes>(out + b * Bytes, qb);
 }
 
-template <class Format>
+template <int Bytes, void (*Dequantize)(const gq_u8*, float*)>
 __device__ __forceinline__ void gq_dequantize_blocks(const gq_u8* __restrict__ q, float* __restrict__ y,
                                                      gq_i64 n_blocks) {
     const gq_i64 b = gq_thread_index();
     if (b >= n_blocks) return;
-    gq_u8 qb[Format::bytes];
-    const gq_u8* src = q + b * Format::bytes;
-    GQ_UNROLL
-    for (int k = 0; k < Format::bytes; ++k) qb[k] = src[k];
+    gq_u8 qb[Bytes];
+    gq_copy_bytes<Bytes>(qb, q + b * Bytes);
     float yb[GQ_QK];
-    Format::dequantize(qb, yb);
-    gq_store_32(y + b * GQ_QK, yb);
+    Dequantize(qb, yb);
+    gq_store_floats<GQ_QK>(y + b * GQ_QK, yb);
 }
 
 // ---------------------------------------------------------------- kernels
+
+// gq_quantize_<t> and gq_dequantize_<t> of block type t (q4_0 ... q8_0): one thread per 32-weight
+// block, n_blocks = rows * n_per_row / 32.
+#define GQ_LEGACY_KERNELS(t, BYTES)                                                      \
+    __global__ void gq_quantize_##t(const float* x, gq_u8* out, gq_i64 n_blocks) {       \
+        gq_quantize_in_registers<GQ_QK, BYTES, gq_quantize_block_##t>(x, out, n_blocks); \
+    }                                                                                    \
+    __global__ void gq_dequantize_##t(const gq_u8* q, float* y, gq_i64 n_blocks) {       \
+        gq_dequantize_blocks<BYTES, gq_dequantize_block_##t>(q, y, n_blocks);            \
+    }
+
+// gq_quantize_<t>_imatrix: the same with an importance matrix of n_per_row floats and the rows'
+// sigma2 (from gq_row_sigma2); blocks_per_row = n_per_row / 32.
+#define GQ_LEGACY_IMATRIX_KERNEL(t, BYTES)                                                               \
+    __global__ void gq_quantize_##t##_imatrix(const float* x, const float* imatrix, const float* sigma2, \
+                                              gq_u8* out, gq_i64 n_blocks, gq_i64 blocks_per_row) {      \
+        gq_quantize_blocks_weighted<BYTES, gq_quantize_block_##t##_weighted>(                            \
+            x, imatrix, sigma2, out, n_blocks, blocks_per_row);                                          \
+    }
 
 extern "C" {
 
@@ -172,34 +94,16 @@ __global__ void gq_row_sigma2(const float* __restrict__ x, float* __restrict__ s
     if (my_row < nrows) sigma2[my_row] = sum / (float)n_per_row;
 }
 
-__global__ void gq_quantize_q4_0(const float* x, gq_u8* out, gq_i64 n_blocks) { gq_quantize_blocks<GqQ4_0>(x, out, n_blocks); }
-__global__ void gq_quantize_q4_1(const float* x, gq_u8* out, gq_i64 n_blocks) { gq_quantize_blocks<GqQ4_1>(x, out, n_blocks); }
-__global__ void gq_quantize_q5_0(const float* x, gq_u8* out, gq_i64 n_blocks) { gq_quantize_blocks<GqQ5_0>(x, out, n_blocks); }
-__global__ void gq_quantize_q5_1(const float* x, gq_u8* out, gq_i64 n_blocks) { gq_quantize_blocks<GqQ5_1>(x, out, n_blocks); }
-__global__ void gq_quantize_q8_0(const float* x, gq_u8* out, gq_i64 n_blocks) { gq_quantize_blocks<GqQ8_0>(x, out, n_blocks); }
-
-__global__ void gq_quantize_q4_0_imatrix(const float* x, const float* imatrix, const float* sigma2, gq_u8* out,
-                                         gq_i64 n_blocks, gq_i64 blocks_per_row) {
-    gq_quantize_blocks_weighted<GqQ4_0>(x, imatrix, sigma2, out, n_blocks, blocks_per_row);
-}
-__global__ void gq_quantize_q4_1_imatrix(const float* x, const float* imatrix, const float* sigma2, gq_u8* out,
-                                         gq_i64 n_blocks, gq_i64 blocks_per_row) {
-    gq_quantize_blocks_weighted<GqQ4_1>(x, imatrix, sigma2, out, n_blocks, blocks_per_row);
-}
-__global__ void gq_quantize_q5_0_imatrix(const float* x, const float* imatrix, const float* sigma2, gq_u8* out,
-                                         gq_i64 n_blocks, gq_i64 blocks_per_row) {
-    gq_quantize_blocks_weighted<GqQ5_0>(x, imatrix, sigma2, out, n_blocks, blocks_per_row);
-}
-__global__ void gq_quantize_q5_1_imatrix(const float* x, const float* imatrix, const float* sigma2, gq_u8* out,
-                                         gq_i64 n_blocks, gq_i64 blocks_per_row) {
-    gq_quantize_blocks_weighted<GqQ5_1>(x, imatrix, sigma2, out, n_blocks, blocks_per_row);
-}
-
-__global__ void gq_dequantize_q4_0(const gq_u8* q, float* y, gq_i64 n_blocks) { gq_dequantize_blocks<GqQ4_0>(q, y, n_blocks); }
-__global__ void gq_dequantize_q4_1(const gq_u8* q, float* y, gq_i64 n_blocks) { gq_dequantize_blocks<GqQ4_1>(q, y, n_blocks); }
-__global__ void gq_dequantize_q5_0(const gq_u8* q, float* y, gq_i64 n_blocks) { gq_dequantize_blocks<GqQ5_0>(q, y, n_blocks); }
-__global__ void gq_dequantize_q5_1(const gq_u8* q, float* y, gq_i64 n_blocks) { gq_dequantize_blocks<GqQ5_1>(q, y, n_blocks); }
-__global__ void gq_dequantize_q8_0(const gq_u8* q, float* y, gq_i64 n_blocks) { gq_dequantize_blocks<GqQ8_0>(q, y, n_blocks); }
+GQ_LEGACY_KERNELS(q4_0, GQ_Q4_0_BYTES)
+GQ_LEGACY_KERNELS(q4_1, GQ_Q4_1_BYTES)
+GQ_LEGACY_KERNELS(q5_0, GQ_Q5_0_BYTES)
+GQ_LEGACY_KERNELS(q5_1, GQ_Q5_1_BYTES)
+GQ_LEGACY_KERNELS(q8_0, GQ_Q8_0_BYTES)
+GQ_LEGACY_IMATRIX_KERNEL(q4_0, GQ_Q4_0_BYTES)
+GQ_LEGACY_IMATRIX_KERNEL(q4_1, GQ_Q4_1_BYTES)
+GQ_LEGACY_IMATRIX_KERNEL(q5_0, GQ_Q5_0_BYTES)
+GQ_LEGACY_IMATRIX_KERNEL(q5_1, GQ_Q5_1_BYTES)
+// (no gq_quantize_q8_0_imatrix: ggml's Q8_0 ignores the importance matrix)
 
 // Elementwise float conversions: one element per thread; out holds little-endian 16-bit words.
 __global__ void gq_quantize_f16(const float* __restrict__ x, gq_u8* __restrict__ out, gq_i64 n) {

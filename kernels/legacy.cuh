@@ -27,20 +27,6 @@
 
 // ---------------------------------------------------------------- shared pieces
 
-// The value with the largest magnitude (the first one on ties), as the reference Q4_0/Q5_0 take it.
-GQ_FN float gq_signed_absmax(const float* x) {
-    float amax = 0.0f;
-    float max = 0.0f;
-    GQ_UNROLL
-    for (int j = 0; j < GQ_QK; ++j) {
-        if (amax < fabsf(x[j])) {
-            amax = fabsf(x[j]);
-            max = x[j];
-        }
-    }
-    return max;
-}
-
 GQ_FN void gq_min_max(const float* x, float* min_out, float* max_out) {
     float min = 3.402823466e+38f;
     float max = -3.402823466e+38f;
@@ -81,7 +67,7 @@ GQ_FN gq_u32 gq_fifth_bits(const int* q) {
 // ---------------------------------------------------------------- quantize: reference (no imatrix)
 
 GQ_FN void gq_quantize_block_q4_0(const float* x, gq_u8* out) {
-    const float max = gq_signed_absmax(x);
+    const float max = gq_first_max_abs<GQ_QK>(x);
     const float d = max / -8.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     gq_store_u16(out, gq_fp32_to_fp16(d));
@@ -105,7 +91,7 @@ GQ_FN void gq_quantize_block_q4_1(const float* x, gq_u8* out) {
 }
 
 GQ_FN void gq_quantize_block_q5_0(const float* x, gq_u8* out) {
-    const float max = gq_signed_absmax(x);
+    const float max = gq_first_max_abs<GQ_QK>(x);
     const float d = max / -16.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     gq_store_u16(out, gq_fp32_to_fp16(d));

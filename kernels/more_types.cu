@@ -15,66 +15,24 @@
 
 namespace gq_more {
 
-__device__ __forceinline__ gq_i64 thread_index() {
-    return (gq_i64)blockIdx.x * (gq_i64)blockDim.x + (gq_i64)threadIdx.x;
-}
-
-// N consecutive floats (N a multiple of 4) into registers: vector loads when src is 16-byte
-// aligned, scalar loads otherwise (a tensor view may start anywhere).
-template <int N>
-__device__ __forceinline__ void load_floats(const float* __restrict__ src, float* dst) {
-    if ((reinterpret_cast<unsigned long long>(src) & 15ull) == 0) {
-        const float4* v = reinterpret_cast<const float4*>(src);
-        GQ_UNROLL
-        for (int k = 0; k < N / 4; ++k) {
-            const float4 f = v[k];
-            dst[4 * k + 0] = f.x;
-            dst[4 * k + 1] = f.y;
-            dst[4 * k + 2] = f.z;
-            dst[4 * k + 3] = f.w;
-        }
-    } else {
-        GQ_UNROLL
-        for (int k = 0; k < N; ++k) dst[k] = src[k];
-    }
-}
-
-template <int N>
-__device__ __forceinline__ void store_floats(float* __restrict__ dst, const float* src) {
-    if ((reinterpret_cast<unsigned long long>(dst) & 15ull) == 0) {
-        float4* v = reinterpret_cast<float4*>(dst);
-        GQ_UNROLL
-        for (int k = 0; k < N / 4; ++k) v[k] = make_float4(src[4 * k], src[4 * k + 1], src[4 * k + 2], src[4 * k + 3]);
-    } else {
-        GQ_UNROLL
-        for (int k = 0; k < N; ++k) dst[k] = src[k];
-    }
-}
-
-template <int N>
-__device__ __forceinline__ void store_bytes(gq_u8* __restrict__ dst, const gq_u8* src) {
-    GQ_UNROLL
-    for (int k = 0; k < N; ++k) dst[k] = src[k];
-}
-
 // ---------------------------------------------------------------- IQ4_NL and IQ4_XS
 
 template <bool kWeighted>
 __device__ __forceinline__ void quantize_iq4_nl(const float* __restrict__ x, const float* __restrict__ imatrix,
                                                 gq_u8* __restrict__ out, gq_i64 n_blocks, gq_i64 blocks_per_row) {
-    const gq_i64 b = thread_index();
+    const gq_i64 b = gq_thread_index();
     if (b >= n_blocks) return;
     float xb[GQ_IQ4_BLOCK];
-    load_floats<GQ_IQ4_BLOCK>(x + b * GQ_IQ4_BLOCK, xb);
+    gq_load_floats<GQ_IQ4_BLOCK>(x + b * GQ_IQ4_BLOCK, xb);
     gq_u8 qb[GQ_IQ4_NL_BYTES];
     if constexpr (kWeighted) {
         float qw[GQ_IQ4_BLOCK];
-        load_floats<GQ_IQ4_BLOCK>(imatrix + (b % blocks_per_row) * GQ_IQ4_BLOCK, qw);
+        gq_load_floats<GQ_IQ4_BLOCK>(imatrix + (b % blocks_per_row) * GQ_IQ4_BLOCK, qw);
         gq_quantize_block_iq4_nl(xb, qw, qb);
     } else {
         gq_quantize_block_iq4_nl(xb, nullptr, qb);
     }
-    store_bytes<GQ_IQ4_NL_BYTES>(out + b * GQ_IQ4_NL_BYTES, qb);
+    gq_copy_bytes<GQ_IQ4_NL_BYTES>(out + b * GQ_IQ4_NL_BYTES, qb);
 }
 
 // One thread per 32-weight sub-block s (sub-block s & 7 of super-block s >> 3). Every lane of the
@@ -83,7 +41,7 @@ __device__ __forceinline__ void quantize_iq4_nl(const float* __restrict__ x, con
 template <bool kWeighted>
 __device__ __forceinline__ void quantize_iq4_xs(const float* __restrict__ x, const float* __restrict__ imatrix,
                                                 gq_u8* __restrict__ out, gq_i64 n_subs, gq_i64 subs_per_row) {
-    const gq_i64 t = thread_index();
+    const gq_i64 t = gq_thread_index();
     const bool active = t < n_subs;
     const gq_i64 s = active ? t : (t & 7);
     const int ib = (int)(s & 7);
@@ -91,10 +49,10 @@ __device__ __forceinline__ void quantize_iq4_xs(const float* __restrict__ x, con
     const float* xs = x + super * GQ_IQ4_SUPER;
     float xb[GQ_IQ4_BLOCK];
     float weight[GQ_IQ4_BLOCK];
-    load_floats<GQ_IQ4_BLOCK>(xs + ib * GQ_IQ4_BLOCK, xb);
+    gq_load_floats<GQ_IQ4_BLOCK>(xs + ib * GQ_IQ4_BLOCK, xb);
     if constexpr (kWeighted) {
         float qw[GQ_IQ4_BLOCK];
-        load_floats<GQ_IQ4_BLOCK>(imatrix + (s % subs_per_row) * GQ_IQ4_BLOCK, qw);
+        gq_load_floats<GQ_IQ4_BLOCK>(imatrix + (s % subs_per_row) * GQ_IQ4_BLOCK, qw);
         // the super-block's sigma2, summed in order over all 256 weights by each of its 8 lanes
         gq_iq4_weights(xb, qw, gq_iq4_sigma2<GQ_IQ4_SUPER>(xs), weight);
     } else {
@@ -110,38 +68,11 @@ __device__ __forceinline__ void quantize_iq4_xs(const float* __restrict__ x, con
     if (ib == 0) {
         gq_u8 header[8];
         gq_iq4_xs_store_header(d, scales, header);
-        store_bytes<8>(dst, header);
+        gq_copy_bytes<8>(dst, header);
     }
     gq_u8 qs[GQ_IQ4_BLOCK / 2];
     gq_iq4_xs_pack_sub_block(xb, d, scale, qs);
-    store_bytes<GQ_IQ4_BLOCK / 2>(dst + 8 + (GQ_IQ4_BLOCK / 2) * ib, qs);
-}
-
-// ---------------------------------------------------------------- the others
-
-// Formats whose block fits in registers: load, quantize, store.
-struct Mxfp4 {
-    static constexpr int block = GQ_MXFP4_BLOCK;
-    static constexpr int bytes = GQ_MXFP4_BYTES;
-    static __device__ __forceinline__ void quantize(const float* x, gq_u8* out) { gq_quantize_block_mxfp4(x, out); }
-};
-
-struct Q2_0 {
-    static constexpr int block = GQ_Q2_0_BLOCK;
-    static constexpr int bytes = GQ_Q2_0_BYTES;
-    static __device__ __forceinline__ void quantize(const float* x, gq_u8* out) { gq_quantize_block_q2_0(x, out); }
-};
-
-template <class Format>
-__device__ __forceinline__ void quantize_in_registers(const float* __restrict__ x, gq_u8* __restrict__ out,
-                                                      gq_i64 n_blocks) {
-    const gq_i64 b = thread_index();
-    if (b >= n_blocks) return;
-    float xb[Format::block];
-    load_floats<Format::block>(x + b * Format::block, xb);
-    gq_u8 qb[Format::bytes];
-    Format::quantize(xb, qb);
-    store_bytes<Format::bytes>(out + b * Format::bytes, qb);
+    gq_copy_bytes<GQ_IQ4_BLOCK / 2>(dst + 8 + (GQ_IQ4_BLOCK / 2) * ib, qs);
 }
 
 }  // namespace gq_more
@@ -170,98 +101,76 @@ __global__ void gq_quantize_iq4_xs_imatrix(const float* x, const float* imatrix,
 }
 
 __global__ void gq_quantize_mxfp4(const float* x, gq_u8* out, gq_i64 n_blocks) {
-    quantize_in_registers<Mxfp4>(x, out, n_blocks);
+    gq_quantize_in_registers<GQ_MXFP4_BLOCK, GQ_MXFP4_BYTES, gq_quantize_block_mxfp4>(x, out, n_blocks);
 }
 
 __global__ void gq_quantize_q2_0(const float* x, gq_u8* out, gq_i64 n_blocks) {
-    quantize_in_registers<Q2_0>(x, out, n_blocks);
+    gq_quantize_in_registers<GQ_Q2_0_BLOCK, GQ_Q2_0_BYTES, gq_quantize_block_q2_0>(x, out, n_blocks);
 }
 
 // n_groups: 16-weight groups (4 per 64-weight block).
 __global__ void gq_quantize_nvfp4(const float* x, gq_u8* out, gq_i64 n_groups) {
-    const gq_i64 g = thread_index();
+    const gq_i64 g = gq_thread_index();
     if (g >= n_groups) return;
     float xg[GQ_NVFP4_SUB];
-    load_floats<GQ_NVFP4_SUB>(x + g * GQ_NVFP4_SUB, xg);
+    gq_load_floats<GQ_NVFP4_SUB>(x + g * GQ_NVFP4_SUB, xg);
     gq_u8 qs[GQ_NVFP4_SUB / 2];
     gq_u8* dst = out + (g >> 2) * GQ_NVFP4_BYTES;
     const int s = (int)(g & 3);
     dst[s] = gq_quantize_group_nvfp4(xg, qs);
-    store_bytes<GQ_NVFP4_SUB / 2>(dst + 4 + (GQ_NVFP4_SUB / 2) * s, qs);
+    gq_copy_bytes<GQ_NVFP4_SUB / 2>(dst + 4 + (GQ_NVFP4_SUB / 2) * s, qs);
 }
 
 // The 128- and 256-weight blocks are read straight from global memory (twice: max, then quants).
 __global__ void gq_quantize_tq1_0(const float* x, gq_u8* out, gq_i64 n_blocks) {
-    const gq_i64 b = thread_index();
-    if (b < n_blocks) gq_quantize_block_tq1_0(x + b * GQ_TQ_BLOCK, out + b * GQ_TQ1_0_BYTES);
+    gq_quantize_in_memory<GQ_TQ_BLOCK, GQ_TQ1_0_BYTES, gq_quantize_block_tq1_0>(x, out, n_blocks);
 }
 
 __global__ void gq_quantize_tq2_0(const float* x, gq_u8* out, gq_i64 n_blocks) {
-    const gq_i64 b = thread_index();
-    if (b < n_blocks) gq_quantize_block_tq2_0(x + b * GQ_TQ_BLOCK, out + b * GQ_TQ2_0_BYTES);
+    gq_quantize_in_memory<GQ_TQ_BLOCK, GQ_TQ2_0_BYTES, gq_quantize_block_tq2_0>(x, out, n_blocks);
 }
 
 __global__ void gq_quantize_q1_0(const float* x, gq_u8* out, gq_i64 n_blocks) {
-    const gq_i64 b = thread_index();
-    if (b < n_blocks) gq_quantize_block_q1_0(x + b * GQ_Q1_0_BLOCK, out + b * GQ_Q1_0_BYTES);
+    gq_quantize_in_memory<GQ_Q1_0_BLOCK, GQ_Q1_0_BYTES, gq_quantize_block_q1_0>(x, out, n_blocks);
 }
 
 // ---------------------------------------------------------------- dequantize kernels
 
 __global__ void gq_dequantize_iq4_nl(const gq_u8* q, float* y, gq_i64 n_blocks) {
-    const gq_i64 b = thread_index();
-    if (b >= n_blocks) return;
-    float yb[GQ_IQ4_BLOCK];
-    gq_dequantize_block_iq4_nl(q + b * GQ_IQ4_NL_BYTES, yb);
-    store_floats<GQ_IQ4_BLOCK>(y + b * GQ_IQ4_BLOCK, yb);
+    gq_dequantize_in_registers<GQ_IQ4_BLOCK, GQ_IQ4_NL_BYTES, gq_dequantize_block_iq4_nl>(q, y, n_blocks);
 }
 
 // n_subs: 32-weight sub-blocks, one thread each.
 __global__ void gq_dequantize_iq4_xs(const gq_u8* q, float* y, gq_i64 n_subs) {
-    const gq_i64 s = thread_index();
+    const gq_i64 s = gq_thread_index();
     if (s >= n_subs) return;
     float yb[GQ_IQ4_BLOCK];
     gq_dequantize_sub_block_iq4_xs(q + (s >> 3) * GQ_IQ4_XS_BYTES, (int)(s & 7), yb);
-    store_floats<GQ_IQ4_BLOCK>(y + s * GQ_IQ4_BLOCK, yb);
+    gq_store_floats<GQ_IQ4_BLOCK>(y + s * GQ_IQ4_BLOCK, yb);
 }
 
 __global__ void gq_dequantize_mxfp4(const gq_u8* q, float* y, gq_i64 n_blocks) {
-    const gq_i64 b = thread_index();
-    if (b >= n_blocks) return;
-    float yb[GQ_MXFP4_BLOCK];
-    gq_dequantize_block_mxfp4(q + b * GQ_MXFP4_BYTES, yb);
-    store_floats<GQ_MXFP4_BLOCK>(y + b * GQ_MXFP4_BLOCK, yb);
+    gq_dequantize_in_registers<GQ_MXFP4_BLOCK, GQ_MXFP4_BYTES, gq_dequantize_block_mxfp4>(q, y, n_blocks);
 }
 
 __global__ void gq_dequantize_nvfp4(const gq_u8* q, float* y, gq_i64 n_blocks) {
-    const gq_i64 b = thread_index();
-    if (b >= n_blocks) return;
-    float yb[GQ_NVFP4_BLOCK];
-    gq_dequantize_block_nvfp4(q + b * GQ_NVFP4_BYTES, yb);
-    store_floats<GQ_NVFP4_BLOCK>(y + b * GQ_NVFP4_BLOCK, yb);
+    gq_dequantize_in_registers<GQ_NVFP4_BLOCK, GQ_NVFP4_BYTES, gq_dequantize_block_nvfp4>(q, y, n_blocks);
 }
 
 __global__ void gq_dequantize_q2_0(const gq_u8* q, float* y, gq_i64 n_blocks) {
-    const gq_i64 b = thread_index();
-    if (b >= n_blocks) return;
-    float yb[GQ_Q2_0_BLOCK];
-    gq_dequantize_block_q2_0(q + b * GQ_Q2_0_BYTES, yb);
-    store_floats<GQ_Q2_0_BLOCK>(y + b * GQ_Q2_0_BLOCK, yb);
+    gq_dequantize_in_registers<GQ_Q2_0_BLOCK, GQ_Q2_0_BYTES, gq_dequantize_block_q2_0>(q, y, n_blocks);
 }
 
 __global__ void gq_dequantize_q1_0(const gq_u8* q, float* y, gq_i64 n_blocks) {
-    const gq_i64 b = thread_index();
-    if (b < n_blocks) gq_dequantize_block_q1_0(q + b * GQ_Q1_0_BYTES, y + b * GQ_Q1_0_BLOCK);
+    gq_dequantize_in_memory<GQ_Q1_0_BLOCK, GQ_Q1_0_BYTES, gq_dequantize_block_q1_0>(q, y, n_blocks);
 }
 
 __global__ void gq_dequantize_tq1_0(const gq_u8* q, float* y, gq_i64 n_blocks) {
-    const gq_i64 b = thread_index();
-    if (b < n_blocks) gq_dequantize_block_tq1_0(q + b * GQ_TQ1_0_BYTES, y + b * GQ_TQ_BLOCK);
+    gq_dequantize_in_memory<GQ_TQ_BLOCK, GQ_TQ1_0_BYTES, gq_dequantize_block_tq1_0>(q, y, n_blocks);
 }
 
 __global__ void gq_dequantize_tq2_0(const gq_u8* q, float* y, gq_i64 n_blocks) {
-    const gq_i64 b = thread_index();
-    if (b < n_blocks) gq_dequantize_block_tq2_0(q + b * GQ_TQ2_0_BYTES, y + b * GQ_TQ_BLOCK);
+    gq_dequantize_in_memory<GQ_TQ_BLOCK, GQ_TQ2_0_BYTES, gq_dequantize_block_tq2_0>(q, y, n_blocks);
 }
 
 }  // extern "C"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import gpuquant
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 MANIFEST = json.loads((GOLDEN_DIR / "manifest.json").read_text())
@@ -31,3 +34,82 @@ def golden_cases(type_name: str):
 @pytest.fixture(scope="session")
 def manifest():
     return MANIFEST
+
+
+# ---------------------------------------------------------------- byte comparisons
+
+
+def assert_same_bytes(got: np.ndarray, expected: np.ndarray, what: str) -> None:
+    """Same dtype, shape and bytes; a failure names `what` and the differing rows."""
+    assert got.dtype == expected.dtype and got.shape == expected.shape, what
+    rows = np.flatnonzero((got != expected).reshape(got.shape[0], -1).any(axis=1))
+    assert rows.size == 0, f"{what}: rows {rows.tolist()} differ"
+
+
+# quantize(x, imatrix_or_None) -> uint8 [rows, row_bytes]; dequantize(q, n_per_row) -> float32 [rows, n_per_row]
+QuantizeFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+DequantizeFn = Callable[[np.ndarray, int], np.ndarray]
+
+
+def assert_golden_quantize(quantize: QuantizeFn, type_name: str) -> list[str]:
+    """quantize(x, imatrix_or_None) gives ggml's bytes for every golden case of the type (with and
+    without an imatrix, as the vectors hold them). Returns the case keys checked."""
+    keys = []
+    for key, x, imatrix, expected in golden_cases(type_name):
+        assert_same_bytes(quantize(x, imatrix), expected, f"{type_name} {key}")
+        keys.append(key)
+    assert keys, f"no golden cases for {type_name}"
+    return keys
+
+
+def assert_golden_dequantize(dequantize: DequantizeFn, type_name: str) -> list[str]:
+    """dequantize(q, n_per_row) gives ggml's floats, bit for bit, for every golden __dequant array of
+    the type. Returns the keys checked."""
+    ref = golden(type_name)
+    keys = [k for k in ref if k.endswith("__dequant")]
+    assert keys, f"no golden dequantized arrays for {type_name}"
+    for key in keys:
+        case = key.removesuffix("__dequant")
+        q = ref[case] if case in ref else ref[f"{case}__imatrix"]
+        got = dequantize(q, ref[key].shape[1])
+        assert_same_bytes(got.view(np.uint32), ref[key].view(np.uint32), f"{type_name} {key}")
+    return keys
+
+
+def assert_matches_numpy_backend(
+    quantize: QuantizeFn, dequantize: DequantizeFn, type_name: str, x: np.ndarray, imatrix: np.ndarray | None,
+    what: str,
+) -> None:
+    """quantize(x, imatrix) gives the numpy backend's bytes (which are ggml's), and dequantize of them
+    its floats, bit for bit."""
+    with np.errstate(all="ignore"):  # the numpy backend's own float warnings on extreme inputs
+        expected = gpuquant.quantize(x, type_name, imatrix=imatrix, backend="numpy")
+        expected_back = gpuquant.dequantize(expected, type_name, backend="numpy")
+    got = quantize(x, imatrix)
+    assert_same_bytes(got, expected, what)
+    back = dequantize(got, x.shape[1])
+    assert_same_bytes(back.view(np.uint32), expected_back.view(np.uint32), f"{what} dequantize")
+
+
+# ---------------------------------------------------------------- the host build of the kernels
+
+
+@pytest.fixture(scope="session")
+def host_library():
+    """The kernels' block code built for the CPU; skips the test where no C++ compiler is installed.
+    Test modules of the host build use it for every test: pytestmark = usefixtures("host_library")."""
+    from gpuquant import hostkernels
+
+    if hostkernels.find_compiler() is None:
+        pytest.skip("no C++ compiler found (set CXX or install g++)")
+    return hostkernels.library()
+
+
+def host_functions(type_name: str) -> tuple[QuantizeFn, DequantizeFn]:
+    """The host build's quantize and dequantize of one type, as the assert_* helpers above call them."""
+    from gpuquant import hostkernels
+
+    return (
+        lambda x, imatrix: hostkernels.quantize(x, type_name, imatrix),
+        lambda q, n_per_row: hostkernels.dequantize(q, type_name, n_per_row),
+    )

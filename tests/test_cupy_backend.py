@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import golden, golden_cases
+from conftest import assert_golden_dequantize, assert_golden_quantize, assert_matches_numpy_backend, assert_same_bytes
 from kernel_inputs import KINDS, random_imatrix, random_rows
 
 import gpuquant
@@ -32,12 +32,6 @@ def backend() -> CupyBackend:
     return CupyBackend()
 
 
-def assert_same_bytes(got: np.ndarray, expected: np.ndarray, what: str) -> None:
-    assert got.dtype == expected.dtype and got.shape == expected.shape, what
-    rows = np.flatnonzero((got != expected).reshape(got.shape[0], -1).any(axis=1))
-    assert rows.size == 0, f"{what}: rows {rows.tolist()} differ"
-
-
 def host_reference(x: np.ndarray, type_name: str, imatrix: np.ndarray | None) -> np.ndarray:
     if not HAVE_HOST_BUILD:
         pytest.skip("no C++ compiler for the host build of the kernels")
@@ -54,24 +48,15 @@ def test_supports(backend, type_name):
 
 @pytest.mark.parametrize("type_name", TYPES)
 def test_quantize_matches_ggml(type_name):
-    keys = []
-    for key, x, imatrix, expected in golden_cases(type_name):
-        got = gpuquant.quantize(x, type_name, imatrix=imatrix, backend="cupy")
-        assert_same_bytes(got, expected, f"{type_name} {key}")
-        keys.append(key)
+    keys = assert_golden_quantize(
+        lambda x, imatrix: gpuquant.quantize(x, type_name, imatrix=imatrix, backend="cupy"), type_name
+    )
     assert len(keys) >= 12 and any(k.endswith("__imatrix") for k in keys)
 
 
 @pytest.mark.parametrize("type_name", TYPES)
 def test_dequantize_matches_ggml(type_name):
-    ref = golden(type_name)
-    keys = [k for k in ref if k.endswith("__dequant")]
-    assert keys
-    for key in keys:
-        case = key.removesuffix("__dequant")
-        q = ref[case] if case in ref else ref[f"{case}__imatrix"]
-        got = gpuquant.dequantize(q, type_name, backend="cupy")
-        assert_same_bytes(got.view(np.uint32), ref[key].view(np.uint32), f"{type_name} {key}")
+    assert_golden_dequantize(lambda q, n_per_row: gpuquant.dequantize(q, type_name, backend="cupy"), type_name)
 
 
 # ---------------------------------------------------------------- random arrays
@@ -101,12 +86,11 @@ def test_random_rows_match_numpy_backend(backend, type_name, with_imatrix, kind)
     x = random_rows(seed=31, kinds=(kind,), rows_per_kind=4, n_per_row=512)
     imatrix = random_imatrix(seed=32, n_per_row=512) if with_imatrix else None
     t = gpuquant.resolve(type_name)
-    expected = gpuquant.quantize(x, type_name, imatrix=imatrix, backend="numpy")
-    got = backend.quantize(x, t, imatrix)
-    assert_same_bytes(got, expected, f"{type_name} {kind}")
-    back = backend.dequantize(got, t, x.shape[1])
-    expected_back = gpuquant.dequantize(expected, type_name, backend="numpy")
-    assert_same_bytes(back.view(np.uint32), expected_back.view(np.uint32), f"{type_name} {kind} dequantize")
+    assert_matches_numpy_backend(
+        lambda x, imatrix: backend.quantize(x, t, imatrix),
+        lambda q, n_per_row: backend.dequantize(q, t, n_per_row),
+        type_name, x, imatrix, f"{type_name} {kind}",
+    )
 
 
 @pytest.mark.parametrize("type_name", WEIGHTED)
@@ -193,7 +177,6 @@ def test_kernels_load_once():
 
 import test_gpu_stream_fake as streaming  # noqa: E402  (its chunk cases and helpers)
 
-from gpuquant.backends import NonFiniteError  # noqa: E402
 from gpuquant.synthetic import write_synthetic_model  # noqa: E402
 
 
@@ -220,17 +203,9 @@ def test_quantize_chunks_large_chunks_split_over_slots(type_name):
 
 @pytest.mark.parametrize("bad_row", [0, 13, 19])
 def test_quantize_chunks_non_finite_row(bad_row):
-    t = gpuquant.resolve("Q4_0")
-    chunks = [(streaming.rows(30 + i, 20, 256), t, None) for i in range(4)]
-    chunks[2][0][bad_row, 77] = np.nan
-    want = streaming.expected(chunks[:2])
+    chunks = streaming.chunks_with_non_finite_row(np.nan, bad_row)
     backend = CupyBackend(device_memory_bytes=streaming.TINY_MEMORY)
-    outputs = backend.quantize_chunks(chunks, check_finite=True)
-    assert np.array_equal(next(outputs), want[0])
-    assert np.array_equal(next(outputs), want[1])
-    with pytest.raises(NonFiniteError) as raised:
-        next(outputs)
-    assert raised.value.row == bad_row
+    want = streaming.assert_stops_at_non_finite_row(backend, chunks, bad_row)
     assert len(streaming.run(backend, chunks, check_finite=False)) == 4
     streaming.assert_same_outputs(streaming.run(backend, chunks[:2]), want)
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from conftest import CASES, MANIFEST, golden, golden_cases
+from conftest import CASES, MANIFEST, assert_golden_dequantize, assert_golden_quantize
 
 import gpuquant
 from gpuquant.backends.numpy import DEQUANTIZERS, QUANTIZERS
@@ -19,26 +18,15 @@ def test_claims_cover_the_foundation_types():
 
 @pytest.mark.parametrize("type_name", CLAIMED)
 def test_quantize_matches_ggml(type_name):
-    n = 0
-    for key, x, imatrix, expected in golden_cases(type_name):
-        got = gpuquant.quantize(x, type_name, imatrix=imatrix, backend="numpy")
-        assert got.dtype == np.uint8 and got.shape == expected.shape, key
-        mismatched_rows = np.flatnonzero((got != expected).any(axis=1))
-        assert mismatched_rows.size == 0, f"{type_name} {key}: rows {mismatched_rows.tolist()} differ"
-        n += 1
-    assert n >= 6
+    keys = assert_golden_quantize(
+        lambda x, imatrix: gpuquant.quantize(x, type_name, imatrix=imatrix, backend="numpy"), type_name
+    )
+    assert len(keys) >= 6
 
 
 @pytest.mark.parametrize("type_name", CLAIMED)
 def test_dequantize_matches_ggml(type_name):
-    ref = golden(type_name)
-    keys = [k for k in ref if k.endswith("__dequant")]
-    assert keys
-    for key in keys:
-        case = key.removesuffix("__dequant")
-        q = ref[case] if case in ref else ref[f"{case}__imatrix"]
-        got = gpuquant.dequantize(q, type_name, backend="numpy")
-        np.testing.assert_array_equal(got.view(np.uint32), ref[key].view(np.uint32), err_msg=key)
+    assert_golden_dequantize(lambda q, n_per_row: gpuquant.dequantize(q, type_name, backend="numpy"), type_name)
 
 
 def test_cases_loaded():

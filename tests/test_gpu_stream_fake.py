@@ -80,6 +80,27 @@ def expected(chunks, check_finite: bool = True) -> list[np.ndarray]:
     return run(NumpyBackend(), contiguous, check_finite)
 
 
+def chunks_with_non_finite_row(bad: float, bad_row: int) -> list:
+    """Four Q4_0 chunks of 20 rows of 256; the third holds `bad` in row bad_row."""
+    t = gpuquant.resolve("Q4_0")
+    chunks = [(rows(30 + i, 20, 256), t, None) for i in range(4)]
+    chunks[2][0][bad_row, 77] = bad
+    return chunks
+
+
+def assert_stops_at_non_finite_row(backend, chunks, bad_row: int) -> list[np.ndarray]:
+    """quantize_chunks(check_finite=True) yields the numpy backend's bytes of the first two chunks of
+    chunks_with_non_finite_row, then raises NonFiniteError naming bad_row. Returns those two."""
+    want = expected(chunks[:2])
+    outputs = backend.quantize_chunks(chunks, check_finite=True)
+    assert np.array_equal(next(outputs), want[0])
+    assert np.array_equal(next(outputs), want[1])
+    with pytest.raises(NonFiniteError) as raised:
+        next(outputs)
+    assert raised.value.row == bad_row
+    return want
+
+
 def assert_same_outputs(got: list[np.ndarray], want: list[np.ndarray]) -> None:
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
@@ -134,17 +155,9 @@ def test_outputs_without_finite_check_and_a_second_run(fake):
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("bad_row", [0, 13, 19])
 def test_non_finite_weight_raises_when_its_chunk_is_due(fake, bad, bad_row):
-    t = gpuquant.resolve("Q4_0")
-    chunks = [(rows(30 + i, 20, 256), t, None) for i in range(4)]
-    chunks[2][0][bad_row, 77] = bad
-    want = expected(chunks[:2])
+    chunks = chunks_with_non_finite_row(bad, bad_row)
     backend = CupyBackend(device_memory_bytes=TINY_MEMORY)  # 3 rows a piece: 7 pieces a chunk
-    outputs = backend.quantize_chunks(chunks, check_finite=True)
-    assert np.array_equal(next(outputs), want[0])
-    assert np.array_equal(next(outputs), want[1])
-    with pytest.raises(NonFiniteError) as raised:
-        next(outputs)
-    assert raised.value.row == bad_row
+    want = assert_stops_at_non_finite_row(backend, chunks, bad_row)
     assert fake.STATS["quantize_nonfinite"] == 0  # the kernels never saw the bad piece
     with pytest.raises(NonFiniteError) as reference:
         run(NumpyBackend(), chunks)

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import golden, golden_cases
+from conftest import (
+    assert_golden_dequantize,
+    assert_golden_quantize,
+    assert_matches_numpy_backend,
+    assert_same_bytes,
+    host_functions,
+)
 from kernel_inputs import KINDS, random_imatrix, random_rows
 
-import gpuquant
 from gpuquant import hostkernels
 from gpuquant.backends.numpy import QUANTIZERS
 from gpuquant.backends.numpy.floats import bf16_bits
@@ -20,38 +25,24 @@ from gpuquant.qtypes import QTYPES
 TYPES = hostkernels.HOST_TYPES
 
 
-@pytest.fixture(scope="module", autouse=True)
-def host_library():
-    if hostkernels.find_compiler() is None:
-        pytest.skip("no C++ compiler found (set CXX or install g++)")
-    return hostkernels.library()
-
-
-def assert_same_bytes(got: np.ndarray, expected: np.ndarray, what: str) -> None:
-    assert got.dtype == expected.dtype and got.shape == expected.shape, what
-    rows = np.flatnonzero((got != expected).reshape(got.shape[0], -1).any(axis=1))
-    assert rows.size == 0, f"{what}: rows {rows.tolist()} differ"
+pytestmark = pytest.mark.usefixtures("host_library")  # skips without a C++ compiler
 
 
 @pytest.mark.parametrize("type_name", TYPES)
 def test_quantize_matches_ggml(type_name):
-    keys = []
-    for key, x, imatrix, expected in golden_cases(type_name):
-        assert_same_bytes(hostkernels.quantize(x, type_name, imatrix), expected, f"{type_name} {key}")
-        keys.append(key)
-    assert len(keys) >= 12 and any(k.endswith("__imatrix") for k in keys)
+    quantize, _ = host_functions(type_name)
+    keys = assert_golden_quantize(quantize, type_name)
+    # every golden case, each without and with an imatrix
+    assert len(keys) >= 12
+    assert {k.removesuffix("__imatrix") for k in keys if k.endswith("__imatrix")} == {
+        k for k in keys if not k.endswith("__imatrix")
+    }
 
 
 @pytest.mark.parametrize("type_name", TYPES)
 def test_dequantize_matches_ggml(type_name):
-    ref = golden(type_name)
-    keys = [k for k in ref if k.endswith("__dequant")]
-    assert keys
-    for key in keys:
-        case = key.removesuffix("__dequant")
-        q = ref[case] if case in ref else ref[f"{case}__imatrix"]
-        got = hostkernels.dequantize(q, type_name, ref[key].shape[1])
-        assert_same_bytes(got.view(np.uint32), ref[key].view(np.uint32), f"{type_name} {key}")
+    _, dequantize = host_functions(type_name)
+    assert_golden_dequantize(dequantize, type_name)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -62,12 +53,7 @@ def test_random_rows_match_numpy_backend(type_name, with_imatrix, kind):
         pytest.skip(f"the numpy backend has no {type_name} yet")
     x = random_rows(seed=11, kinds=(kind,))
     imatrix = random_imatrix(seed=12, n_per_row=x.shape[1]) if with_imatrix else None
-    expected = gpuquant.quantize(x, type_name, imatrix=imatrix, backend="numpy")
-    got = hostkernels.quantize(x, type_name, imatrix)
-    assert_same_bytes(got, expected, f"{type_name} {kind}")
-    back = hostkernels.dequantize(got, type_name, x.shape[1])
-    expected_back = gpuquant.dequantize(expected, type_name, backend="numpy")
-    assert_same_bytes(back.view(np.uint32), expected_back.view(np.uint32), f"{type_name} {kind} dequantize")
+    assert_matches_numpy_backend(*host_functions(type_name), type_name, x, imatrix, f"{type_name} {kind}")
 
 
 def _special_floats() -> np.ndarray:

@@ -1,5 +1,6 @@
-"""The K-quant kernels' super-block code (kernels/kquants.cuh), built for the CPU, against ggml's own
-bytes and the numpy backend: Q2_K, Q3_K, Q4_K, Q5_K and Q6_K, with and without an importance matrix.
+"""The K-quant kernels' super-block code (kernels/kquants.cuh), built for the CPU, against the numpy
+backend: Q2_K, Q3_K, Q4_K, Q5_K and Q6_K, with and without an importance matrix (test_kernels_host.py
+checks every host type against ggml's golden bytes).
 
 The CUDA kernels (kernels/kquants.cu) call exactly these functions, one thread per super-block, so
 this is how a machine without a GPU checks their arithmetic. Skipped only without a C++ compiler.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import golden, golden_cases
+from conftest import assert_matches_numpy_backend, assert_same_bytes, host_functions
 from kernel_inputs import KINDS, random_imatrix, random_rows
 
 import gpuquant
@@ -21,46 +22,11 @@ K_TYPES = hostkernels.HOST_FAMILIES["kquants"]
 FP16_FIELDS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def host_library():
-    if hostkernels.find_compiler() is None:
-        pytest.skip("no C++ compiler found (set CXX or install g++)")
-    return hostkernels.library()
-
-
-def assert_same_bytes(got: np.ndarray, expected: np.ndarray, what: str) -> None:
-    assert got.dtype == expected.dtype and got.shape == expected.shape, what
-    rows = np.flatnonzero((got != expected).reshape(got.shape[0], -1).any(axis=1))
-    assert rows.size == 0, f"{what}: rows {rows.tolist()} differ"
+pytestmark = pytest.mark.usefixtures("host_library")  # skips without a C++ compiler
 
 
 def test_the_family_is_the_k_quants():
     assert set(K_TYPES) == {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
-
-
-@pytest.mark.parametrize("type_name", K_TYPES)
-def test_quantize_matches_ggml(type_name):
-    keys = []
-    for key, x, imatrix, expected in golden_cases(type_name):
-        assert_same_bytes(hostkernels.quantize(x, type_name, imatrix), expected, f"{type_name} {key}")
-        keys.append(key)
-    # every golden case of a 256-block type, each without and with an imatrix
-    assert len(keys) >= 12
-    assert {k.removesuffix("__imatrix") for k in keys if k.endswith("__imatrix")} == {
-        k for k in keys if not k.endswith("__imatrix")
-    }
-
-
-@pytest.mark.parametrize("type_name", K_TYPES)
-def test_dequantize_matches_ggml(type_name):
-    ref = golden(type_name)
-    keys = [k for k in ref if k.endswith("__dequant")]
-    assert keys
-    for key in keys:
-        case = key.removesuffix("__dequant")
-        q = ref[case] if case in ref else ref[f"{case}__imatrix"]
-        got = hostkernels.dequantize(q, type_name, ref[key].shape[1])
-        assert_same_bytes(got.view(np.uint32), ref[key].view(np.uint32), f"{type_name} {key}")
 
 
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
@@ -70,12 +36,7 @@ def test_random_rows_match_numpy_backend(type_name, with_imatrix):
     # take its own slice of the imatrix.
     x = random_rows(seed=71, kinds=KINDS, rows_per_kind=3, n_per_row=1024)
     imatrix = random_imatrix(seed=72, n_per_row=1024) if with_imatrix else None
-    expected = gpuquant.quantize(x, type_name, imatrix=imatrix, backend="numpy")
-    got = hostkernels.quantize(x, type_name, imatrix)
-    assert_same_bytes(got, expected, type_name)
-    back = hostkernels.dequantize(got, type_name, x.shape[1])
-    expected_back = gpuquant.dequantize(expected, type_name, backend="numpy")
-    assert_same_bytes(back.view(np.uint32), expected_back.view(np.uint32), f"{type_name} dequantize")
+    assert_matches_numpy_backend(*host_functions(type_name), type_name, x, imatrix, type_name)
 
 
 @pytest.mark.parametrize("type_name", K_TYPES)

@@ -1,5 +1,6 @@
 """The per-block code of IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4, NVFP4, Q1_0 and Q2_0 (kernels/iq4.cuh,
-ternary.cuh, fp4.cuh, lowbit.cuh), built for the CPU, against ggml's own bytes and the numpy backend.
+ternary.cuh, fp4.cuh, lowbit.cuh), built for the CPU, against the numpy backend and ggml's C
+semantics at the edges (test_kernels_host.py checks every host type against ggml's golden bytes).
 
 The CUDA kernels (kernels/more_types.cu) call exactly these functions, so this is how a machine
 without a GPU checks their arithmetic. Skipped only without a C++ compiler.
@@ -11,7 +12,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import golden, golden_cases
+from conftest import assert_matches_numpy_backend, assert_same_bytes, host_functions
 from kernel_inputs import KINDS, random_imatrix, random_rows
 
 import gpuquant
@@ -27,49 +28,11 @@ FP16_SCALE_OFFSET = {"IQ4_NL": 0, "IQ4_XS": 0, "TQ1_0": 52, "TQ2_0": 64, "Q1_0":
 FP16_NAN = (0x00, 0x7E)  # ggml writes every NaN scale as this quiet NaN (little-endian bytes)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def host_library():
-    if hostkernels.find_compiler() is None:
-        pytest.skip("no C++ compiler found (set CXX or install g++)")
-    return hostkernels.library()
-
-
-def assert_same_bytes(got: np.ndarray, expected: np.ndarray, what: str) -> None:
-    assert got.dtype == expected.dtype and got.shape == expected.shape, what
-    rows = np.flatnonzero((got != expected).reshape(got.shape[0], -1).any(axis=1))
-    assert rows.size == 0, f"{what}: rows {rows.tolist()} differ"
+pytestmark = pytest.mark.usefixtures("host_library")  # skips without a C++ compiler
 
 
 def test_the_family():
     assert set(MORE_TYPES) == {"IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0", "Q2_0"}
-
-
-# ---------------------------------------------------------------- against ggml
-
-
-@pytest.mark.parametrize("type_name", MORE_TYPES)
-def test_quantize_matches_ggml(type_name):
-    keys = []
-    for key, x, imatrix, expected in golden_cases(type_name):
-        assert_same_bytes(hostkernels.quantize(x, type_name, imatrix), expected, f"{type_name} {key}")
-        keys.append(key)
-    # every golden case, each without and with an imatrix
-    assert len(keys) >= 10
-    assert {k.removesuffix("__imatrix") for k in keys if k.endswith("__imatrix")} == {
-        k for k in keys if not k.endswith("__imatrix")
-    }
-
-
-@pytest.mark.parametrize("type_name", MORE_TYPES)
-def test_dequantize_matches_ggml(type_name):
-    ref = golden(type_name)
-    keys = [k for k in ref if k.endswith("__dequant")]
-    assert keys
-    for key in keys:
-        case = key.removesuffix("__dequant")
-        q = ref[case] if case in ref else ref[f"{case}__imatrix"]
-        got = hostkernels.dequantize(q, type_name, ref[key].shape[1])
-        assert_same_bytes(got.view(np.uint32), ref[key].view(np.uint32), f"{type_name} {key}")
 
 
 # ---------------------------------------------------------------- against the numpy backend
@@ -82,13 +45,7 @@ def test_random_rows_match_numpy_backend(type_name, with_imatrix):
     # of 4 super-blocks, so that each block must take its own slice of the imatrix.
     x = random_rows(seed=81, kinds=KINDS, rows_per_kind=3, n_per_row=1024)
     imatrix = random_imatrix(seed=82, n_per_row=1024) if with_imatrix else None
-    with np.errstate(all="ignore"):  # the numpy backend's own float warnings on huge values
-        expected = gpuquant.quantize(x, type_name, imatrix=imatrix, backend="numpy")
-    got = hostkernels.quantize(x, type_name, imatrix)
-    assert_same_bytes(got, expected, type_name)
-    back = hostkernels.dequantize(got, type_name, x.shape[1])
-    expected_back = gpuquant.dequantize(expected, type_name, backend="numpy")
-    assert_same_bytes(back.view(np.uint32), expected_back.view(np.uint32), f"{type_name} dequantize")
+    assert_matches_numpy_backend(*host_functions(type_name), type_name, x, imatrix, type_name)
 
 
 @pytest.mark.parametrize("type_name", MORE_TYPES)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
+from conftest import assert_same_bytes
 from gguf import GGMLQuantizationType
 
 from gpuquant.backends.numpy import DEQUANTIZERS, QUANTIZERS, legacy
@@ -27,19 +28,13 @@ def _gguf_quantize(x: np.ndarray, type_name: str) -> np.ndarray:
     return gguf.quants.quantize(x, GGMLQuantizationType[type_name])
 
 
-def _assert_same_bytes(got: np.ndarray, expected: np.ndarray, what: str) -> None:
-    assert got.dtype == np.uint8 and got.shape == expected.shape, what
-    rows = np.flatnonzero((got != expected).any(axis=1))
-    assert rows.size == 0, f"{what}: rows {rows[:10].tolist()} differ"
-
-
 @pytest.mark.parametrize("type_name", TYPES)
 def test_matches_gguf_py_on_random_arrays(type_name):
     for i, shape in enumerate(SHAPES):
         for scale in SCALES:
             x = _random(shape, scale, seed=i)
             got = QUANTIZERS[type_name](x, None)
-            _assert_same_bytes(got, _gguf_quantize(x, type_name), f"{type_name} {shape} x{scale}")
+            assert_same_bytes(got, _gguf_quantize(x, type_name), f"{type_name} {shape} x{scale}")
 
 
 @pytest.mark.parametrize("type_name", TYPES)
@@ -82,17 +77,17 @@ def test_edge_cases_match_gguf_py(type_name):
     x = _edge_rows()
     with np.errstate(all="ignore"):  # gguf-py warns on overflowing fp16 scales
         expected = _gguf_quantize(x, type_name)
-    _assert_same_bytes(QUANTIZERS[type_name](x, None), expected, type_name)
+    assert_same_bytes(QUANTIZERS[type_name](x, None), expected, type_name)
     for row in range(x.shape[0]):  # one row at a time gives the same bytes
         got = QUANTIZERS[type_name](np.ascontiguousarray(x[row : row + 1]), None)
-        _assert_same_bytes(got, expected[row : row + 1], f"{type_name} row {row}")
+        assert_same_bytes(got, expected[row : row + 1], f"{type_name} row {row}")
 
 
 @pytest.mark.parametrize("type_name", TYPES)
 def test_all_zero_input(type_name):
     x = np.zeros((3, 64), dtype=np.float32)
     q = QUANTIZERS[type_name](x, None)
-    _assert_same_bytes(q, _gguf_quantize(x, type_name), type_name)
+    assert_same_bytes(q, _gguf_quantize(x, type_name), type_name)
     assert not DEQUANTIZERS[type_name](q, 64).any()
     imatrix = np.ones(64, dtype=np.float32)
     assert not DEQUANTIZERS[type_name](QUANTIZERS[type_name](x, imatrix), 64).any()
@@ -125,7 +120,8 @@ def test_fast_path_equals_exact_path(type_name):
         with np.errstate(all="ignore"):
             fast = legacy.quantize_reference(x, type_name, fast=True)
             exact = legacy.quantize_reference(x, type_name, fast=False)
-        _assert_same_bytes(fast, exact, f"{type_name} seed {seed}")
+        assert fast.dtype == np.uint8
+        assert_same_bytes(fast, exact, f"{type_name} seed {seed}")
 
 
 def test_signed_zero_scales_follow_ggml():
@@ -145,7 +141,7 @@ def test_signed_zero_scales_follow_ggml():
 def test_q8_0_ignores_the_imatrix():
     x = _random((4, 256), 1.0, seed=11)
     imatrix = np.random.default_rng(0).random(256).astype(np.float32)
-    _assert_same_bytes(QUANTIZERS["Q8_0"](x, imatrix), QUANTIZERS["Q8_0"](x, None), "Q8_0")
+    assert_same_bytes(QUANTIZERS["Q8_0"](x, imatrix), QUANTIZERS["Q8_0"](x, None), "Q8_0")
 
 
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
@@ -157,7 +153,7 @@ def test_imatrix_changes_the_result_and_rows_are_independent(type_name):
     assert (weighted != QUANTIZERS[type_name](x, None)).any()
     for row in (0, 5):
         one = QUANTIZERS[type_name](np.ascontiguousarray(x[row : row + 1]), imatrix)
-        _assert_same_bytes(one, weighted[row : row + 1], f"{type_name} row {row}")
+        assert_same_bytes(one, weighted[row : row + 1], f"{type_name} row {row}")
 
 
 def test_search_default_weights_are_ggmls():
@@ -198,4 +194,4 @@ def test_q8_0_rounds_half_away_from_zero():
     q = QUANTIZERS["Q8_0"](x, None)
     assert q[0, :2].view(np.float16)[0] == 1
     np.testing.assert_array_equal(q[0, 2:11].view(np.int8), [127, 1, -1, 3, -3, 0, 0, 2, 127])
-    _assert_same_bytes(q, _gguf_quantize(x, "Q8_0"), "Q8_0")
+    assert_same_bytes(q, _gguf_quantize(x, "Q8_0"), "Q8_0")

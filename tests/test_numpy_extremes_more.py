@@ -41,11 +41,7 @@ NANS = {
 POSITIONS = (0, 1, 15, 16, 31, 32, 63, 64, 100, 127, 128, 200, 255)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def host_library():
-    if hostkernels.find_compiler() is None:
-        pytest.skip("no C++ compiler found (set CXX or install g++)")
-    return hostkernels.library()
+pytestmark = pytest.mark.usefixtures("host_library")  # skips without a C++ compiler
 
 
 def background(seed: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .blocks import quantize_in_chunks
 from .rounding import max_abs_skipping_nan
 
 QK_MXFP4 = 32
@@ -17,18 +18,6 @@ QK_NVFP4 = 64
 NVFP4_SUB = 16  # weights per UE4M3 scale
 _MXFP4_BYTES = 17  # e (E8M0), qs[16]
 _NVFP4_BYTES = 36  # d[4] (UE4M3), qs[32]
-
-_CHUNK_WEIGHTS = 1 << 18  # weights per vectorized step: keeps the temporaries in cache
-
-
-def _by_chunks(blocks: np.ndarray, type_size: int, quantize_blocks) -> np.ndarray:
-    """quantize_blocks ([n, block] -> [n, type_size] uint8) applied a cache-sized slice at a time."""
-    out = np.empty((blocks.shape[0], type_size), dtype=np.uint8)
-    step = max(1, _CHUNK_WEIGHTS // blocks.shape[1])
-    for start in range(0, blocks.shape[0], step):
-        out[start : start + step] = quantize_blocks(blocks[start : start + step])
-    return out
-
 
 KVALUES_FP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.int8)
 _KVALUES_F32 = KVALUES_FP4.astype(np.float32)
@@ -164,11 +153,11 @@ def _nvfp4_blocks(blocks: np.ndarray) -> np.ndarray:
 
 
 def quantize_mxfp4(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return _by_chunks(x.reshape(-1, QK_MXFP4), _MXFP4_BYTES, _mxfp4_blocks).reshape(x.shape[0], -1)
+    return quantize_in_chunks(x, QK_MXFP4, _MXFP4_BYTES, _mxfp4_blocks)
 
 
 def quantize_nvfp4(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return _by_chunks(x.reshape(-1, QK_NVFP4), _NVFP4_BYTES, _nvfp4_blocks).reshape(x.shape[0], -1)
+    return quantize_in_chunks(x, QK_NVFP4, _NVFP4_BYTES, _nvfp4_blocks)
 
 
 def _unpack_halves(qs: np.ndarray) -> np.ndarray:

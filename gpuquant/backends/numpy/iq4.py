@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .blocks import quantize_weighted_in_chunks
 from .rounding import fp16_bits, fp16_bits_to_f32, nearest_int_exact
 
 BLOCK = 32  # weights that share one searched scale
@@ -161,28 +162,12 @@ def _iq4_xs_chunk(xs: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _quantize_in_chunks(
-    x: np.ndarray, imatrix: np.ndarray | None, size: int, type_size: int, quantize_chunk
-) -> np.ndarray:
-    rows, n_per_row = x.shape
-    supers = x.reshape(-1, size)
-    per_row = n_per_row // size
-    table = None if imatrix is None else imatrix.reshape(per_row, size)
-    out = np.empty((supers.shape[0], type_size), dtype=np.uint8)
-    step = max(1, _CHUNK_BLOCKS * BLOCK // size)
-    for start in range(0, supers.shape[0], step):
-        stop = min(supers.shape[0], start + step)
-        qw = None if table is None else table[np.arange(start, stop) % per_row]
-        out[start:stop] = quantize_chunk(supers[start:stop], qw)
-    return out.reshape(rows, -1)
-
-
 def quantize_iq4_nl(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return _quantize_in_chunks(x, imatrix, BLOCK, 18, _iq4_nl_chunk)
+    return quantize_weighted_in_chunks(x, imatrix, BLOCK, 18, _iq4_nl_chunk, _CHUNK_BLOCKS * BLOCK)
 
 
 def quantize_iq4_xs(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return _quantize_in_chunks(x, imatrix, QK_K, 136, _iq4_xs_chunk)
+    return quantize_weighted_in_chunks(x, imatrix, QK_K, 136, _iq4_xs_chunk, _CHUNK_BLOCKS * BLOCK)
 
 
 def dequantize_iq4_nl(q: np.ndarray, n_per_row: int) -> np.ndarray:

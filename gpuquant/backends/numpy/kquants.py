@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .blocks import quantize_weighted_in_chunks
 from .kquant_search import make_q3_quants, make_qkx2_quants, make_qp_quants, sequential_sum
 from .rounding import fp16_bits, fp16_bits_to_f32, nearest_int_exact
 from .search import make_qkx3_quants, make_qx_quants
@@ -41,18 +42,10 @@ _QUIET = {"divide": "ignore", "invalid": "ignore", "over": "ignore", "under": "i
 
 def _quantize_rows(x: np.ndarray, imatrix: np.ndarray | None, type_size: int, superblocks_fn) -> np.ndarray:
     """Split rows into super-blocks, quantize them chunk by chunk, return uint8 [rows, row_bytes]."""
-    rows, n_per_row = x.shape
-    per_row = n_per_row // QK_K
-    blocks = np.ascontiguousarray(x, dtype=F32).reshape(-1, QK_K)
-    weights = None if imatrix is None else np.asarray(imatrix, dtype=F32).reshape(per_row, QK_K)
-    out = np.empty((blocks.shape[0], type_size), dtype=np.uint8)
-    for start in range(0, blocks.shape[0], _CHUNK_SUPERBLOCKS):
-        stop = min(start + _CHUNK_SUPERBLOCKS, blocks.shape[0])
-        # the imatrix covers one row: super-block b of the tensor uses its slice b % per_row
-        qw = None if weights is None else weights[np.arange(start, stop) % per_row]
-        with np.errstate(**_QUIET):
-            out[start:stop] = superblocks_fn(blocks[start:stop], qw)
-    return out.reshape(rows, per_row * type_size)
+    x = np.ascontiguousarray(x, dtype=F32)
+    imatrix = None if imatrix is None else np.asarray(imatrix, dtype=F32)
+    with np.errstate(**_QUIET):
+        return quantize_weighted_in_chunks(x, imatrix, QK_K, type_size, superblocks_fn, _CHUNK_SUPERBLOCKS * QK_K)
 
 
 def _dequantize_rows(q: np.ndarray, n_per_row: int, type_size: int, superblocks_fn) -> np.ndarray:

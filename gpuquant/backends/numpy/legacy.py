@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .rounding import fp16_bits, fp16_bits_to_f32
+from .rounding import fp16_bits, fp16_bits_to_f32, max_abs_taking_nan, roundf
 from .search import make_qkx3_quants, make_qx_quants
 
 QK = 32  # weights per block, all five types
@@ -69,15 +69,6 @@ def _c_cast_to_byte(f: np.ndarray) -> np.ndarray:
     return (wide & 0xFF).astype(np.uint8)
 
 
-def _c_roundf(f: np.ndarray) -> np.ndarray:
-    """C roundf (half away from zero), exact for every float32, NaN and inf kept."""
-    f = np.asarray(f, dtype=np.float32)
-    t = np.trunc(f)
-    with np.errstate(invalid="ignore"):
-        up = np.abs(f - t) >= np.float32(0.5)
-    return np.where(up, t + np.copysign(_F1, f), t).astype(np.float32)
-
-
 def _first_absmax(blocks: np.ndarray) -> np.ndarray:
     """C: `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` from amax = max = 0."""
     amax = np.zeros(blocks.shape[0], dtype=np.float32)
@@ -101,15 +92,6 @@ def _sequential_min_max(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.copyto(vmin, v, where=v < vmin)
         np.copyto(vmax, v, where=v > vmax)
     return vmin, vmax
-
-
-def _c_max_abs(blocks: np.ndarray) -> np.ndarray:
-    """C: `amax = MAX(amax, fabsf(v))` from 0, MAX(a, b) being `a > b ? a : b`."""
-    amax = np.zeros(blocks.shape[0], dtype=np.float32)
-    for j in range(blocks.shape[1]):
-        a = np.abs(blocks[:, j])
-        amax = np.where(amax > a, amax, a)
-    return amax
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,22 +123,23 @@ def _assemble(scales: list[np.ndarray], qh: np.ndarray | None, qs: np.ndarray) -
 # --------------------------------------------------------------------------------------------
 
 
-def _exact_q4_0(blocks: np.ndarray) -> np.ndarray:
-    d = _first_absmax(blocks) / np.float32(-8)
+def _exact_symmetric(blocks: np.ndarray, half: int, with_qh: bool) -> np.ndarray:
+    """Q4_0/Q5_0: d = max / -half (max: the first weight of largest magnitude), levels
+    MIN(2 half - 1, (int8_t)(x / d + half + 0.5))."""
+    d = _first_absmax(blocks) / np.float32(-half)
     inv = _reciprocal_or_zero(d)
     with np.errstate(invalid="ignore", over="ignore"):
-        levels = _c_cast_to_byte(blocks * inv[:, None] + np.float32(8.5))
-    levels = np.minimum(levels.view(np.int8), np.int8(15)).view(np.uint8)
-    return _assemble([d], None, _pack_nibbles(levels))
+        levels = _c_cast_to_byte(blocks * inv[:, None] + np.float32(half + 0.5))  # 8.5 or 16.5, exact
+    levels = np.minimum(levels.view(np.int8), np.int8(2 * half - 1)).view(np.uint8)
+    return _assemble([d], _pack_high_bits(levels) if with_qh else None, _pack_nibbles(levels))
+
+
+def _exact_q4_0(blocks: np.ndarray) -> np.ndarray:
+    return _exact_symmetric(blocks, 8, with_qh=False)
 
 
 def _exact_q5_0(blocks: np.ndarray) -> np.ndarray:
-    d = _first_absmax(blocks) / np.float32(-16)
-    inv = _reciprocal_or_zero(d)
-    with np.errstate(invalid="ignore", over="ignore"):
-        levels = _c_cast_to_byte(blocks * inv[:, None] + np.float32(16.5))
-    levels = np.minimum(levels.view(np.int8), np.int8(31)).view(np.uint8)
-    return _assemble([d], _pack_high_bits(levels), _pack_nibbles(levels))
+    return _exact_symmetric(blocks, 16, with_qh=True)
 
 
 def _exact_min_levels(blocks: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -180,10 +163,11 @@ def _exact_q5_1(blocks: np.ndarray) -> np.ndarray:
 
 
 def _exact_q8_0(blocks: np.ndarray) -> np.ndarray:
-    d = _c_max_abs(blocks) / np.float32(127)
+    amax, _ = max_abs_taking_nan(blocks)  # C: `amax = MAX(amax, fabsf(v))` from 0
+    d = amax / np.float32(127)
     inv = _reciprocal_or_zero(d)
     with np.errstate(invalid="ignore", over="ignore"):
-        levels = _c_cast_to_byte(_c_roundf(blocks * inv[:, None]))
+        levels = _c_cast_to_byte(roundf(blocks * inv[:, None]))
     return _assemble([d], None, levels)
 
 
@@ -273,6 +257,21 @@ def _high_bit_words(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
+def _pair_rows_min_max(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The blocks in pair-row layout, and each block's max and min (np.maximum/np.minimum)."""
+    t = _to_pair_rows(blocks)
+    return t, _per_block_max(t), _per_block_min(t)
+
+
+def _store_levels(words: np.ndarray, levels: np.ndarray, word_qh: int | None, word_qs: int) -> None:
+    """Pair-row levels into a block's uint16 words: qh (5-bit levels) at word_qh, qs from word_qs."""
+    if word_qh is not None:
+        low, high = _high_bit_words(levels)
+        words[:, word_qh] = low
+        words[:, word_qh + 1] = high
+    words[:, word_qs:] = _nibble_words(levels)
+
+
 def _fast_q4_0(blocks: np.ndarray, out: np.ndarray) -> np.ndarray:
     return _fast_symmetric(blocks, out, 8, 4, word_qh=None, word_qs=1)
 
@@ -283,9 +282,7 @@ def _fast_q5_0(blocks: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 def _fast_symmetric(blocks, out, half, top_bits, word_qh, word_qs) -> np.ndarray:
     """Q4_0/Q5_0: d = max / -half where max is the weight of largest magnitude."""
-    t = _to_pair_rows(blocks)
-    vmax = _per_block_max(t)
-    vmin = _per_block_min(t)
+    t, vmax, vmin = _pair_rows_min_max(blocks)
     # np.maximum/minimum give the right value but not ggml's first-found one on a tie in
     # magnitude (this includes all-zero blocks, where ggml keeps max = +0).
     with np.errstate(invalid="ignore"):
@@ -296,11 +293,7 @@ def _fast_symmetric(blocks, out, half, top_bits, word_qh, word_qs) -> np.ndarray
     levels = _truncate_to_levels(_scaled(t, inv, None, np.float32(half) + np.float32(0.5)), top_bits)
     words = out.view(np.uint16)
     words[:, 0] = fp16_bits(d)
-    if word_qh is not None:
-        low, high = _high_bit_words(levels)
-        words[:, word_qh] = low
-        words[:, word_qh + 1] = high
-    words[:, word_qs:] = _nibble_words(levels)
+    _store_levels(words, levels, word_qh, word_qs)
     # NaN reaches d through np.maximum; an infinite weight makes d infinite.
     with np.errstate(invalid="ignore"):
         return (neg_min == vmax) | ~np.isfinite(d) | ~np.isfinite(inv)
@@ -316,9 +309,7 @@ def _fast_q5_1(blocks: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 def _fast_with_min(blocks, out, nmax, top_bits, word_qh, word_qs) -> np.ndarray:
     """Q4_1/Q5_1: d = (max - min) / nmax, m = min."""
-    t = _to_pair_rows(blocks)
-    vmax = _per_block_max(t)
-    vmin = _per_block_min(t)
+    t, vmax, vmin = _pair_rows_min_max(blocks)
     with np.errstate(invalid="ignore", over="ignore"):
         d = (vmax - vmin) / np.float32(nmax)
     inv = _reciprocal_or_zero(d)
@@ -326,20 +317,14 @@ def _fast_with_min(blocks, out, nmax, top_bits, word_qh, word_qs) -> np.ndarray:
     words = out.view(np.uint16)
     words[:, 0] = fp16_bits(d)
     words[:, 1] = fp16_bits(vmin)
-    if word_qh is not None:
-        low, high = _high_bit_words(levels)
-        words[:, word_qh] = low
-        words[:, word_qh + 1] = high
-    words[:, word_qs:] = _nibble_words(levels)
+    _store_levels(words, levels, word_qh, word_qs)
     # A zero min or max may be -0 in ggml (first found) and either sign here.
     with np.errstate(invalid="ignore"):
         return (vmin == 0) | (vmax == 0) | ~np.isfinite(d) | ~np.isfinite(inv)
 
 
 def _fast_q8_0(blocks: np.ndarray, out: np.ndarray) -> np.ndarray:
-    t = _to_pair_rows(blocks)
-    vmax = _per_block_max(t)
-    vmin = _per_block_min(t)
+    t, vmax, vmin = _pair_rows_min_max(blocks)
     with np.errstate(invalid="ignore"):
         amax = np.maximum(vmax, -vmin)
         amax += _F0  # ggml's amax starts at +0: never -0

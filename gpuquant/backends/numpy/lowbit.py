@@ -9,24 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .blocks import quantize_in_chunks
 from .rounding import fp16_bits, fp16_bits_to_f32, max_abs_skipping_nan, roundf
 
 QK1_0 = 128
 QK2_0 = 64
 _Q1_0_BYTES = 18  # fp16 d, qs[16] (one bit per weight, weight j in bit j % 8 of byte j / 8)
 _Q2_0_BYTES = 18  # fp16 d, qs[16] (two bits per weight, weight j in bits 2 (j % 4) of byte j / 4)
-
-_CHUNK_WEIGHTS = 1 << 18  # weights per vectorized step: keeps the temporaries in cache
-
-
-def _by_chunks(blocks: np.ndarray, type_size: int, quantize_blocks) -> np.ndarray:
-    """quantize_blocks ([n, block] -> [n, type_size] uint8) applied a cache-sized slice at a time."""
-    out = np.empty((blocks.shape[0], type_size), dtype=np.uint8)
-    step = max(1, _CHUNK_WEIGHTS // blocks.shape[1])
-    for start in range(0, blocks.shape[0], step):
-        out[start : start + step] = quantize_blocks(blocks[start : start + step])
-    return out
-
 
 def _q1_0_blocks(blocks: np.ndarray) -> np.ndarray:
     # mean |x| summed in weight order, as ggml's loop does
@@ -60,11 +49,11 @@ def _q2_0_blocks(blocks: np.ndarray) -> np.ndarray:
 
 
 def quantize_q1_0(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return _by_chunks(x.reshape(-1, QK1_0), _Q1_0_BYTES, _q1_0_blocks).reshape(x.shape[0], -1)
+    return quantize_in_chunks(x, QK1_0, _Q1_0_BYTES, _q1_0_blocks)
 
 
 def quantize_q2_0(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return _by_chunks(x.reshape(-1, QK2_0), _Q2_0_BYTES, _q2_0_blocks).reshape(x.shape[0], -1)
+    return quantize_in_chunks(x, QK2_0, _Q2_0_BYTES, _q2_0_blocks)
 
 
 def dequantize_q1_0(q: np.ndarray, n_per_row: int) -> np.ndarray:

@@ -73,6 +73,21 @@ def fp16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
     return _FP16_TO_F32[np.asarray(bits, dtype=np.uint16)]
 
 
+def max_abs_taking_nan(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`amax = MAX(amax, |v|)` over each block in order, from 0, and which blocks hold a NaN.
+    Without NaN that is the plain maximum; ggml's MAX (a > b ? a : b) takes a NaN and drops it
+    at the next value, so blocks holding a NaN replay the loop."""
+    ax = np.abs(blocks)
+    amax = np.max(ax, axis=1)
+    has_nan = np.isnan(amax)
+    if has_nan.any():
+        running = np.zeros(int(has_nan.sum()), dtype=np.float32)
+        for column in ax[has_nan].T:
+            running = np.where(running > column, running, column)
+        amax[has_nan] = running
+    return amax, has_nan
+
+
 def max_abs_skipping_nan(blocks: np.ndarray) -> np.ndarray:
     """`if (amax < |v|) amax = |v|` (or `if (|v| > amax)`) from 0: the maximum, NaN never taken.
     np.fmax.reduce skips quiet NaNs only: a signaling NaN turns the running max into NaN, which

@@ -49,9 +49,37 @@ def _clipped_levels(scaled: np.ndarray, lo: int, hi: int, exact: bool) -> np.nda
     return scaled
 
 
-def _chunks(nblocks: int):
+def _checked_blocks(
+    x: np.ndarray, weights: np.ndarray | None, weights_name: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """x and weights as float32, x [nblocks, n] and weights (if any) of the same shape."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"x must be [nblocks, n], got shape {x.shape}")
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float32)
+        if weights.shape != x.shape:
+            raise ValueError(f"{weights_name} shape {weights.shape} differs from x shape {x.shape}")
+    return x, weights
+
+
+def _search_in_chunks(x: np.ndarray, weights: np.ndarray | None, n_results: int, search_t) -> tuple:
+    """Runs search_t(xt, wt) -> (n_results float32 [nb] arrays..., L [n, nb]) on transposed chunks of
+    blocks (wt None without weights); returns those per-block results for all blocks, then L as
+    uint8 [nblocks, n]."""
+    nblocks, n = x.shape
+    results = [np.empty(nblocks, dtype=np.float32) for _ in range(n_results)]
+    levels = np.empty((nblocks, n), dtype=np.uint8)
     for start in range(0, nblocks, _CHUNK_BLOCKS):
-        yield slice(start, min(start + _CHUNK_BLOCKS, nblocks))
+        part = slice(start, min(start + _CHUNK_BLOCKS, nblocks))
+        xt = np.ascontiguousarray(x[part].T)
+        wt = None if weights is None else np.ascontiguousarray(weights[part].T)
+        with np.errstate(all="ignore"):  # inf and NaN follow IEEE rules, as in C
+            *values, lt = search_t(xt, wt)
+        for result, value in zip(results, values, strict=True):
+            result[part] = value
+        levels[part] = lt.T
+    return (*results, levels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,24 +100,8 @@ def make_qx_quants(
     Returns (scale float32 [nblocks], L uint8 [nblocks, n]) where L = level + nmax, i.e. the
     C function's return value and its L array. Blocks with max |x| < GROUP_MAX_EPS give 0 and 0s.
     """
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"x must be [nblocks, n], got shape {x.shape}")
-    if qw is not None:
-        qw = np.asarray(qw, dtype=np.float32)
-        if qw.shape != x.shape:
-            raise ValueError(f"qw shape {qw.shape} differs from x shape {x.shape}")
-    nblocks, n = x.shape
-    scale = np.empty(nblocks, dtype=np.float32)
-    levels = np.empty((nblocks, n), dtype=np.uint8)
-    for part in _chunks(nblocks):
-        xt = np.ascontiguousarray(x[part].T)
-        qwt = None if qw is None else np.ascontiguousarray(qw[part].T)
-        with np.errstate(all="ignore"):  # inf and NaN follow IEEE rules, as in C
-            s, lt = _make_qx_quants_t(xt, nmax, rmse_type, qwt)
-        scale[part] = s
-        levels[part] = lt.T
-    return scale, levels
+    x, qw = _checked_blocks(x, qw, "qw")
+    return _search_in_chunks(x, qw, 1, lambda xt, qwt: _make_qx_quants_t(xt, nmax, rmse_type, qwt))
 
 
 def _make_qx_quants_t(xt: np.ndarray, nmax: int, rmse_type: int, qwt: np.ndarray | None):
@@ -209,28 +221,11 @@ def make_qkx3_quants(
     Returns (scale float32 [nblocks], the_min float32 [nblocks], L uint8 [nblocks, n]): the C
     return value, *the_min (the negated block minimum, as ggml stores it), and L.
     """
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"x must be [nblocks, n], got shape {x.shape}")
-    if weights is not None:
-        weights = np.asarray(weights, dtype=np.float32)
-        if weights.shape != x.shape:
-            raise ValueError(f"weights shape {weights.shape} differs from x shape {x.shape}")
-    nblocks, n = x.shape
-    scale = np.empty(nblocks, dtype=np.float32)
-    the_min = np.empty(nblocks, dtype=np.float32)
-    levels = np.empty((nblocks, n), dtype=np.uint8)
-    for part in _chunks(nblocks):
-        xt = np.ascontiguousarray(x[part].T)
-        wt = None if weights is None else np.ascontiguousarray(weights[part].T)
-        with np.errstate(all="ignore"):  # inf and NaN follow IEEE rules, as in C
-            s, m, lt = _make_qkx3_quants_t(
-                xt, nmax, wt, np.float32(rmin), np.float32(rdelta), int(nstep), bool(use_mad)
-            )
-        scale[part] = s
-        the_min[part] = m
-        levels[part] = lt.T
-    return scale, the_min, levels
+    x, weights = _checked_blocks(x, weights, "weights")
+    rmin, rdelta = np.float32(rmin), np.float32(rdelta)
+    return _search_in_chunks(
+        x, weights, 2, lambda xt, wt: _make_qkx3_quants_t(xt, nmax, wt, rmin, rdelta, int(nstep), bool(use_mad))
+    )
 
 
 def _weighted_error(xt, w, lvl, scale, the_min, use_mad, diff, out) -> np.ndarray:

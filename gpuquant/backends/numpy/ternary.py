@@ -10,38 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rounding import fp16_bits, fp16_bits_to_f32, roundf
+from .blocks import quantize_in_chunks
+from .rounding import fp16_bits, fp16_bits_to_f32, max_abs_taking_nan, roundf
 
 QK_K = 256
 _TQ1_BYTES = 54  # qs[48] (five trits each), qh[4] (four trits each), fp16 d
 _TQ2_BYTES = 66  # qs[64] (four 2-bit trits each), fp16 d
-
-_CHUNK_WEIGHTS = 1 << 18  # weights per vectorized step: keeps the temporaries in cache
-
-
-def _by_chunks(blocks: np.ndarray, type_size: int, quantize_blocks) -> np.ndarray:
-    """quantize_blocks ([n, block] -> [n, type_size] uint8) applied a cache-sized slice at a time."""
-    out = np.empty((blocks.shape[0], type_size), dtype=np.uint8)
-    step = max(1, _CHUNK_WEIGHTS // blocks.shape[1])
-    for start in range(0, blocks.shape[0], step):
-        out[start : start + step] = quantize_blocks(blocks[start : start + step])
-    return out
-
-
-def _running_max_abs(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """amax = MAX(amax, |v|) over each block in order, from 0, and which blocks hold a NaN.
-    Without NaN that is the plain maximum; ggml's MAX (a > b ? a : b) takes a NaN and drops it
-    at the next value, so blocks holding a NaN replay the loop."""
-    ax = np.abs(blocks)
-    amax = np.max(ax, axis=1)
-    has_nan = np.isnan(amax)
-    if has_nan.any():
-        running = np.zeros(int(has_nan.sum()), dtype=np.float32)
-        for column in ax[has_nan].T:
-            running = np.where(running > column, running, column)
-        amax[has_nan] = running
-    return amax, has_nan
-
 
 _INT32_LIMIT = np.float32(2.0**31)
 
@@ -51,7 +25,7 @@ def _scaled_trits(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     xi = lroundf(x / d) + 1 as uint8 (ggml packs xi into uint8_t arithmetic, so only that byte
     counts). Normally xi is a trit in {0, 1, 2}; a NaN that drops the true max, an inf, or a
     denormal max (1/d = inf) give other values."""
-    amax, has_nan = _running_max_abs(blocks)
+    amax, has_nan = max_abs_taking_nan(blocks)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         inv_d = np.where(amax != 0, np.float32(1) / amax, np.float32(0))  # inf for denormal amax
         rounded = roundf(blocks * inv_d[:, None])
@@ -111,11 +85,11 @@ def _tq2_0_blocks(blocks: np.ndarray) -> np.ndarray:
 
 
 def quantize_tq1_0(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return _by_chunks(x.reshape(-1, QK_K), _TQ1_BYTES, _tq1_0_blocks).reshape(x.shape[0], -1)
+    return quantize_in_chunks(x, QK_K, _TQ1_BYTES, _tq1_0_blocks)
 
 
 def quantize_tq2_0(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return _by_chunks(x.reshape(-1, QK_K), _TQ2_BYTES, _tq2_0_blocks).reshape(x.shape[0], -1)
+    return quantize_in_chunks(x, QK_K, _TQ2_BYTES, _tq2_0_blocks)
 
 
 _POW3 = np.array([1, 3, 9, 27, 81], dtype=np.uint16)
