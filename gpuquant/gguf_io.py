@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import mmap
 import os
+import queue
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,3 +270,53 @@ class AtomicGGUFWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self._committed:
             self.abort()
+
+
+class WriteBehind:
+    """Writes on a background thread, so the next chunk is quantized while this one is written.
+
+    Views of the mapped input and arrays the backend hands over for good (`outputs_owned`) go
+    through the queue; a backend's reused output buffer is written at once, after the queue.
+    `then` runs after the data is written (dropping the input pages the data came from).
+    """
+
+    def __init__(self, writer: AtomicGGUFWriter, outputs_owned: bool, depth: int = 4) -> None:
+        self._writer = writer
+        self._outputs_owned = outputs_owned
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="gpuquant-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            data, then = item
+            if self._error is None:
+                try:
+                    self._writer.write(data)
+                    then()
+                except BaseException as e:  # reported to the caller at its next call
+                    self._error = e
+            self._queue.task_done()
+        self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, data: np.ndarray, then, *, from_backend: bool = False) -> None:
+        self._raise()
+        if from_backend and not self._outputs_owned:
+            self.drain()
+            self._writer.write(data)
+            then()
+        else:
+            self._queue.put((data, then))
+
+    def drain(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()

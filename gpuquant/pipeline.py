@@ -4,8 +4,6 @@ into the output, in row chunks, with progress and a summary."""
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import NonFiniteError, get_backend
-from .gguf_io import AtomicGGUFWriter, GGUFInputError, MetadataEntry, PlannedTensor, SourceModel
+from .gguf_io import AtomicGGUFWriter, GGUFInputError, MetadataEntry, PlannedTensor, SourceModel, WriteBehind
 from .imatrix import Imatrix, load_imatrix, metadata_entries, weights_for
 from .plan import Decision, PlanOptions, model_architecture, plan_tensor
 from .progress import Progress
@@ -77,24 +75,7 @@ def _run(model, dst, target, backend_name, n_threads, imatrix, show_progress, op
     start = time.perf_counter()
     arch = model_architecture(model.architecture)
     be = get_backend(backend_name, n_threads=n_threads)
-    decisions: list[Decision] = []
-    weights: list[np.ndarray | None] = []  # per tensor, checked against its shape before any output
-    for t in model.tensors:
-        d = plan_tensor(t.name, t.shape_gguf, t.qtype, arch, options)
-        w = None
-        if d.qtype != t.qtype:
-            if t.qtype.name not in ("F32", "F16", "BF16"):
-                raise GGUFInputError(
-                    f"tensor {t.name}: source type {t.qtype.name} is not supported (F32, F16 or BF16 only)"
-                )
-            if not be.supports(d.qtype):
-                raise ValueError(f"type {d.qtype.name} is not supported yet by the {be.name} backend")
-            if imatrix is not None and not d.qtype.is_float:
-                w = weights_for(imatrix, t.name, t.shape_gguf)
-            if w is None and d.qtype.requires_imatrix:
-                raise ValueError(f"tensor {t.name}: type {d.qtype.name} requires an importance matrix entry")
-        decisions.append(d)
-        weights.append(w)
+    decisions, weights = _plan_tensors(model, arch, be, imatrix, options)
 
     summary = Summary(str(model.path), str(dst), target.name, arch, be.name, n_threads)
     if imatrix is not None:
@@ -120,7 +101,7 @@ def _run(model, dst, target, backend_name, n_threads, imatrix, show_progress, op
     outputs = be.quantize_chunks(chunks, check_finite=True)
     try:
         with AtomicGGUFWriter(dst, metadata, planned, model.alignment) as file_writer:
-            writer = _WriteBehind(file_writer, outputs_owned=getattr(be, "outputs_owned", False))
+            writer = WriteBehind(file_writer, outputs_owned=getattr(be, "outputs_owned", False))
             try:
                 for i, (t, d, p, w) in enumerate(zip(model.tensors, decisions, planned, weights, strict=True)):
                     if d.qtype == t.qtype:
@@ -142,6 +123,29 @@ def _run(model, dst, target, backend_name, n_threads, imatrix, show_progress, op
         outputs.close()  # stops a backend working ahead (GPU streams, staging threads)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _plan_tensors(model, arch, be, imatrix, options) -> tuple[list[Decision], list[np.ndarray | None]]:
+    """Every tensor's output type and importance weights, all checked before any output exists."""
+    decisions: list[Decision] = []
+    weights: list[np.ndarray | None] = []
+    for t in model.tensors:
+        d = plan_tensor(t.name, t.shape_gguf, t.qtype, arch, options)
+        w = None
+        if d.qtype != t.qtype:
+            if t.qtype.name not in ("F32", "F16", "BF16"):
+                raise GGUFInputError(
+                    f"tensor {t.name}: source type {t.qtype.name} is not supported (F32, F16 or BF16 only)"
+                )
+            if not be.supports(d.qtype):
+                raise ValueError(f"type {d.qtype.name} is not supported yet by the {be.name} backend")
+            if imatrix is not None and not d.qtype.is_float:
+                w = weights_for(imatrix, t.name, t.shape_gguf)
+            if w is None and d.qtype.requires_imatrix:
+                raise ValueError(f"tensor {t.name}: type {d.qtype.name} requires an importance matrix entry")
+        decisions.append(d)
+        weights.append(w)
+    return decisions, weights
 
 
 _OWN_KEYS = ("general.quantization_version", "general.quantization_type")
@@ -185,57 +189,7 @@ def _note_plan_warnings(tensors, decisions, summary: Summary, report: Progress |
             report.warn(m)
 
 
-class _WriteBehind:
-    """Writes on a background thread, so the next chunk is quantized while this one is written.
-
-    Views of the mapped input and arrays the backend hands over for good (`outputs_owned`) go
-    through the queue; a backend's reused output buffer is written at once, after the queue.
-    `then` runs after the data is written (dropping the input pages the data came from).
-    """
-
-    def __init__(self, writer: AtomicGGUFWriter, outputs_owned: bool, depth: int = 4) -> None:
-        self._writer = writer
-        self._outputs_owned = outputs_owned
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="gpuquant-writer", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while (item := self._queue.get()) is not None:
-            data, then = item
-            if self._error is None:
-                try:
-                    self._writer.write(data)
-                    then()
-                except BaseException as e:  # reported to the caller at its next call
-                    self._error = e
-            self._queue.task_done()
-        self._queue.task_done()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def write(self, data: np.ndarray, then, *, from_backend: bool = False) -> None:
-        self._raise()
-        if from_backend and not self._outputs_owned:
-            self.drain()
-            self._writer.write(data)
-            then()
-        else:
-            self._queue.put((data, then))
-
-    def drain(self) -> None:
-        self._queue.join()
-        self._raise()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-
-def _copy_tensor(model: SourceModel, t, writer: _WriteBehind) -> None:
+def _copy_tensor(model: SourceModel, t, writer: WriteBehind) -> None:
     for a in range(0, t.n_bytes, CHUNK_BYTES):
         b = min(t.n_bytes, a + CHUNK_BYTES)
         writer.write(model.raw_bytes(t, a, b), partial(model.release, t, a, b))
@@ -252,7 +206,7 @@ def _row_chunks(t, weights: np.ndarray | None):
             yield r0, min(e0 + span, r0 + rows_per_chunk), w
 
 
-def _write_converted(model: SourceModel, t, ranges, outputs, writer: _WriteBehind) -> None:
+def _write_converted(model: SourceModel, t, ranges, outputs, writer: WriteBehind) -> None:
     """Writes the outputs of one tensor's chunks, in order, and drops their input pages."""
     src_row_bytes = t.n_bytes // t.n_rows
     for r0, r1, _ in ranges:
