@@ -19,7 +19,7 @@ def _fail(message: str, code: int = 1) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gpuquant")
 def main() -> None:
-    """GGUF quantizer for TTS.cpp and llama.cpp models, byte-identical to ggml (CuPy GPU or NumPy CPU)."""
+    """GGUF quantizer for TTS.cpp models, byte-identical to ggml (CuPy GPU or NumPy CPU)."""
 
 
 @main.command(context_settings={"help_option_names": ["-h", "--help"]})
