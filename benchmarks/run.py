@@ -57,7 +57,7 @@ def _gguf_py_quantizer(name: str):
         return None
 
 
-def bench_arrays(types: list[str], rows_fast: int, rows_slow: int) -> None:
+def bench_arrays(types: list[str], rows_fast: int, rows_slow: int, rows_grid: int) -> None:
     from gpuquant.backends.numpy import QUANTIZERS
 
     rng = np.random.default_rng(0)
@@ -69,12 +69,14 @@ def bench_arrays(types: list[str], rows_fast: int, rows_slow: int) -> None:
         if name not in QUANTIZERS or name == "F32":  # F32 is a copy, not a quantizer
             continue
         t = QTYPES[name]
-        slow = t.family not in ("float", "legacy", "fp4", "ternary", "lowbit")
-        x = (rng.standard_normal((rows_slow if slow else rows_fast, 4096)) * 0.02).astype(np.float32)
+        fast = t.family in ("float", "legacy", "fp4", "ternary", "lowbit")
+        rows = rows_fast if fast else rows_grid if t.family == "iq-grid" else rows_slow
+        x = (rng.standard_normal((rows, 4096)) * 0.02).astype(np.float32)
         w = rng.random(4096).astype(np.float32)
         mb = x.nbytes / 1e6
-        s1 = _time(partial(one.quantize, x, t, None))
-        s2 = _time(partial(two.quantize, x, t, None))
+        plain = w if t.requires_imatrix else None  # these types cannot run without one
+        s1 = _time(partial(one.quantize, x, t, plain))
+        s2 = _time(partial(two.quantize, x, t, plain))
         si = _time(partial(one.quantize, x, t, w)) if not t.is_float else float("nan")
         ref = _gguf_py_quantizer(name)
         sr = _time(partial(ref, x)) if ref else float("nan")
@@ -139,7 +141,7 @@ def main() -> None:
     ap.add_argument("--skip-file", action="store_true", help="only the array benchmarks")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    bench_arrays(list(QTYPES), rows_fast=4096, rows_slow=1024)
+    bench_arrays(list(QTYPES), rows_fast=4096, rows_slow=1024, rows_grid=32)
     if not args.skip_file:
         bench_file(args.data_dir, ["Q4_0", "Q8_0"], args.threads)
     try:

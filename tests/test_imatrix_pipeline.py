@@ -81,3 +81,23 @@ def test_unreadable_and_non_finite_imatrix(model, tmp_path):
     r = CliRunner().invoke(main, ["quantize", str(src), str(tmp_path / "o.gguf"), "--imatrix", str(nan)])
     assert r.exit_code == 1 and "kokoro.albert.layer.0.q" in r.output
     assert not (tmp_path / "o.gguf").exists()
+
+
+def test_type_that_requires_an_imatrix(model, tmp_path):
+    src, tensors = model
+    dst = tmp_path / "o.gguf"
+    r = CliRunner().invoke(main, ["quantize", str(src), str(dst), "IQ2_XXS", "--backend", "numpy"])
+    assert r.exit_code == 1 and "requires an importance matrix" in r.output and not dst.exists()
+    rng = np.random.default_rng(9)
+    entries = [(name, 1, rng.random(a.shape[0] * a.shape[-1] if a.ndim == 3 else a.shape[-1]).astype(np.float32))
+               for name, a in tensors.items() if a.ndim >= 2]
+    path = tmp_path / "all.dat"
+    write_legacy(path, entries)
+    r = CliRunner().invoke(main, ["quantize", str(src), str(dst), "IQ2_XXS", "--imatrix", str(path), "-q"])
+    assert r.exit_code == 0, r.output
+    out = tensors_out(dst)
+    q_imp = entries[0][2] if entries[0][0] == "kokoro.albert.layer.0.q" else None
+    assert q_imp is not None
+    q = np.asarray(out["kokoro.albert.layer.0.q"].data).reshape(4, -1)
+    assert out["kokoro.albert.layer.0.q"].tensor_type.name == "IQ2_XXS"
+    assert np.array_equal(q, gpuquant.quantize(tensors["kokoro.albert.layer.0.q"], "IQ2_XXS", imatrix=q_imp))

@@ -7,10 +7,10 @@ Each module registers `QUANTIZERS[name](x, imatrix) -> uint8 [rows, row_bytes]` 
 
 from __future__ import annotations
 
-from . import floats, fp4, iq4, kquants, legacy, lowbit, ternary
+from . import floats, fp4, iq4, iq_grid, kquants, legacy, lowbit, ternary
 
 QUANTIZERS: dict = {}
 DEQUANTIZERS: dict = {}
-for _module in (floats, legacy, kquants, iq4, ternary, fp4, lowbit):
+for _module in (floats, legacy, kquants, iq4, iq_grid, ternary, fp4, lowbit):
     QUANTIZERS.update(_module.QUANTIZERS)
     DEQUANTIZERS.update(_module.DEQUANTIZERS)

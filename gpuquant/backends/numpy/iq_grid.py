@@ -1,0 +1,704 @@
+"""ggml's lattice ("grid") IQ types: IQ3_XXS, IQ3_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ1_S (IQ1_M not yet).
+
+Each sub-block (32 or 16 weights) is coded as sign bits plus points of a fixed lattice (the grid)
+in the magnitudes: groups of 4 (IQ3) or 8 (IQ2, IQ1) levels must form one of the grid's points.
+The scale search tries a range of scales; a group that rounds to a point off the grid takes the
+best grid point of a precomputed neighbour list (weighted distance, first minimum in list order).
+IQ1_S instead splits the sorted weights exhaustively into three levels. The super-block stores
+one fp16 scale and a small multiplier per sub-block. Grid tables: iq_grid_tables.py.
+
+Layout inside the search: [sub, n_sub_blocks] (in-block index first) so that each of ggml's
+in-order sums is a loop of contiguous vector adds over sub-blocks; groups are [groups, dims, n].
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import iq_grid_tables as tables
+from .blocks import quantize_weighted_in_chunks
+from .kquant_search import make_qp_quants
+from .rounding import fp16_bits, fp16_bits_to_f32, nearest_int
+
+QK_K = 256
+SUB = 32  # weights per sub-block (one searched scale)
+_CHUNK_WEIGHTS = 1 << 16  # weights per vectorized step
+
+_F0 = np.float32(0)
+_F1 = np.float32(1)
+_HALF = np.float32(0.5)
+
+
+class Lattice:
+    """A quantizer grid of `dims`-level points, each level an odd number 2 l + 1 (l < 2**bits),
+    with ggml's map from level codes (l_i << bits i) to grid indices and, for each code off the
+    grid, its neighbour list: grid points by increasing integer distance, ties by index, up to
+    `nwant` distinct distances (as ggml's qsort with its total-order comparator leaves them)."""
+
+    def __init__(self, kgrid: np.ndarray, dims: int, bits: int, kmap_size: int, nwant: int) -> None:
+        shifts = bits * np.arange(dims)
+        level_index = (kgrid.astype(np.int64)[:, None] >> shifts) & ((1 << bits) - 1)
+        odd_levels = 2 * level_index + 1
+        self.dims = dims
+        self.bits = bits
+        self.levels = odd_levels.astype(np.float32)  # [grid, dims]
+        self.level_index = level_index  # [grid, dims]
+        self.grid_of_code = np.full(kmap_size, -1, dtype=np.int32)
+        self.grid_of_code[(level_index << shifts).sum(axis=1)] = np.arange(len(kgrid), dtype=np.int32)
+
+        off_codes = np.flatnonzero(self.grid_of_code < 0)
+        code_levels = 2 * ((off_codes[:, None] >> shifts) & ((1 << bits) - 1)) + 1
+        # Squared distances are small integers: exact through a float32 matrix product.
+        dist2 = (
+            (code_levels * code_levels).sum(axis=1)[:, None]
+            + (odd_levels * odd_levels).sum(axis=1)[None, :]
+            - 2 * (code_levels.astype(np.float32) @ odd_levels.T.astype(np.float32)).astype(np.int64)
+        )
+        # Keep the points within the nwant smallest distinct distances of each code.
+        present = np.zeros((off_codes.size, int(dist2.max()) + 1), dtype=bool)
+        present[np.arange(off_codes.size)[:, None], dist2] = True
+        distinct_seen = np.cumsum(present, axis=1)
+        limit = np.argmax(distinct_seen >= nwant, axis=1)
+        limit = np.where(distinct_seen[:, -1] >= nwant, limit, present.shape[1])
+        row, point = np.nonzero(dist2 <= limit[:, None])  # by row, then increasing point index
+        order = np.lexsort((dist2[row, point], row))  # stable: ties keep increasing index
+        counts = np.zeros(kmap_size, dtype=np.int64)
+        counts[off_codes] = np.bincount(row, minlength=off_codes.size)
+        self.neighbour_count = counts
+        self.neighbour_start = np.cumsum(counts) - counts
+        self.neighbours = point[order].astype(np.int32)
+
+    def codes(self, levels: np.ndarray) -> np.ndarray:
+        """Codes of level indices [..., dims, n] -> [..., n]."""
+        code = np.zeros(levels.shape[:-2] + levels.shape[-1:], dtype=np.int64)
+        for i in range(self.dims):
+            code |= levels[..., i, :].astype(np.int64) << (self.bits * i)
+        return code
+
+    def best_neighbours(
+        self,
+        codes: np.ndarray,
+        xval: np.ndarray,
+        weight: np.ndarray,
+        scale: np.ndarray,
+        level_values: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Grid index minimizing sum_i weight_i (scale q_i - xval_i)^2 over each code's neighbour
+        list, the first such in list order. codes [m]; xval, weight [m, dims]; scale [m]; q the
+        odd levels, or level_values[query, level index] where given ([m, 2**bits])."""
+        m = codes.size
+        if m == 0:
+            return np.zeros(0, dtype=np.int32)
+        count = self.neighbour_count[codes]
+        seg_start = np.cumsum(count) - count
+        total = int(seg_start[-1] + count[-1])
+        owner = np.repeat(np.arange(m), count)
+        position = np.arange(total)
+        candidates = self.neighbours[position - seg_start[owner] + self.neighbour_start[codes][owner]]
+        if level_values is None:
+            q = self.levels[candidates]
+        else:
+            q = level_values[owner[:, None], self.level_index[candidates]]
+        owner_scale = scale[owner]
+        dist2 = np.zeros(total, dtype=np.float32)
+        for i in range(self.dims):
+            diff = owner_scale * q[:, i] - xval[owner, i]
+            dist2 += weight[owner, i] * diff * diff
+        best = np.minimum.reduceat(dist2, seg_start)
+        first = np.minimum.reduceat(np.where(dist2 == best[owner], position, total), seg_start)
+        return candidates[first]
+
+
+@functools.cache
+def _iq3_lattice(grid_size: int) -> Lattice:
+    if grid_size == 256:
+        return Lattice(tables.KGRID_3BIT_256, dims=4, bits=3, kmap_size=4096, nwant=2)
+    return Lattice(tables.KGRID_3BIT_512, dims=4, bits=3, kmap_size=4096, nwant=3)
+
+
+def _sequential_sum(columns: np.ndarray) -> np.ndarray:
+    """Sum over axis 0 in index order from +0, as ggml's `for (i...) s += v[i]`."""
+    total = np.zeros(columns.shape[1:], dtype=np.float32)
+    for column in columns:
+        total += column
+    return total
+
+
+def _block_weights(
+    blocks: np.ndarray, qw: np.ndarray | None, sigma2_share: np.float32 | None = None, doubled: bool = True
+) -> np.ndarray:
+    """ggml's per-weight importance, [QK_K, n_blocks]: qw sqrt(sigma2 + x^2) with
+    sigma2 = 2 sum(x^2) / QK_K over the super-block (sum(x^2) / QK_K unless doubled); without
+    an imatrix x^2, or sigma2_share sigma2 + x^2 where given."""
+    xt = blocks.T
+    x2 = xt * xt
+    if qw is None and sigma2_share is None:
+        return x2
+    sumx2 = _sequential_sum(x2)
+    sigma2 = (np.float32(2) * sumx2 if doubled else sumx2) / np.float32(QK_K)
+    if qw is None:
+        return sigma2_share * sigma2 + x2
+    return qw.T * np.sqrt(sigma2 + x2)
+
+
+def _to_sub_blocks(a: np.ndarray, sub: int = SUB) -> np.ndarray:
+    """[QK_K, n_blocks] -> [sub, n_blocks * QK_K / sub], sub-block s = QK_K / sub * block + ib."""
+    return np.ascontiguousarray(a.reshape(QK_K // sub, sub, -1).transpose(1, 2, 0).reshape(sub, -1))
+
+
+def _weighted_fit(weight: np.ndarray, xval: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's sumqx = sum w x q and sumq2 = sum w q q, in index order."""
+    wq = weight * q
+    return _sequential_sum(weight * xval * q), _sequential_sum(wq * q)
+
+
+def _snap_to_grid(
+    lattice: Lattice, xval: np.ndarray, waux: np.ndarray, inv_scale: np.ndarray, scale: np.ndarray, kmax: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Round each group of `dims` weights to levels l = nearest(0.5 (inv_scale x - 1)) in
+    [0, kmax - 1]; a group off the grid takes its best neighbour at `scale`.
+    xval, waux [sub, n]. Returns (grid index, on grid), both [sub / dims, n]."""
+    dims = lattice.dims
+    groups = xval.shape[0] // dims
+    n = xval.shape[1]
+    levels = np.clip(nearest_int(_HALF * (inv_scale * xval - _F1)), 0, kmax - 1)
+    codes = lattice.codes(levels.reshape(groups, dims, n))
+    grid = lattice.grid_of_code[codes]
+    on_grid = grid >= 0
+    group, col = np.nonzero(~on_grid)
+    if group.size:
+        xg = xval.reshape(groups, dims, n)[group, :, col]
+        wg = waux.reshape(groups, dims, n)[group, :, col]
+        grid[group, col] = lattice.best_neighbours(codes[group, col], xg, wg, scale[col])
+    return grid, on_grid
+
+
+def _grid_levels(lattice: Lattice, grid: np.ndarray) -> np.ndarray:
+    """Odd levels (float32) of grid indices [groups, n] -> [groups * dims, n]."""
+    return lattice.levels[grid].transpose(0, 2, 1).reshape(grid.shape[0] * lattice.dims, -1)
+
+
+# How the search snaps groups again at the fitted scale: only the groups left off the grid
+# (IQ3_XXS, IQ2_XS, IQ2_S), every group once one is off (IQ3_S), every group always (IQ2_XXS).
+REFINE_OFF_GRID = "off_grid"
+REFINE_ALL_IF_ANY_OFF = "all_if_any_off"
+REFINE_ALWAYS_ALL = "always_all"
+
+
+def _search_grid(
+    lattice: Lattice,
+    xval: np.ndarray,
+    weight: np.ndarray,
+    base: np.ndarray,
+    kmax: int,
+    trial_steps: int,
+    step_size: np.float32,
+    refine: str,
+    initial_scale: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scale search shared by the IQ3 and IQ2 quantizers, for sub-blocks [sub, n] with
+    base > 0 (placeholders elsewhere): trial inverse scales (2 kmax - 1 + step step_size) / base,
+    the best least-squares fit kept (from initial_scale, default base / (2 kmax - 1)); then groups
+    are snapped again at the fitted scale as `refine` says and the scale refitted.
+    Returns (scale [n], grid [groups, n])."""
+    groups = xval.shape[0] // lattice.dims
+    n = xval.shape[1]
+    waux = np.sqrt(weight)
+    best = np.zeros(n, dtype=np.float32)
+    top = np.float32(2 * kmax - 1)
+    scale = base / top if initial_scale is None else initial_scale.copy()
+    grid = np.full((groups, n), lattice.grid_of_code[0], dtype=np.int32)  # all levels 0
+    on_grid = np.full((groups, n), refine != REFINE_ALL_IF_ANY_OFF)
+    for step in range(-trial_steps, trial_steps + 1):
+        inv_scale = (top + np.float32(step) * step_size) / base
+        trial_grid, trial_on_grid = _snap_to_grid(lattice, xval, waux, inv_scale, _F1 / inv_scale, kmax)
+        sumqx, sumq2 = _weighted_fit(weight, xval, _grid_levels(lattice, trial_grid))
+        better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(better, sumqx / sumq2, scale)
+        best = np.where(better, scale * sumqx, best)
+        grid = np.where(better, trial_grid, grid)
+        on_grid = np.where(better, trial_on_grid, on_grid)
+
+    again = scale > 0
+    if refine != REFINE_ALWAYS_ALL:
+        again &= (~on_grid).any(axis=0)
+    if again.any():
+        cols = np.flatnonzero(again)
+        sub_x, sub_waux = xval[:, cols], waux[:, cols]
+        sub_scale = scale[cols]
+        new_grid, _ = _snap_to_grid(lattice, sub_x, sub_waux, _F1 / sub_scale, sub_scale, kmax)
+        old_grid = grid[:, cols]
+        sub_grid = new_grid if refine != REFINE_OFF_GRID else np.where(on_grid[:, cols], old_grid, new_grid)
+        grid[:, cols] = sub_grid
+        sumqx, sumq2 = _weighted_fit(weight[:, cols], sub_x, _grid_levels(lattice, sub_grid))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale[cols] = np.where(sumq2 > 0, sumqx / sumq2, sub_scale)
+    return scale, grid
+
+
+def _magnitudes_and_signs(xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """|x| (x kept where x >= 0) and the sign bits of each 8 weights, [sub / 8, n] uint8."""
+    negative = ~(xs >= 0)
+    xval = np.where(negative, -xs, xs)
+    bits = (negative.reshape(-1, 8, xs.shape[1]) << np.arange(8, dtype=np.uint8)[None, :, None]).sum(axis=1)
+    return xval, bits.astype(np.uint8)
+
+
+def _even_parity_signs(xs: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Like _magnitudes_and_signs, for the types that store 7 sign bits per 8 weights (the 8th
+    makes the parity even): where the parity is odd, the weight of least w x^2 (the first such)
+    keeps its sign instead, so its magnitude goes negative. Returns (xval, 7-bit signs)."""
+    xval, signs = _magnitudes_and_signs(xs)
+    odd = (np.bitwise_count(signs) & 1).astype(bool)
+    cost = (weight * xs * xs).reshape(-1, 8, xs.shape[1])
+    cheapest = np.argmin(cost, axis=1)  # first minimum, as ggml's strict `<`
+    k_idx, col = np.nonzero(odd)
+    flip_row = 8 * k_idx + cheapest[k_idx, col]
+    xval[flip_row, col] = -xval[flip_row, col]
+    signs[k_idx, col] ^= np.uint8(1) << cheapest[k_idx, col].astype(np.uint8)
+    return xval, signs & np.uint8(127)
+
+
+def _super_block_scale(scales: np.ndarray, fudge: np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scales [n_blocks, 8] -> (fp16 bits of d * fudge, 4-bit multipliers [n_blocks, 8], nonzero)
+    with d = max_scale / 31."""
+    max_scale = np.max(scales, axis=1)
+    nonzero = max_scale != 0
+    d = np.where(nonzero, max_scale, _F1) / np.float32(31)
+    inv_d = _F1 / d
+    multipliers = np.clip(nearest_int(_HALF * (inv_d[:, None] * scales - _F1)), 0, 15)
+    d_bits = np.where(nonzero, fp16_bits(d * fudge), np.uint16(0))
+    return d_bits, multipliers.astype(np.uint32), nonzero
+
+
+def _quantize_iq3_xxs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    nb = blocks.shape[0]
+    lattice = _iq3_lattice(256)
+    xs = _to_sub_blocks(blocks.T)
+    weight = _to_sub_blocks(_block_weights(blocks, qw))
+    xval, signs = _even_parity_signs(xs, weight)
+
+    max_val = np.max(xval, axis=0)
+    active = ~(max_val < np.float32(1e-8))
+    safe_max = np.where(active, max_val, _F1)
+    with np.errstate(over="ignore"):
+        scale, grid = _search_grid(lattice, xval, weight, safe_max, 8, 15, np.float32(0.2), REFINE_OFF_GRID)
+    negative = scale < 0
+    scale = np.where(negative, -scale, scale)
+    signs = np.where(negative[None, :], ~signs & np.uint8(127), signs)
+    scale = np.where(active, scale, _F0)
+    grid = np.where(active[None, :], grid, 0)
+    signs = np.where(active[None, :], signs, 0)
+
+    d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 8), np.float32(1.0125))
+    s32 = signs.astype(np.uint32)
+    packed = (s32[0] | s32[1] << 7 | s32[2] << 14 | s32[3] << 21).reshape(nb, 8) | multipliers << 28
+    out = np.zeros((nb, 98), dtype=np.uint8)
+    out[:, 0:2] = d_bits.reshape(nb, 1).view(np.uint8)
+    out[:, 2:66] = grid.T.reshape(nb, 64)
+    out[:, 66:98] = packed.astype("<u4").view(np.uint8)
+    out[~nonzero] = 0
+    return out
+
+
+def quantize_iq3_xxs(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """IQ3_XXS: 256 grid points of 4 3-bit levels, even-parity signs, 3.0625 bits per weight."""
+    return quantize_weighted_in_chunks(x, imatrix, QK_K, 98, _quantize_iq3_xxs_blocks, _CHUNK_WEIGHTS)
+
+
+def _apply_signs(values: np.ndarray, sign_bytes: np.ndarray) -> np.ndarray:
+    """values [..., 8 k] times -1 where bit j of sign byte k is set (sign_bytes [..., k])."""
+    bits = (sign_bytes[..., :, None] >> np.arange(8, dtype=np.uint8)) & 1
+    bits = bits.reshape(values.shape)
+    return np.where(bits.astype(bool), -values, values)
+
+
+def dequantize_iq3_xxs(q: np.ndarray, n_per_row: int) -> np.ndarray:
+    rows = q.shape[0]
+    blocks = q.reshape(-1, 98)
+    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
+    grid_idx = blocks[:, 2:66]
+    packed = blocks[:, 66:98].copy().view("<u4")  # [nb, 8]
+    db = d[:, None] * (_HALF + (packed >> 28).astype(np.float32)) * _HALF
+    levels = tables.IQ3XXS_GRID[grid_idx].view(np.uint8).reshape(-1, 8, 32).astype(np.float32)
+    signs = tables.KSIGNS_IQ2XS[(packed[:, :, None] >> (7 * np.arange(4, dtype=np.uint32))) & 127]
+    values = _apply_signs(db[:, :, None] * levels, signs)
+    return values.reshape(rows, n_per_row)
+
+
+def _quantize_iq3_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    nb = blocks.shape[0]
+    lattice = _iq3_lattice(512)
+    xs = _to_sub_blocks(blocks.T)
+    weight = _to_sub_blocks(_block_weights(blocks, qw))
+    xval, signs = _magnitudes_and_signs(xs)  # all 8 sign bits stored
+    max_val = np.max(xval, axis=0)
+    active = max_val != 0
+    safe_max = np.where(active, max_val, _F1)
+    with np.errstate(over="ignore"):
+        scale, grid = _search_grid(lattice, xval, weight, safe_max, 8, 9, np.float32(0.2), REFINE_ALL_IF_ANY_OFF)
+    negative = scale < 0
+    scale = np.where(negative, -scale, scale)
+    signs = np.where(negative[None, :], ~signs, signs)
+    scale = np.where(active, scale, _F0)
+    grid = np.where(active[None, :], grid, 0)
+    signs = np.where(active[None, :], signs, 0)
+
+    d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 8), np.float32(1.033))
+    high_bits = ((grid >> 8).astype(np.uint8) << np.arange(8, dtype=np.uint8)[:, None]).sum(axis=0, dtype=np.uint8)
+    out = np.zeros((nb, 110), dtype=np.uint8)
+    out[:, 0:2] = d_bits.reshape(nb, 1).view(np.uint8)
+    # ggml advances its qs and signs pointers only past non-empty sub-blocks (an empty one
+    # `continue`s first), so those are packed to the front; qh bits keep their positions.
+    block, sub = np.nonzero(active.reshape(nb, 8))
+    slot = (np.cumsum(active.reshape(nb, 8), axis=1) - 1)[block, sub]
+    packed_qs = np.zeros((nb, 8, 8), dtype=np.uint8)
+    packed_signs = np.zeros((nb, 8, 4), dtype=np.uint8)
+    packed_qs[block, slot] = (grid.T & 255).reshape(nb, 8, 8)[block, sub]
+    packed_signs[block, slot] = signs.T.reshape(nb, 8, 4)[block, sub]
+    out[:, 2:66] = packed_qs.reshape(nb, 64)
+    out[:, 66:74] = high_bits.reshape(nb, 8)
+    out[:, 74:106] = packed_signs.reshape(nb, 32)
+    out[:, 106:110] = (multipliers[:, 0::2] | multipliers[:, 1::2] << 4).astype(np.uint8)
+    out[~nonzero, 0:2] = 0
+    out[~nonzero, 106:110] = 0
+    return out
+
+
+def quantize_iq3_s(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """IQ3_S: 512 grid points of 4 3-bit levels, free signs, 3.4375 bits per weight."""
+    return quantize_weighted_in_chunks(x, imatrix, QK_K, 110, _quantize_iq3_s_blocks, _CHUNK_WEIGHTS)
+
+
+def dequantize_iq3_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
+    rows = q.shape[0]
+    blocks = q.reshape(-1, 110)
+    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
+    high = (blocks[:, 66:74, None] >> np.arange(8, dtype=np.uint8)) & 1  # [nb, 8 sub-blocks, 8 points]
+    grid_idx = blocks[:, 2:66].reshape(-1, 8, 8).astype(np.int32) | high.astype(np.int32) << 8
+    multipliers = np.stack([blocks[:, 106:110] & 15, blocks[:, 106:110] >> 4], axis=2).reshape(-1, 8)
+    db = d[:, None] * (1 + 2 * multipliers.astype(np.int32)).astype(np.float32)
+    levels = tables.IQ3S_GRID[grid_idx].view(np.uint8).reshape(-1, 8, 32).astype(np.float32)
+    signs = blocks[:, 74:106].reshape(-1, 8, 4)
+    values = _apply_signs(db[:, :, None] * levels, signs)
+    return values.reshape(rows, n_per_row)
+
+
+@functools.cache
+def _iq2_lattice(grid_size: int) -> Lattice:
+    kgrid, nwant = {
+        256: (tables.KGRID_2BIT_256, 2),
+        512: (tables.KGRID_2BIT_512, 2),
+        1024: (tables.KGRID_2BIT_1024, 1),
+    }[grid_size]
+    return Lattice(kgrid, dims=8, bits=2, kmap_size=43692, nwant=nwant)
+
+
+def _quantize_iq2_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    nb = blocks.shape[0]
+    lattice = _iq2_lattice(1024)
+    xs = _to_sub_blocks(blocks.T, 16)
+    weight = _to_sub_blocks(_block_weights(blocks, qw, sigma2_share=np.float32(0.25)), 16)
+    xval, signs = _magnitudes_and_signs(xs)  # [2, n]
+    max_val = np.max(xval, axis=0)
+    active = ~(max_val < np.float32(1e-8))
+    safe_max = np.where(active, max_val, _F1)
+    with np.errstate(over="ignore"):
+        scale, grid = _search_grid(lattice, xval, weight, safe_max, 3, 9, np.float32(0.1), REFINE_OFF_GRID)
+    negative = scale < 0
+    scale = np.where(negative, -scale, scale)
+    signs = np.where(negative[None, :], ~signs, signs)
+    scale = np.where(active, scale, _F0)
+    grid = np.where(active[None, :], grid, 0)
+    signs = np.where(active[None, :], signs, 0)
+
+    d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 16), np.float32(0.9875))
+    points = grid.T.reshape(nb, 32)  # point i8 = 2 ib + k
+    high = (points >> 8).astype(np.uint8).reshape(nb, 8, 4) << (2 * np.arange(4, dtype=np.uint8))
+    out = np.zeros((nb, 82), dtype=np.uint8)
+    out[:, 0:2] = d_bits.reshape(nb, 1).view(np.uint8)
+    out[:, 2:34] = points & 255
+    out[:, 34:66] = signs.T.reshape(nb, 32)
+    out[:, 66:74] = high.sum(axis=2, dtype=np.uint8)
+    out[:, 74:82] = (multipliers[:, 0::2] | multipliers[:, 1::2] << 4).astype(np.uint8)
+    out[~nonzero, 0:2] = 0
+    out[~nonzero, 74:82] = 0
+    return out
+
+
+def quantize_iq2_s(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """IQ2_S: 1024 grid points of 8 2-bit levels, free signs, 2.5625 bits per weight."""
+    return quantize_weighted_in_chunks(x, imatrix, QK_K, 82, _quantize_iq2_s_blocks, _CHUNK_WEIGHTS)
+
+
+def dequantize_iq2_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
+    rows = q.shape[0]
+    blocks = q.reshape(-1, 82)
+    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
+    high = (blocks[:, 66:74, None] >> (2 * np.arange(4, dtype=np.uint8))) & 3  # [nb, 8, 4]
+    grid_idx = blocks[:, 2:34].reshape(-1, 8, 4).astype(np.int32) | high.astype(np.int32) << 8
+    multipliers = np.stack([blocks[:, 74:82] & 15, blocks[:, 74:82] >> 4], axis=2).reshape(-1, 16)
+    db = d[:, None] * (_HALF + multipliers.astype(np.float32)) * np.float32(0.25)
+    levels = tables.IQ2S_GRID[grid_idx].view(np.uint8).reshape(-1, 16, 16).astype(np.float32)
+    signs = blocks[:, 34:66].reshape(-1, 16, 2)
+    values = _apply_signs(db[:, :, None] * levels, signs)
+    return values.reshape(rows, n_per_row)
+
+
+def _quantize_iq2_xs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    nb = blocks.shape[0]
+    lattice = _iq2_lattice(512)
+    xs = _to_sub_blocks(blocks.T, 16)
+    weight = _to_sub_blocks(_block_weights(blocks, qw, doubled=False), 16)
+    xval, signs = _even_parity_signs(xs, weight)  # [2, n]
+    max_val = np.max(xval, axis=0)
+    active = ~(max_val < np.float32(1e-15))
+    safe_max = np.where(active, max_val, _F1)
+    with np.errstate(over="ignore"):
+        scale, grid = _search_grid(lattice, xval, weight, safe_max, 3, 9, np.float32(0.1), REFINE_OFF_GRID)
+    negative = scale < 0
+    scale = np.where(negative, -scale, scale)
+    signs = np.where(negative[None, :], ~signs & np.uint8(127), signs)
+    scale = np.where(active, scale, _F0)
+    points = np.where(active[None, :], grid | signs.astype(np.int32) << 9, 0)
+
+    d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 16), _F1)
+    out = np.zeros((nb, 74), dtype=np.uint8)
+    out[:, 0:2] = d_bits.reshape(nb, 1).view(np.uint8)
+    out[:, 2:66] = points.T.reshape(nb, 32).astype("<u2").view(np.uint8)
+    out[:, 66:74] = (multipliers[:, 0::2] | multipliers[:, 1::2] << 4).astype(np.uint8)
+    out[~nonzero] = 0
+    return out
+
+
+def _require_imatrix(imatrix: np.ndarray | None, type_name: str) -> None:
+    if imatrix is None:
+        raise ValueError(f"{type_name} requires an importance matrix (ggml asserts one)")
+
+
+def quantize_iq2_xs(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """IQ2_XS: 512 grid points of 8 2-bit levels, even-parity signs, 2.3125 bits per weight."""
+    _require_imatrix(imatrix, "IQ2_XS")
+    return quantize_weighted_in_chunks(x, imatrix, QK_K, 74, _quantize_iq2_xs_blocks, _CHUNK_WEIGHTS)
+
+
+def dequantize_iq2_xs(q: np.ndarray, n_per_row: int) -> np.ndarray:
+    rows = q.shape[0]
+    blocks = q.reshape(-1, 74)
+    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
+    points = blocks[:, 2:66].copy().view("<u2").reshape(-1, 16, 2)
+    multipliers = np.stack([blocks[:, 66:74] & 15, blocks[:, 66:74] >> 4], axis=2).reshape(-1, 16)
+    db = d[:, None] * (_HALF + multipliers.astype(np.float32)) * np.float32(0.25)
+    levels = tables.IQ2XS_GRID[points & 511].view(np.uint8).reshape(-1, 16, 16).astype(np.float32)
+    signs = tables.KSIGNS_IQ2XS[points >> 9]
+    values = _apply_signs(db[:, :, None] * levels, signs)
+    return values.reshape(rows, n_per_row)
+
+
+def _quantize_iq2_xxs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    nb = blocks.shape[0]
+    lattice = _iq2_lattice(256)
+    xs = _to_sub_blocks(blocks.T)
+    weight = _to_sub_blocks(_block_weights(blocks, qw, doubled=False))
+    xval, signs = _even_parity_signs(xs, weight)  # [4, n]
+    max_val = np.max(xval, axis=0)
+    active = ~(max_val < np.float32(1e-15))
+    with np.errstate(all="ignore"):
+        start_scale, _ = make_qp_quants(xval.T, 4, weight.T)  # kMaxQ + 1 levels
+        eff_max = start_scale * np.float32(3)
+        active &= eff_max > 0
+        safe_eff_max = np.where(active, eff_max, _F1)
+        scale, grid = _search_grid(
+            lattice, xval, weight, safe_eff_max, 3, 6, np.float32(0.1), REFINE_ALWAYS_ALL, start_scale
+        )
+    negative = scale < 0
+    scale = np.where(negative, -scale, scale)
+    signs = np.where(negative[None, :], ~signs & np.uint8(127), signs)
+    scale = np.where(active, scale, _F0)
+    grid = np.where(active[None, :], grid, 0)
+    signs = np.where(active[None, :], signs, 0)
+
+    d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 8), _F1)
+    s32 = signs.astype(np.uint32)
+    packed = (s32[0] | s32[1] << 7 | s32[2] << 14 | s32[3] << 21).reshape(nb, 8) | multipliers << 28
+    out = np.zeros((nb, 66), dtype=np.uint8)
+    out[:, 0:2] = d_bits.reshape(nb, 1).view(np.uint8)
+    words = out[:, 2:66].reshape(nb, 8, 8)  # per sub-block: 4 grid bytes, then signs and scale
+    words[:, :, 0:4] = grid.T.reshape(nb, 8, 4)
+    words[:, :, 4:8] = packed.astype("<u4").reshape(nb, 8, 1).view(np.uint8)
+    out[~nonzero] = 0
+    return out
+
+
+def quantize_iq2_xxs(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """IQ2_XXS: 256 grid points of 8 2-bit levels, even-parity signs, 2.0625 bits per weight."""
+    _require_imatrix(imatrix, "IQ2_XXS")
+    return quantize_weighted_in_chunks(x, imatrix, QK_K, 66, _quantize_iq2_xxs_blocks, _CHUNK_WEIGHTS)
+
+
+def dequantize_iq2_xxs(q: np.ndarray, n_per_row: int) -> np.ndarray:
+    rows = q.shape[0]
+    blocks = q.reshape(-1, 66)
+    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
+    words = blocks[:, 2:66].copy().view("<u4").reshape(-1, 8, 2)
+    grid_idx = blocks[:, 2:66].reshape(-1, 8, 8)[:, :, 0:4]
+    packed = words[:, :, 1]
+    db = d[:, None] * (_HALF + (packed >> 28).astype(np.float32)) * np.float32(0.25)
+    levels = tables.IQ2XXS_GRID[grid_idx].view(np.uint8).reshape(-1, 8, 32).astype(np.float32)
+    signs = tables.KSIGNS_IQ2XS[(packed[:, :, None] >> (7 * np.arange(4, dtype=np.uint32))) & 127]
+    values = _apply_signs(db[:, :, None] * levels, signs)
+    return values.reshape(rows, n_per_row)
+
+
+_IQ1_DELTA = np.float32(0.125)
+# Level values of the two IQ1 shifts: -1, 0, 1 moved up (shift +1) or down (shift -1) by delta.
+_IQ1_UP = np.array([-1 + 0.125, 0.125, 1 + 0.125], dtype=np.float32)
+_IQ1_DOWN = np.array([-1 - 0.125, -0.125, 1 - 0.125], dtype=np.float32)
+
+
+@functools.cache
+def _iq1_lattice() -> Lattice:
+    return Lattice(tables.KGRID_1BIT_2048, dims=8, bits=2, kmap_size=43692, nwant=3)
+
+
+def _iq1_best_split(sumx: np.ndarray, sumw: np.ndarray) -> tuple[np.ndarray, ...]:
+    """ggml's exhaustive split of sorted weights into levels (-1, 0, 1) + shift delta: every
+    (i1 <= i2) boundary pair, shift up then down, in ggml's order with its running best.
+    sumx, sumw: prefix sums [sub + 1, n]. Returns (scale, i1, i2, shift) per sub-block."""
+    sub = sumx.shape[0] - 1
+    n = sumx.shape[1]
+    best = np.full(n, -np.finfo(np.float32).max, dtype=np.float32)
+    scale = np.zeros(n, dtype=np.float32)
+    best_i1 = np.full(n, -1)
+    best_i2 = np.full(n, -1)
+    best_shift = np.zeros(n, dtype=np.int8)
+    top_x, top_w = sumx[sub], sumw[sub]
+    for i1 in range(sub + 1):
+        low_x, low_w = sumx[i1] - sumx[0], sumw[i1] - sumw[0]
+        for i2 in range(i1, sub + 1):
+            mid_x, mid_w = sumx[i2] - sumx[i1], sumw[i2] - sumw[i1]
+            high_x, high_w = top_x - sumx[i2], top_w - sumw[i2]
+            for shift, v in ((1, _IQ1_UP), (-1, _IQ1_DOWN)):
+                sumqx = low_x * v[0] + mid_x * v[1] + high_x * v[2]
+                sumq2 = low_w * v[0] * v[0] + mid_w * v[1] * v[1] + high_w * v[2] * v[2]
+                better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+                if better.any():
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        scale = np.where(better, sumqx / sumq2, scale)
+                    best = np.where(better, scale * sumqx, best)
+                    best_i1 = np.where(better, i1, best_i1)
+                    best_i2 = np.where(better, i2, best_i2)
+                    best_shift = np.where(better, shift, best_shift)
+    return scale, best_i1, best_i2, best_shift
+
+
+def _quantize_iq1_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    nb = blocks.shape[0]
+    lattice = _iq1_lattice()
+    xs = _to_sub_blocks(blocks.T)
+    weight = _to_sub_blocks(_block_weights(blocks, qw))
+    n = xs.shape[1]
+    cols = np.arange(n)
+    max_abs = np.max(np.abs(xs), axis=0)
+    active = ~(max_abs < np.float32(1e-12))
+
+    order = np.argsort(xs, axis=0, kind="stable")  # ggml's qsort by value (ties: index order)
+    sorted_x = xs[order, cols]
+    sorted_w = weight[order, cols]
+    sumx = np.zeros((SUB + 1, n), dtype=np.float32)
+    sumw = np.zeros((SUB + 1, n), dtype=np.float32)
+    for j in range(SUB):
+        sumx[j + 1] = sumx[j] + sorted_w[j] * sorted_x[j]
+        sumw[j + 1] = sumw[j] + sorted_w[j]
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale, i1, i2, shift = _iq1_best_split(sumx, sumw)
+    active &= (i1 >= 0) & (i2 >= 0) & (shift != 0)
+
+    rank = np.empty_like(order)
+    rank[order, cols] = np.arange(SUB)[:, None]
+    levels = (rank >= i1).astype(np.int64) + (rank >= i2)
+    flip = scale < 0
+    levels = np.where(flip, 2 - levels, levels)
+    scale = np.where(flip, -scale, scale)
+    shift = np.where(flip, -shift, shift)
+    safe_scale = np.where(active, scale, _F1)
+
+    codes = lattice.codes(levels.reshape(4, 8, n))
+    grid = lattice.grid_of_code[codes]
+    off = grid < 0
+    group, col = np.nonzero(off & active[None, :])
+    if group.size:
+        values = np.where((shift == 1)[:, None], _IQ1_UP, _IQ1_DOWN)
+        xg = xs.reshape(4, 8, n)[group, :, col]
+        wg = weight.reshape(4, 8, n)[group, :, col]
+        grid[group, col] = lattice.best_neighbours(codes[group, col], xg, wg, safe_scale[col], values[col])
+    grid = np.where(active[None, :], grid, 0)
+
+    refit = active & off.any(axis=0)
+    if refit.any():
+        rc = np.flatnonzero(refit)
+        level_idx = lattice.level_index[grid[:, rc]].transpose(0, 2, 1).reshape(SUB, -1)
+        q = np.where((shift[rc] == 1)[None, :], _IQ1_UP[level_idx], _IQ1_DOWN[level_idx])
+        wq = weight[:, rc] * q
+        sumqx = _sequential_sum(wq * xs[:, rc])
+        sumq2 = _sequential_sum(wq * q)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale[rc] = np.where((sumqx > 0) & (sumq2 > 0), sumqx / sumq2, scale[rc])
+    scale = np.where(active, scale, _F0)
+    shift = np.where(active, shift, 1)
+
+    scales = scale.reshape(nb, 8)
+    max_scale = np.max(scales, axis=1)
+    nonzero = max_scale != 0
+    d = np.where(nonzero, max_scale, _F1) / np.float32(15)
+    multipliers = np.clip(nearest_int(_HALF * ((_F1 / d)[:, None] * scales - _F1)), 0, 7)
+    multipliers |= np.where(shift.reshape(nb, 8) == -1, 8, 0)
+    multipliers = np.where(nonzero[:, None], multipliers, 0)
+    points = grid.T.reshape(nb, 8, 4)
+    high = ((points >> 8) << (3 * np.arange(4))).sum(axis=2)
+    out = np.zeros((nb, 50), dtype=np.uint8)
+    out[:, 0:2] = np.where(nonzero, fp16_bits(d * np.float32(1.125)), np.uint16(0)).reshape(nb, 1).view(np.uint8)
+    out[:, 2:34] = (points & 255).reshape(nb, 32)
+    out[:, 34:50] = (high | multipliers << 12).astype("<u2").view(np.uint8)
+    return out
+
+
+def quantize_iq1_s(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """IQ1_S: 2048 grid points of 8 ternary levels, shifted by +-1/8, 1.5625 bits per weight."""
+    _require_imatrix(imatrix, "IQ1_S")
+    return quantize_weighted_in_chunks(x, imatrix, QK_K, 50, _quantize_iq1_s_blocks, _CHUNK_WEIGHTS)
+
+
+def dequantize_iq1_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
+    rows = q.shape[0]
+    blocks = q.reshape(-1, 50)
+    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
+    qh = blocks[:, 34:50].copy().view("<u2").astype(np.int32)  # [nb, 8]
+    high = (qh[:, :, None] >> (3 * np.arange(4))) & 7
+    grid_idx = blocks[:, 2:34].reshape(-1, 8, 4).astype(np.int32) | high << 8
+    dl = d[:, None] * (2 * ((qh >> 12) & 7) + 1).astype(np.float32)
+    delta = np.where(qh & 0x8000, -_IQ1_DELTA, _IQ1_DELTA)
+    levels = tables.IQ1S_GRID[grid_idx].view(np.int8).reshape(-1, 8, 32).astype(np.float32)
+    values = dl[:, :, None] * (levels + delta[:, :, None])
+    return values.reshape(rows, n_per_row)
+
+
+QUANTIZERS: dict = {
+    "IQ3_XXS": quantize_iq3_xxs,
+    "IQ3_S": quantize_iq3_s,
+    "IQ2_S": quantize_iq2_s,
+    "IQ2_XS": quantize_iq2_xs,
+    "IQ2_XXS": quantize_iq2_xxs,
+    "IQ1_S": quantize_iq1_s,
+}
+DEQUANTIZERS: dict = {
+    "IQ3_XXS": dequantize_iq3_xxs,
+    "IQ3_S": dequantize_iq3_s,
+    "IQ2_S": dequantize_iq2_s,
+    "IQ2_XS": dequantize_iq2_xs,
+    "IQ2_XXS": dequantize_iq2_xxs,
+    "IQ1_S": dequantize_iq1_s,
+}
