@@ -1,11 +1,11 @@
-"""ggml's lattice ("grid") IQ types: IQ3_XXS, IQ3_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ1_S (IQ1_M not yet).
+"""ggml's lattice ("grid") IQ types: IQ3_XXS, IQ3_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ1_S, IQ1_M.
 
 Each sub-block (32 or 16 weights) is coded as sign bits plus points of a fixed lattice (the grid)
 in the magnitudes: groups of 4 (IQ3) or 8 (IQ2, IQ1) levels must form one of the grid's points.
 The scale search tries a range of scales; a group that rounds to a point off the grid takes the
 best grid point of a precomputed neighbour list (weighted distance, first minimum in list order).
-IQ1_S instead splits the sorted weights exhaustively into three levels. The super-block stores
-one fp16 scale and a small multiplier per sub-block. Grid tables: iq_grid_tables.py.
+IQ1_S and IQ1_M instead split the sorted weights exhaustively into three levels. The super-block
+stores one fp16 scale and a small multiplier per sub-block. Grid tables: iq_grid_tables.py.
 
 Layout inside the search: [sub, n_sub_blocks] (in-block index first) so that each of ggml's
 in-order sums is a loop of contiguous vector adds over sub-blocks; groups are [groups, dims, n].
@@ -595,19 +595,81 @@ def _iq1_best_split(sumx: np.ndarray, sumw: np.ndarray) -> tuple[np.ndarray, ...
     return scale, best_i1, best_i2, best_shift
 
 
+def _iq1_sort(xs: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ggml's qsort of each sub-block's weights by value (ties keep index order, as glibc's
+    merge sort does). Returns (order, sorted x, sorted weight), all [sub, n]."""
+    cols = np.arange(xs.shape[1])
+    order = np.argsort(xs, axis=0, kind="stable")
+    return order, xs[order, cols], weight[order, cols]
+
+
+def _iq1_split_levels(order: np.ndarray, i1: np.ndarray, i2: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    """Levels 0, 1, 2 of the weights below sorted position i1, below i2, and above; mirrored
+    (2 - level) where flip (the fitted scale came out negative)."""
+    rank = np.empty_like(order)
+    rank[order, np.arange(order.shape[1])] = np.arange(order.shape[0])[:, None]
+    levels = (rank >= i1).astype(np.int64) + (rank >= i2)
+    return np.where(flip, 2 - levels, levels)
+
+
+def _iq1_group_levels(lattice: Lattice, grid: np.ndarray, group_down: np.ndarray) -> np.ndarray:
+    """Level values of grid indices [groups, n], each group shifted down where group_down
+    [groups, n], else up -> [groups * 8, n]."""
+    level_idx = lattice.level_index[grid]  # [groups, n, 8]
+    q = np.where(group_down[:, :, None], _IQ1_DOWN[level_idx], _IQ1_UP[level_idx])
+    return q.transpose(0, 2, 1).reshape(grid.shape[0] * 8, -1)
+
+
+def _iq1_snap(
+    lattice: Lattice,
+    levels: np.ndarray,
+    xs: np.ndarray,
+    weight: np.ndarray,
+    scale: np.ndarray,
+    group_down: np.ndarray,
+    active: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grid indices of the level groups (8 levels each) of levels [sub, n]; a group off the grid
+    takes its best neighbour at `scale`; then the scale is refitted to the grid points where a
+    group was off the grid and the fit stays positive. Inactive sub-blocks get grid index 0 and
+    keep their scale. group_down [groups, n]: the group's shift. Returns (grid, scale)."""
+    groups = levels.shape[0] // 8
+    n = levels.shape[1]
+    codes = lattice.codes(levels.reshape(groups, 8, n))
+    grid = lattice.grid_of_code[codes]
+    off = grid < 0
+    group, col = np.nonzero(off & active[None, :])
+    if group.size:
+        values = np.where(group_down[group, col][:, None], _IQ1_DOWN, _IQ1_UP)
+        xg = xs.reshape(groups, 8, n)[group, :, col]
+        wg = weight.reshape(groups, 8, n)[group, :, col]
+        safe_scale = np.where(active, scale, _F1)
+        grid[group, col] = lattice.best_neighbours(codes[group, col], xg, wg, safe_scale[col], values)
+    grid = np.where(active[None, :], grid, 0)
+
+    scale = scale.copy()
+    refit = active & off.any(axis=0)
+    if refit.any():
+        rc = np.flatnonzero(refit)
+        q = _iq1_group_levels(lattice, grid[:, rc], group_down[:, rc])
+        wq = weight[:, rc] * q
+        sumqx = _sequential_sum(wq * xs[:, rc])
+        sumq2 = _sequential_sum(wq * q)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale[rc] = np.where((sumqx > 0) & (sumq2 > 0), sumqx / sumq2, scale[rc])
+    return grid, scale
+
+
 def _quantize_iq1_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     nb = blocks.shape[0]
     lattice = _iq1_lattice()
     xs = _to_sub_blocks(blocks.T)
     weight = _to_sub_blocks(_block_weights(blocks, qw))
     n = xs.shape[1]
-    cols = np.arange(n)
     max_abs = np.max(np.abs(xs), axis=0)
     active = ~(max_abs < np.float32(1e-12))
 
-    order = np.argsort(xs, axis=0, kind="stable")  # ggml's qsort by value (ties: index order)
-    sorted_x = xs[order, cols]
-    sorted_w = weight[order, cols]
+    order, sorted_x, sorted_w = _iq1_sort(xs, weight)
     sumx = np.zeros((SUB + 1, n), dtype=np.float32)
     sumw = np.zeros((SUB + 1, n), dtype=np.float32)
     for j in range(SUB):
@@ -617,36 +679,12 @@ def _quantize_iq1_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndar
         scale, i1, i2, shift = _iq1_best_split(sumx, sumw)
     active &= (i1 >= 0) & (i2 >= 0) & (shift != 0)
 
-    rank = np.empty_like(order)
-    rank[order, cols] = np.arange(SUB)[:, None]
-    levels = (rank >= i1).astype(np.int64) + (rank >= i2)
     flip = scale < 0
-    levels = np.where(flip, 2 - levels, levels)
+    levels = _iq1_split_levels(order, i1, i2, flip)
     scale = np.where(flip, -scale, scale)
     shift = np.where(flip, -shift, shift)
-    safe_scale = np.where(active, scale, _F1)
-
-    codes = lattice.codes(levels.reshape(4, 8, n))
-    grid = lattice.grid_of_code[codes]
-    off = grid < 0
-    group, col = np.nonzero(off & active[None, :])
-    if group.size:
-        values = np.where((shift == 1)[:, None], _IQ1_UP, _IQ1_DOWN)
-        xg = xs.reshape(4, 8, n)[group, :, col]
-        wg = weight.reshape(4, 8, n)[group, :, col]
-        grid[group, col] = lattice.best_neighbours(codes[group, col], xg, wg, safe_scale[col], values[col])
-    grid = np.where(active[None, :], grid, 0)
-
-    refit = active & off.any(axis=0)
-    if refit.any():
-        rc = np.flatnonzero(refit)
-        level_idx = lattice.level_index[grid[:, rc]].transpose(0, 2, 1).reshape(SUB, -1)
-        q = np.where((shift[rc] == 1)[None, :], _IQ1_UP[level_idx], _IQ1_DOWN[level_idx])
-        wq = weight[:, rc] * q
-        sumqx = _sequential_sum(wq * xs[:, rc])
-        sumq2 = _sequential_sum(wq * q)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale[rc] = np.where((sumqx > 0) & (sumq2 > 0), sumqx / sumq2, scale[rc])
+    group_down = np.broadcast_to(shift == -1, (4, n))
+    grid, scale = _iq1_snap(lattice, levels, xs, weight, scale, group_down, active)
     scale = np.where(active, scale, _F0)
     shift = np.where(active, shift, 1)
 
@@ -686,6 +724,136 @@ def dequantize_iq1_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
     return values.reshape(rows, n_per_row)
 
 
+IQ1M_SUB = 16  # weights per IQ1_M sub-block: two groups of 8, each with its own shift
+# IQ1_M's shift choices k: bit 1 shifts the first group down, bit 0 the second.
+_IQ1M_FIRST_DOWN = (False, False, True, True)
+_IQ1M_SECOND_DOWN = (False, True, False, True)
+
+
+def _iq1m_best_split(
+    sorted_x: np.ndarray, sorted_w: np.ndarray, in_first_group: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """IQ1_M's exhaustive split: every (i1 <= i2) boundary pair of the sorted weights, each with
+    the 4 shift choices k; ggml sums every candidate from scratch in sorted order, so each pair
+    gets its own accumulator (vectorized across pairs) and the running best is kept in ggml's
+    order (i1, i2, k). sorted_*, in_first_group [16, n]. Returns (scale, i1, i2, k) per sub-block."""
+    sub, n = sorted_x.shape
+    pair_i1, pair_i2 = np.triu_indices(sub + 1)  # i1 <= i2, i1-major as ggml loops
+    values = np.stack([_IQ1_UP, _IQ1_DOWN])[:, :, None]  # [up/down, level, 1]
+    sumqx = np.zeros((4, pair_i1.size, n), dtype=np.float32)
+    sumq2 = np.zeros((4, pair_i1.size, n), dtype=np.float32)
+    for j in range(sub):
+        level = (j >= pair_i1).astype(np.int64) + (j >= pair_i2)  # [pairs]
+        wv = sorted_w[j] * values  # [2, 3, n]
+        term_x = (wv * sorted_x[j])[:, level]  # [up/down, pairs, n]
+        term_q = (wv * values)[:, level]
+        first = in_first_group[j]
+        for k in range(4):
+            down = np.where(first, _IQ1M_FIRST_DOWN[k], _IQ1M_SECOND_DOWN[k])
+            sumqx[k] += np.where(down, term_x[1], term_x[0])
+            sumq2[k] += np.where(down, term_q[1], term_q[0])
+
+    best = np.full(n, -np.finfo(np.float32).max, dtype=np.float32)
+    scale = np.zeros(n, dtype=np.float32)
+    best_pair = np.full(n, -1)
+    best_k = np.full(n, -1)
+    for p in range(pair_i1.size):
+        for k in range(4):
+            sx, sq = sumqx[k, p], sumq2[k, p]
+            better = (sq > 0) & (sx * sx > best * sq)
+            if better.any():
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    scale = np.where(better, sx / sq, scale)
+                best = np.where(better, scale * sx, best)
+                best_pair = np.where(better, p, best_pair)
+                best_k = np.where(better, k, best_k)
+    found = best_pair >= 0
+    i1 = np.where(found, pair_i1[best_pair], -1)
+    i2 = np.where(found, pair_i2[best_pair], -1)
+    return scale, i1, i2, best_k
+
+
+def _from_sub_blocks(a: np.ndarray, sub: int) -> np.ndarray:
+    """Inverse of _to_sub_blocks: [sub, n_blocks * QK_K / sub] -> [QK_K, n_blocks]."""
+    return a.reshape(sub, -1, QK_K // sub).transpose(2, 0, 1).reshape(QK_K, -1)
+
+
+def _quantize_iq1_m_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    nb = blocks.shape[0]
+    lattice = _iq1_lattice()
+    xs = _to_sub_blocks(blocks.T, IQ1M_SUB)
+    weight = _to_sub_blocks(_block_weights(blocks, qw), IQ1M_SUB)
+    n = xs.shape[1]
+    max_abs = np.max(np.abs(xs), axis=0)
+    active = ~(max_abs < np.float32(1e-7))
+
+    order, sorted_x, sorted_w = _iq1_sort(xs, weight)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale, i1, i2, shift = _iq1m_best_split(sorted_x, sorted_w, order < IQ1M_SUB // 2)
+    active &= shift >= 0
+
+    flip = scale < 0
+    levels = _iq1_split_levels(order, i1, i2, flip)
+    scale = np.where(flip, -scale, scale)
+    shift = np.where(flip, 3 - shift, shift)
+    group_down = np.stack([shift >= 2, shift % 2 == 1])
+    grid, scale = _iq1_snap(lattice, levels, xs, weight, scale, group_down, active)
+    scale = np.where(active, scale, _F0)
+    shift = np.where(active, shift, 0)
+    group_down &= active[None, :]
+
+    scales = scale.reshape(nb, 16)
+    max_scale = np.max(scales, axis=1)
+    nonzero = max_scale != 0
+    d = np.where(nonzero, max_scale, _F1) / np.float32(15)
+    multipliers = np.clip(nearest_int(_HALF * ((_F1 / d)[:, None] * scales - _F1)), 0, 7)  # [nb, 16]
+
+    # ggml refits the super-block scale to every weight at its stored level, in weight order.
+    odd = (2 * multipliers + 1).astype(np.float32).reshape(n)
+    q = _from_sub_blocks(_iq1_group_levels(lattice, grid, group_down) * odd, IQ1M_SUB)
+    wq = _from_sub_blocks(weight, IQ1M_SUB) * q
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        sumqx = _sequential_sum(wq * blocks.T)
+        sumq2 = _sequential_sum(wq * q)
+        d = np.where(sumq2 > 0, sumqx / sumq2, d)
+        d_bits = fp16_bits(d * np.float32(1.1125)).astype(np.uint32)
+
+    points = grid.T.reshape(nb, 16, 2).astype(np.uint32)
+    shift_bits = np.where(group_down.T.reshape(nb, 16, 2) & nonzero[:, None, None], 8, 0)
+    qh = (points[:, :, 0] >> 8) | shift_bits[:, :, 0] | ((points[:, :, 1] >> 8) | shift_bits[:, :, 1]) << 4
+    packed_multipliers = (multipliers.reshape(nb, 4, 4) << (3 * np.arange(4))).sum(axis=2)
+    d_nibbles = (d_bits[:, None] >> (4 * np.arange(4))) & 15
+    sc = np.where(nonzero[:, None], packed_multipliers | d_nibbles << 12, 0)
+    out = np.zeros((nb, 56), dtype=np.uint8)
+    out[:, 0:32] = (points & 255).reshape(nb, 32)
+    out[:, 32:48] = qh
+    out[:, 48:56] = sc.astype("<u2").view(np.uint8)
+    return out
+
+
+def quantize_iq1_m(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """IQ1_M: IQ1_S's grid in groups of 8 with a shift each, 3-bit scales per 16 weights, the
+    fp16 super-block scale spread over their top nibbles; 1.75 bits per weight."""
+    return quantize_weighted_in_chunks(x, imatrix, QK_K, 56, _quantize_iq1_m_blocks, _CHUNK_WEIGHTS)
+
+
+def dequantize_iq1_m(q: np.ndarray, n_per_row: int) -> np.ndarray:
+    rows = q.shape[0]
+    blocks = q.reshape(-1, 56)
+    sc = blocks[:, 48:56].copy().view("<u2").astype(np.uint32)  # [nb, 4]
+    d_bits = ((sc >> 12) << (4 * np.arange(4, dtype=np.uint32))).sum(axis=1)
+    d = fp16_bits_to_f32(d_bits.astype(np.uint16))
+    multipliers = (sc[:, :, None] >> (3 * np.arange(4, dtype=np.uint32))) & 7  # [nb, 4, 4]
+    dl = d[:, None] * (2 * multipliers.reshape(-1, 16) + 1).astype(np.float32)
+    qh = blocks[:, 32:48].astype(np.int32)
+    nibbles = np.stack([qh & 15, qh >> 4], axis=2).reshape(-1, 32)  # per group of 8
+    grid_idx = blocks[:, 0:32].astype(np.int32) | (nibbles & 7) << 8
+    delta = np.where(nibbles & 8, -_IQ1_DELTA, _IQ1_DELTA)
+    levels = tables.IQ1S_GRID[grid_idx].view(np.int8).reshape(-1, 32, 8).astype(np.float32)
+    values = np.repeat(dl, 2, axis=1)[:, :, None] * (levels + delta[:, :, None])
+    return values.reshape(rows, n_per_row)
+
+
 QUANTIZERS: dict = {
     "IQ3_XXS": quantize_iq3_xxs,
     "IQ3_S": quantize_iq3_s,
@@ -693,6 +861,7 @@ QUANTIZERS: dict = {
     "IQ2_XS": quantize_iq2_xs,
     "IQ2_XXS": quantize_iq2_xxs,
     "IQ1_S": quantize_iq1_s,
+    "IQ1_M": quantize_iq1_m,
 }
 DEQUANTIZERS: dict = {
     "IQ3_XXS": dequantize_iq3_xxs,
@@ -701,4 +870,5 @@ DEQUANTIZERS: dict = {
     "IQ2_XS": dequantize_iq2_xs,
     "IQ2_XXS": dequantize_iq2_xxs,
     "IQ1_S": dequantize_iq1_s,
+    "IQ1_M": dequantize_iq1_m,
 }
