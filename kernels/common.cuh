@@ -103,11 +103,60 @@ GQ_FN gq_u16 gq_fp32_to_bf16(float f) {
 
 GQ_FN float gq_bf16_to_fp32(gq_u16 h) { return gq_f32_from_bits((gq_u32)h << 16); }
 
+// ---------------------------------------------------------------- NaN bits as x86 makes them
+// ggml's reference is x86 code. There an invalid operation (0 * inf, inf - inf, 0 / 0) makes the
+// "default NaN" 0xFFC00000 and an operation on a NaN returns that NaN, quieted (the first operand's
+// when both are NaN); a GPU returns its canonical NaN 0x7FFFFFFF in every case. Where a NaN's bits
+// reach the output (dequantized values, gq_nearest_int), the device code asks for x86's NaN; the
+// host build is x86 code already. NaNs arise from finite input: a block whose fp16 scale overflows
+// to inf dequantizes its zero levels as inf * 0, and a block of subnormals gets an infinite
+// inverse scale that multiplies a zero.
+
+// The NaN that x86 makes for an operation on a and b whose result is NaN.
+GQ_FN float gq_x86_nan(float a, float b) {
+    if (a != a) return gq_f32_from_bits(gq_f32_bits(a) | 0x00400000u);
+    if (b != b) return gq_f32_from_bits(gq_f32_bits(b) | 0x00400000u);
+    return gq_f32_from_bits(0xFFC00000u);
+}
+
+// a * b, a + b and a - b with x86's NaN results (for the values that dequantization writes).
+GQ_FN float gq_mul(float a, float b) {
+    const float r = a * b;
+#if defined(__CUDACC__)
+    if (r != r) return gq_x86_nan(a, b);
+#endif
+    return r;
+}
+
+GQ_FN float gq_add(float a, float b) {
+    const float r = a + b;
+#if defined(__CUDACC__)
+    if (r != r) return gq_x86_nan(a, b);
+#endif
+    return r;
+}
+
+GQ_FN float gq_sub(float a, float b) {
+    const float r = a - b;
+#if defined(__CUDACC__)
+    if (r != r) return gq_x86_nan(a, b);
+#endif
+    return r;
+}
+
+// -f as x86 computes it (a sign flip, NaN included: the device's negation may canonicalize a NaN).
+GQ_FN float gq_neg(float f) { return gq_f32_from_bits(gq_f32_bits(f) ^ 0x80000000u); }
+
 // ---------------------------------------------------------------- rounding and casts
 
 // ggml's nearest_int: adding 1.5*2^23 rounds to an integer (half to even) in the low mantissa bits.
 // Using the same trick (rather than rint) keeps ggml's results even outside its asserted range.
+// A NaN argument (an infinite inverse scale times a zero, in a block of subnormals) is x86's default
+// NaN there, whose low mantissa bits give 0; the device's NaN would give 0x3FFFFF.
 GQ_FN int gq_nearest_int(float f) {
+#if defined(__CUDACC__)
+    if (f != f) return 0;
+#endif
     const float shifted = f + 12582912.0f;
     return (int)(gq_f32_bits(shifted) & 0x007FFFFFu) - 0x00400000;
 }

@@ -119,6 +119,7 @@ GQ_FN void gq_quantize_block_mxfp4(const float* x, gq_u8* out) {
     gq_fp4_pack<GQ_MXFP4_BLOCK / 2>(x, gq_e8m0_to_fp32_half(e), out + 1);
 }
 
+// (Plain products here and in NVFP4: their scales are finite, so no product is NaN; see gq_mul.)
 GQ_FN void gq_dequantize_block_mxfp4(const gq_u8* in, float* y) {
     const float d = gq_e8m0_to_fp32_half(in[0]);
     GQ_UNROLL

@@ -137,8 +137,8 @@ GQ_FN void gq_dequantize_block_iq4_nl(const gq_u8* in, float* y) {
     const float d = gq_fp16_to_fp32(gq_load_u16(in));
     GQ_UNROLL
     for (int j = 0; j < GQ_IQ4_BLOCK / 2; ++j) {
-        y[j] = d * gq_iq4nl_level(in[2 + j] & 0x0F);
-        y[j + GQ_IQ4_BLOCK / 2] = d * gq_iq4nl_level(in[2 + j] >> 4);
+        y[j] = gq_mul(d, gq_iq4nl_level(in[2 + j] & 0x0F));
+        y[j + GQ_IQ4_BLOCK / 2] = gq_mul(d, gq_iq4nl_level(in[2 + j] >> 4));
     }
 }
 
@@ -202,12 +202,12 @@ GQ_FN void gq_dequantize_sub_block_iq4_xs(const gq_u8* in, int ib, float* y) {
     const float d = gq_fp16_to_fp32(gq_load_u16(in));
     const int scales_h = gq_load_u16(in + 2);
     const int ls = ((in[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((scales_h >> (2 * ib)) & 3) << 4);
-    const float dl = d * (float)(ls - 32);
+    const float dl = gq_mul(d, (float)(ls - 32));
     const gq_u8* qs = in + 8 + 16 * ib;
     GQ_UNROLL
     for (int j = 0; j < GQ_IQ4_BLOCK / 2; ++j) {
-        y[j] = dl * gq_iq4nl_level(qs[j] & 0x0F);
-        y[j + GQ_IQ4_BLOCK / 2] = dl * gq_iq4nl_level(qs[j] >> 4);
+        y[j] = gq_mul(dl, gq_iq4nl_level(qs[j] & 0x0F));
+        y[j + GQ_IQ4_BLOCK / 2] = gq_mul(dl, gq_iq4nl_level(qs[j] >> 4));
     }
 }
 

@@ -357,10 +357,12 @@ GQ_FN void gq_dequantize_part_q2_k(const gq_u8* in, int part, float* y) {
     GQ_UNROLL
     for (int half = 0; half < 2; ++half) {
         const int sc = in[2 * part + half];
-        const float dl = d * (float)(sc & 0xF);
-        const float ml = dmin * (float)(sc >> 4);
+        const float dl = gq_mul(d, (float)(sc & 0xF));
+        const float ml = gq_mul(dmin, (float)(sc >> 4));
         GQ_UNROLL
-        for (int l = 0; l < 16; ++l) y[16 * half + l] = dl * (float)((qs[16 * half + l] >> shift) & 3) - ml;
+        for (int l = 0; l < 16; ++l) {
+            y[16 * half + l] = gq_sub(gq_mul(dl, (float)((qs[16 * half + l] >> shift) & 3)), ml);
+        }
     }
 }
 
@@ -461,12 +463,12 @@ GQ_FN void gq_dequantize_part_q3_k(const gq_u8* in, int part, float* y) {
     const int shift = 2 * (part % 4);
     GQ_UNROLL
     for (int half = 0; half < 2; ++half) {
-        const float dl = d_all * (float)(gq_scale_q3(in + 96, 2 * part + half) - 32);
+        const float dl = gq_mul(d_all, (float)(gq_scale_q3(in + 96, 2 * part + half) - 32));
         GQ_UNROLL
         for (int l = 0; l < 16; ++l) {
             const int m = 16 * half + l;
             const int high = (in[m] >> part) & 1;  // hmask bit `part` belongs to weight 32*part + m
-            y[m] = dl * (float)(((qs[m] >> shift) & 3) - (high ? 0 : 4));
+            y[m] = gq_mul(dl, (float)(((qs[m] >> shift) & 3) - (high ? 0 : 4)));
         }
     }
 }
@@ -649,12 +651,12 @@ GQ_FN void gq_dequantize_part_q4_k(const gq_u8* in, int part, float* y) {
     const float dmin = gq_fp16_to_fp32(gq_load_u16(in + 2));
     int sc, m;
     gq_scale_min_k4(part, in + 4, &sc, &m);
-    const float d1 = d * (float)sc;
-    const float m1 = dmin * (float)m;
+    const float d1 = gq_mul(d, (float)sc);
+    const float m1 = gq_mul(dmin, (float)m);
     const gq_u8* qs = in + 16 + 32 * (part / 2);
     const int shift = 4 * (part % 2);
     GQ_UNROLL
-    for (int l = 0; l < 32; ++l) y[l] = d1 * (float)((qs[l] >> shift) & 0xF) - m1;
+    for (int l = 0; l < 32; ++l) y[l] = gq_sub(gq_mul(d1, (float)((qs[l] >> shift) & 0xF)), m1);
 }
 
 // Weights 32*part .. 32*part + 31 of a Q5_K super-block (part 0..7).
@@ -663,15 +665,15 @@ GQ_FN void gq_dequantize_part_q5_k(const gq_u8* in, int part, float* y) {
     const float dmin = gq_fp16_to_fp32(gq_load_u16(in + 2));
     int sc, m;
     gq_scale_min_k4(part, in + 4, &sc, &m);
-    const float d1 = d * (float)sc;
-    const float m1 = dmin * (float)m;
+    const float d1 = gq_mul(d, (float)sc);
+    const float m1 = gq_mul(dmin, (float)m);
     const gq_u8* qh = in + 16;
     const gq_u8* qs = in + 48 + 32 * (part / 2);
     const int shift = 4 * (part % 2);
     GQ_UNROLL
     for (int l = 0; l < 32; ++l) {
         const int q = ((qs[l] >> shift) & 0xF) + (((qh[l] >> part) & 1) ? 16 : 0);
-        y[l] = d1 * (float)q - m1;
+        y[l] = gq_sub(gq_mul(d1, (float)q), m1);
     }
 }
 
@@ -759,12 +761,12 @@ GQ_FN void gq_dequantize_part_q6_k(const gq_u8* in, int part, float* y) {
     const int low_shift = 4 * (k / 2);
     GQ_UNROLL
     for (int half = 0; half < 2; ++half) {
-        const float dl = d * (float)(gq_i8)in[192 + 2 * part + half];  // C: d * sc * q is (d*sc)*q
+        const float dl = gq_mul(d, (float)(gq_i8)in[192 + 2 * part + half]);  // C: d * sc * q is (d*sc)*q
         GQ_UNROLL
         for (int l = 0; l < 16; ++l) {
             const int m = 16 * half + l;
             const int q = (((ql[m] >> low_shift) & 0xF) | (((qh[m] >> (2 * k)) & 3) << 4)) - 32;
-            y[m] = dl * (float)q;
+            y[m] = gq_mul(dl, (float)q);
         }
     }
 }

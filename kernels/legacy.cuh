@@ -191,8 +191,8 @@ GQ_FN void gq_dequantize_block_q4_0(const gq_u8* in, float* y) {
     const float d = gq_fp16_to_fp32(gq_load_u16(in));
     GQ_UNROLL
     for (int j = 0; j < GQ_QK / 2; ++j) {
-        y[j] = (float)((in[2 + j] & 0x0F) - 8) * d;
-        y[j + GQ_QK / 2] = (float)((in[2 + j] >> 4) - 8) * d;
+        y[j] = gq_mul((float)((in[2 + j] & 0x0F) - 8), d);
+        y[j + GQ_QK / 2] = gq_mul((float)((in[2 + j] >> 4) - 8), d);
     }
 }
 
@@ -201,8 +201,8 @@ GQ_FN void gq_dequantize_block_q4_1(const gq_u8* in, float* y) {
     const float m = gq_fp16_to_fp32(gq_load_u16(in + 2));
     GQ_UNROLL
     for (int j = 0; j < GQ_QK / 2; ++j) {
-        y[j] = (float)(in[4 + j] & 0x0F) * d + m;
-        y[j + GQ_QK / 2] = (float)(in[4 + j] >> 4) * d + m;
+        y[j] = gq_add(gq_mul((float)(in[4 + j] & 0x0F), d), m);
+        y[j + GQ_QK / 2] = gq_add(gq_mul((float)(in[4 + j] >> 4), d), m);
     }
 }
 
@@ -213,8 +213,8 @@ GQ_FN void gq_dequantize_block_q5_0(const gq_u8* in, float* y) {
     for (int j = 0; j < GQ_QK / 2; ++j) {
         const int lo = (in[6 + j] & 0x0F) | (int)(((qh >> j) & 1u) << 4);
         const int hi = (in[6 + j] >> 4) | (int)(((qh >> (j + GQ_QK / 2)) & 1u) << 4);
-        y[j] = (float)(lo - 16) * d;
-        y[j + GQ_QK / 2] = (float)(hi - 16) * d;
+        y[j] = gq_mul((float)(lo - 16), d);
+        y[j + GQ_QK / 2] = gq_mul((float)(hi - 16), d);
     }
 }
 
@@ -226,13 +226,13 @@ GQ_FN void gq_dequantize_block_q5_1(const gq_u8* in, float* y) {
     for (int j = 0; j < GQ_QK / 2; ++j) {
         const int lo = (in[8 + j] & 0x0F) | (int)(((qh >> j) & 1u) << 4);
         const int hi = (in[8 + j] >> 4) | (int)(((qh >> (j + GQ_QK / 2)) & 1u) << 4);
-        y[j] = (float)lo * d + m;
-        y[j + GQ_QK / 2] = (float)hi * d + m;
+        y[j] = gq_add(gq_mul((float)lo, d), m);
+        y[j + GQ_QK / 2] = gq_add(gq_mul((float)hi, d), m);
     }
 }
 
 GQ_FN void gq_dequantize_block_q8_0(const gq_u8* in, float* y) {
     const float d = gq_fp16_to_fp32(gq_load_u16(in));
     GQ_UNROLL
-    for (int j = 0; j < GQ_QK; ++j) y[j] = (float)(gq_i8)in[2 + j] * d;
+    for (int j = 0; j < GQ_QK; ++j) y[j] = gq_mul((float)(gq_i8)in[2 + j], d);
 }

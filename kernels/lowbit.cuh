@@ -30,7 +30,7 @@ GQ_FN void gq_quantize_block_q1_0(const float* x, gq_u8* out) {
 
 GQ_FN void gq_dequantize_block_q1_0(const gq_u8* in, float* y) {
     const float d = gq_fp16_to_fp32(gq_load_u16(in));
-    const float neg_d = -d;
+    const float neg_d = gq_neg(d);
     for (int j = 0; j < GQ_Q1_0_BLOCK; ++j) y[j] = ((in[2 + j / 8] >> (j % 8)) & 1) ? d : neg_d;
 }
 
@@ -56,5 +56,5 @@ GQ_FN void gq_quantize_block_q2_0(const float* x, gq_u8* out) {
 
 GQ_FN void gq_dequantize_block_q2_0(const gq_u8* in, float* y) {
     const float d = gq_fp16_to_fp32(gq_load_u16(in));
-    for (int j = 0; j < GQ_Q2_0_BLOCK; ++j) y[j] = (float)(((in[2 + j / 4] >> (2 * (j % 4))) & 3) - 1) * d;
+    for (int j = 0; j < GQ_Q2_0_BLOCK; ++j) y[j] = gq_mul((float)(((in[2 + j / 4] >> (2 * (j % 4))) & 3) - 1), d);
 }

@@ -79,15 +79,15 @@ GQ_FN void gq_dequantize_block_tq1_0(const gq_u8* in, float* y) {
     const float d = gq_fp16_to_fp32(gq_load_u16(in + 52));
     GQ_UNROLL
     for (int n = 0; n < 5; ++n) {
-        for (int m = 0; m < 32; ++m) y[32 * n + m] = gq_tq1_trit_value(in[m], n) * d;
+        for (int m = 0; m < 32; ++m) y[32 * n + m] = gq_mul(gq_tq1_trit_value(in[m], n), d);
     }
     GQ_UNROLL
     for (int n = 0; n < 5; ++n) {
-        for (int m = 0; m < 16; ++m) y[160 + 16 * n + m] = gq_tq1_trit_value(in[32 + m], n) * d;
+        for (int m = 0; m < 16; ++m) y[160 + 16 * n + m] = gq_mul(gq_tq1_trit_value(in[32 + m], n), d);
     }
     GQ_UNROLL
     for (int n = 0; n < 4; ++n) {
-        for (int j = 0; j < 4; ++j) y[240 + 4 * n + j] = gq_tq1_trit_value(in[48 + j], n) * d;
+        for (int j = 0; j < 4; ++j) y[240 + 4 * n + j] = gq_mul(gq_tq1_trit_value(in[48 + j], n), d);
     }
 }
 
@@ -96,7 +96,9 @@ GQ_FN void gq_dequantize_block_tq2_0(const gq_u8* in, float* y) {
     for (int g = 0; g < 2; ++g) {
         GQ_UNROLL
         for (int l = 0; l < 4; ++l) {
-            for (int m = 0; m < 32; ++m) y[128 * g + 32 * l + m] = (float)(((in[32 * g + m] >> (2 * l)) & 3) - 1) * d;
+            for (int m = 0; m < 32; ++m) {
+                y[128 * g + 32 * l + m] = gq_mul((float)(((in[32 * g + m] >> (2 * l)) & 3) - 1), d);
+            }
         }
     }
 }

@@ -13,7 +13,9 @@ from ...qtypes import QType
 from .compile import get_kernel
 
 SOURCE = "more_types.cu"
-THREADS = 128  # per CUDA block; the IQ4 searches need ~100-130 registers a thread
+# Threads per CUDA block: the IQ4 searches need ~100-150 registers a thread, and IQ4_XS shuffles
+# across whole warps, so this must stay a multiple of 32.
+THREADS = 128
 
 # type name -> (kernel suffix, weights per thread): most kernels give a thread one ggml block;
 # IQ4_XS gives it one 32-weight sub-block and NVFP4 one 16-weight group.
