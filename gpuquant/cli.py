@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
@@ -39,7 +40,7 @@ def main() -> None:
               help="Also quantize the cross-attention key/value projections.")
 @click.option("--convert-non-quantized-to-f16", "-nqf", is_flag=True,
               help="Store tensors that stay unquantized as F16 (TTS.cpp's Kokoro rule, on every architecture).")
-@click.option("--imatrix", "imatrix", type=click.Path(dir_okay=False),
+@click.option("--imatrix", "imatrix", metavar="FILE",
               help="llama.cpp importance matrix (GGUF or legacy .dat) for the weighted quantizers.")
 @click.option("--backend", type=click.Choice(["auto", "numpy", "cupy"]), default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
@@ -65,6 +66,9 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
         _fail("missing the input model (--model-path/-mp or the first argument)")
     if not quantized_path:
         _fail("missing the output path (--quantized-model-path/-qp or the second argument)")
+    if n_threads is not None and n_threads < 1:
+        _fail(f"--n-threads must be 1 or more, not {n_threads}")
+    _interrupt_on_termination()
     try:
         target = resolve(qtype or "Q4_0")
         summary = quantize_file(
@@ -102,6 +106,31 @@ def types_table() -> str:
     return "\n".join(lines)
 
 
+def _interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP end a run the way Ctrl-C does, so the temporary output is removed."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, interrupt)
+
+
+def run() -> None:
+    """The console entry point: click's own usage errors become one line too."""
+    try:
+        code = main.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("interrupted", 130)
+    except click.exceptions.NoArgsIsHelpError as e:  # `gpuquant` alone: the help, as click shows it
+        click.echo(e.ctx.get_help() if e.ctx else e.format_message(), err=True)
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        _fail(e.format_message(), e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 @main.command()
 def types() -> None:
     """List every ggml type with its id, block size, bits per weight and backend support."""
@@ -118,6 +147,8 @@ def synth(spec, out, layers, dtype, seed) -> None:
     """Write a synthetic GGUF model with the exact layout of a TTS.cpp model (random weights)."""
     from .synthetic import write_synthetic_model
 
+    if layers is not None and layers < 1:
+        _fail(f"--layers must be 1 or more, not {layers}")
     try:
         path = write_synthetic_model(spec, out, max_layers=layers, dtype=dtype, seed=seed)
     except (ValueError, OSError) as e:

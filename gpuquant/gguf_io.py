@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFValueType, GGUFWriter
 
-from .qtypes import BY_ID, QType
+from .qtypes import BY_ID, QType, copy_only_type
 
 
 class _Reader(GGUFReader):
@@ -84,9 +84,10 @@ class SourceModel:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise GGUFInputError(f"{self.path}: is a directory, not a GGUF file")
         if not self.path.is_file():
             raise GGUFInputError(f"{self.path}: no such file")
-        size = self.path.stat().st_size
         with open(self.path, "rb") as f:
             magic = f.read(4)
         if magic != b"GGUF":
@@ -94,21 +95,19 @@ class SourceModel:
         try:
             self._reader = _Reader(self.path, "r")
         except Exception as e:  # the reader raises many kinds on a damaged header
-            raise GGUFInputError(f"{self.path}: unreadable or truncated GGUF header ({e})") from None
+            raise GGUFInputError(f"{self.path}: truncated or damaged GGUF file ({e})") from None
         self.alignment = int(self._reader.alignment)
         self.metadata = [_entry(f) for k, f in self._reader.fields.items() if not k.startswith("GGUF.")]
         self.tensors: list[SourceTensor] = []
+        # gguf's reader has already checked that every tensor's data lies inside the file
         for t in self._reader.tensors:
             qtype = BY_ID.get(int(t.tensor_type))
-            if qtype is None:
-                raise GGUFInputError(f"{self.path}: tensor {t.name} has unsupported type {t.tensor_type.name}")
-            st = SourceTensor(t.name, qtype, tuple(int(d) for d in t.shape), int(t.data_offset), int(t.n_bytes))
-            if st.data_offset + st.n_bytes > size:
-                raise GGUFInputError(
-                    f"{self.path}: truncated: tensor {t.name} ends at byte {st.data_offset + st.n_bytes}, "
-                    f"the file has {size}"
-                )
-            self.tensors.append(st)
+            if qtype is None:  # e.g. I32 or F64: copied as it is
+                block, size = GGML_QUANT_SIZES[t.tensor_type]
+                qtype = copy_only_type(int(t.tensor_type), t.tensor_type.name, block, size)
+            self.tensors.append(
+                SourceTensor(t.name, qtype, tuple(int(d) for d in t.shape), int(t.data_offset), int(t.n_bytes))
+            )
         self._map: np.memmap = self._reader.data
 
     @property

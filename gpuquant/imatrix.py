@@ -42,6 +42,8 @@ class Imatrix:
 def load_imatrix(path: str | os.PathLike[str]) -> Imatrix:
     """Read an imatrix file of either format (a GGUF magic decides) into per-tensor importances."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ImatrixError(f"{path}: is a directory, not an imatrix file")
     if not os.path.isfile(path):
         raise ImatrixError(f"{path}: no such file")
     with open(path, "rb") as f:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import NonFiniteError, get_backend
-from .gguf_io import AtomicGGUFWriter, GGUFInputError, MetadataEntry, PlannedTensor, SourceModel, WriteBehind
+from .gguf_io import AtomicGGUFWriter, MetadataEntry, PlannedTensor, SourceModel, WriteBehind
 from .imatrix import Imatrix, load_imatrix, metadata_entries, weights_for
 from .plan import Decision, PlanOptions, model_architecture, plan_tensor
 from .progress import Progress
@@ -21,6 +21,19 @@ from .summary import Summary, TensorRecord
 # float32 input per chunk: big enough to amortize per-call overhead, small enough to bound memory
 CHUNK_BYTES = 32 << 20
 QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION, as TTS.cpp and llama.cpp record it
+
+
+def _check_output_path(src: Path, dst: Path) -> None:
+    """Refuse an output that cannot be written before any work is done."""
+    if _same_file(src, dst):
+        raise ValueError(f"output path {dst} is the input file; choose another")
+    if dst.is_dir():
+        raise ValueError(f"output path {dst} is a directory")
+    parent = dst.parent
+    if not parent.is_dir():
+        raise ValueError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"output directory {parent} is not writable")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -52,8 +65,7 @@ def quantize_file(
     `imatrix` is a llama.cpp importance-matrix file (GGUF or legacy .dat) or a loaded Imatrix.
     """
     src, dst = Path(src), Path(dst)
-    if _same_file(src, dst):
-        raise ValueError(f"output path {dst} is the input file; choose another")
+    _check_output_path(src, dst)
     target = resolve(qtype)
     if imatrix is not None and not isinstance(imatrix, Imatrix):
         imatrix = load_imatrix(imatrix)
@@ -104,17 +116,19 @@ def _run(model, dst, target, backend_name, n_threads, imatrix, show_progress, op
             writer = WriteBehind(file_writer, outputs_owned=getattr(be, "outputs_owned", False))
             try:
                 for i, (t, d, p, w) in enumerate(zip(model.tensors, decisions, planned, weights, strict=True)):
+                    if report:
+                        report.tensor_started(i, t.name, t.qtype.name, d.qtype.name)
                     if d.qtype == t.qtype:
                         _copy_tensor(model, t, writer)
+                        if report:
+                            report.advance(t.n_bytes)
                     else:
-                        _write_converted(model, t, chunk_ranges[t.name], outputs, writer)
+                        _write_converted(model, t, chunk_ranges[t.name], outputs, writer, report)
                     summary.records.append(TensorRecord(
                         t.name, t.qtype.name, d.qtype.name, t.n_elements, t.n_bytes, p.n_bytes, d.reason,
                         d.fallback_from.name if d.fallback_from else None,
                         imatrix_used=w is not None,
                     ))
-                    if report:
-                        report.tensor_done(i, t.name, t.qtype.name, d.qtype.name, t.n_bytes)
                 writer.drain()
             finally:
                 writer.close()
@@ -133,10 +147,6 @@ def _plan_tensors(model, arch, be, imatrix, options) -> tuple[list[Decision], li
         d = plan_tensor(t.name, t.shape_gguf, t.qtype, arch, options)
         w = None
         if d.qtype != t.qtype:
-            if t.qtype.name not in ("F32", "F16", "BF16"):
-                raise GGUFInputError(
-                    f"tensor {t.name}: source type {t.qtype.name} is not supported (F32, F16 or BF16 only)"
-                )
             if not be.supports(d.qtype):
                 raise ValueError(f"type {d.qtype.name} is not supported yet by the {be.name} backend")
             if imatrix is not None and not d.qtype.is_float:
@@ -183,6 +193,13 @@ def _note_plan_warnings(tensors, decisions, summary: Summary, report: Progress |
         messages.append(
             f"{len(kept)} tensors kept as they are: no block size divides their rows (e.g. {kept[0]})"
         )
+    not_float = [t for t in tensors if not t.qtype.is_float]
+    if not_float:
+        kinds = ", ".join(sorted({t.qtype.name for t in not_float}))
+        messages.append(
+            f"{len(not_float)} {kinds} tensors kept as they are: gpuquant converts F32, F16 and BF16 "
+            f"tensors only (e.g. {not_float[0].name})"
+        )
     summary.warnings.extend(messages)
     if report:
         for m in messages:
@@ -206,7 +223,7 @@ def _row_chunks(t, weights: np.ndarray | None):
             yield r0, min(e0 + span, r0 + rows_per_chunk), w
 
 
-def _write_converted(model: SourceModel, t, ranges, outputs, writer: WriteBehind) -> None:
+def _write_converted(model: SourceModel, t, ranges, outputs, writer: WriteBehind, report: Progress | None) -> None:
     """Writes the outputs of one tensor's chunks, in order, and drops their input pages."""
     src_row_bytes = t.n_bytes // t.n_rows
     for r0, r1, _ in ranges:
@@ -217,3 +234,5 @@ def _write_converted(model: SourceModel, t, ranges, outputs, writer: WriteBehind
                 f"tensor {t.name}: NaN or Inf weight in row {r0 + e.row}; refusing to quantize it"
             ) from None
         writer.write(q, partial(model.release, t, r0 * src_row_bytes, r1 * src_row_bytes), from_backend=True)
+        if report:
+            report.advance((r1 - r0) * src_row_bytes)

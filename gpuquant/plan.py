@@ -98,8 +98,8 @@ def plan_tensor(
     name: str, shape_gguf: tuple[int, ...], src_type: QType, arch: str | None, options: PlanOptions
 ) -> Decision:
     """The output type of one tensor. shape_gguf is in ggml order (row length first)."""
-    if not src_type.is_float:
-        raise ValueError(f"tensor {name!r} is {src_type.name}: only F32, F16 and BF16 tensors can be planned")
+    if not src_type.is_float:  # already quantized, or integer: gpuquant converts F32/F16/BF16 only
+        return Decision(src_type, f"{src_type.name} source kept as it is")
     rules = RULES[model_architecture(arch)]
     opt_ins = OptIns(
         output_heads=options.quantize_output_heads,

@@ -28,7 +28,8 @@ class QType:
 
     @property
     def is_float(self) -> bool:
-        return self.block_size == 1
+        """F32, F16, BF16: elementwise conversions, not block quantizers."""
+        return self.family == "float"
 
     def row_bytes(self, n_per_row: int) -> int:
         if n_per_row % self.block_size:
@@ -82,6 +83,11 @@ for _t in QTYPES.values():
     _BY_LOWER[_t.name.lower()] = _t
     for _a in _t.aliases:
         _BY_LOWER[_a.lower()] = _t
+
+
+def copy_only_type(ggml_id: int, name: str, block_size: int, type_size: int) -> QType:
+    """A ggml type gpuquant never produces (I8..I64, F64, ...), known only to size and copy it."""
+    return QType(name, ggml_id, block_size, type_size, family="copy-only")
 
 
 def resolve(qtype: str | int | QType) -> QType:

@@ -63,7 +63,8 @@ def test_default_type_is_q4_0_and_positional_form(tiny, tmp_path):
 def test_summary_table_and_progress_on_stderr(tiny, tmp_path):
     r = CliRunner().invoke(main, ["quantize", str(tiny), str(tmp_path / "o.gguf"), "Q8_0"])
     assert r.exit_code == 0
-    text = r.output
+    assert r.stdout == ""
+    text = r.stderr
     assert "Q8_0" in text and "bits/weight" in text and "GB/s" in text and "[   4/4]" in text
 
 
@@ -97,7 +98,7 @@ def test_not_gguf_and_truncated(tmp_path, tiny):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(tiny.read_bytes()[:-100])
     r = CliRunner().invoke(main, ["quantize", str(cut), str(tmp_path / "o.gguf")])
-    assert r.exit_code == 1 and "truncated" in r.output
+    assert r.exit_code == 1 and "truncated or damaged GGUF file" in r.output
     cut.write_bytes(tiny.read_bytes()[:60])
     r = CliRunner().invoke(main, ["quantize", str(cut), str(tmp_path / "o.gguf")])
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
@@ -227,3 +228,94 @@ def test_every_supported_type_by_id_end_to_end(tmp_path, name):
     expected = gpuquant.quantize(tensors["kokoro.albert.layer.0.q"], name)
     assert np.array_equal(np.asarray(q.data).view(np.uint8).reshape(expected.shape), expected)
     assert reader.fields["general.quantization_type"].contents() == t.ggml_id
+
+
+@pytest.mark.parametrize("target,message", [
+    ("DIR", "is a directory"),
+    ("missing/o.gguf", "does not exist"),
+])
+def test_unusable_output_paths_are_refused_before_any_work(tiny, tmp_path, target, message):
+    (tmp_path / "DIR").mkdir()
+    r = CliRunner().invoke(main, ["quantize", str(tiny), str(tmp_path / target)])
+    assert r.exit_code == 1 and message in r.output and len(r.output.strip().splitlines()) == 1
+    assert not leftovers(tmp_path) and not leftovers(tmp_path / "DIR")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-nt", "0"], "--n-threads must be 1 or more"),
+    (["-nt", "-3"], "--n-threads must be 1 or more"),
+    (["--imatrix", "."], "is a directory, not an imatrix file"),
+])
+def test_bad_option_values(tiny, tmp_path, args, message):
+    r = CliRunner().invoke(main, ["quantize", str(tiny), str(tmp_path / "o.gguf"), *args])
+    assert r.exit_code != 0 and message in r.output and not (tmp_path / "o.gguf").exists()
+
+
+def test_click_usage_errors_are_one_line_from_the_console_entry(tiny, tmp_path):
+    import subprocess
+    import sys
+
+    for extra in (["--backend", "tpu"], ["-nt", "abc"]):
+        p = subprocess.run([sys.executable, "-m", "gpuquant", "quantize", str(tiny), str(tmp_path / "o.gguf"), *extra],
+                           capture_output=True, text=True)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("gpuquant: error:"), p.stderr
+
+
+def test_synth_rejects_non_positive_layers(tmp_path):
+    r = CliRunner().invoke(main, ["synth", "kokoro", str(tmp_path / "s.gguf"), "--layers", "0"])
+    assert r.exit_code == 1 and "--layers must be 1 or more" in r.output
+
+
+def test_integer_and_already_quantized_tensors_are_copied_with_a_warning(tmp_path):
+    tensors = kokoro_like(np.random.default_rng(10))
+    tensors["kokoro.positions"] = np.arange(16, dtype=np.int32)
+    src = write_tiny(tmp_path / "i.gguf", tensors)
+    q4 = tmp_path / "q4.gguf"
+    r = CliRunner().invoke(main, ["quantize", str(src), str(q4), "Q4_0"])
+    assert r.exit_code == 0 and "I32 tensors kept as they are" in r.output
+    out = {t.name: t for t in gguf.GGUFReader(q4).tensors}
+    assert out["kokoro.positions"].tensor_type.name == "I32"
+    assert np.array_equal(np.asarray(out["kokoro.positions"].data), tensors["kokoro.positions"])
+    # feeding a quantized file back: its Q4_0 tensors are kept byte for byte, the rest converted
+    again = tmp_path / "again.gguf"
+    r = CliRunner().invoke(main, ["quantize", str(q4), str(again), "Q8_0"])
+    assert r.exit_code == 0 and "Q4_0 tensors kept as they are" in r.output
+    out2 = {t.name: t for t in gguf.GGUFReader(again).tensors}
+    assert out2["kokoro.albert.layer.0.q"].tensor_type.name == "Q4_0"
+    name = "kokoro.albert.layer.0.q"
+    assert np.array_equal(np.asarray(out2[name].data), np.asarray(out[name].data))
+
+
+def test_bf16_source_through_the_cli(tmp_path):
+    tensors = kokoro_like(np.random.default_rng(11))
+    bf16 = {k: (v.view(np.uint32) >> np.uint32(16)).astype(np.uint16) for k, v in tensors.items()}
+    src = write_tiny(tmp_path / "b.gguf", bf16)
+    out = tmp_path / "o.gguf"
+    r = CliRunner().invoke(main, ["quantize", str(src), str(out), "Q5_1", "-q"])
+    assert r.exit_code == 0, r.output
+    widened = (bf16["kokoro.albert.layer.0.ffn"].astype(np.uint32) << np.uint32(16)).view(np.float32)
+    got = next(t for t in gguf.GGUFReader(out).tensors if t.name == "kokoro.albert.layer.0.ffn")
+    assert got.tensor_type.name == "Q5_1"
+    assert np.array_equal(np.asarray(got.data).reshape(widened.shape[0], -1), gpuquant.quantize(widened, "Q5_1"))
+
+
+def test_sigterm_leaves_no_partial_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gpuquant.synthetic import write_synthetic_model
+
+    src = write_synthetic_model("kokoro", tmp_path / "k.gguf")
+    out = tmp_path / "o.gguf"
+    p = subprocess.Popen([sys.executable, "-m", "gpuquant", "quantize", str(src), str(out), "Q4_K", "-nt", "1", "-q"],
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not leftovers(tmp_path) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before it could be interrupted"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err
+    assert not out.exists() and not leftovers(tmp_path)

@@ -304,8 +304,9 @@ def test_float_sources_and_requests():
     assert plan_tensor(head, (1024, 1028), bf16, "dia", options("Q4_0", frozenset({"-nqf"}))).qtype == F16
     assert plan_tensor(head, (1024, 1028), F16, "dia", options("Q4_0", frozenset({"-nqf"}))).qtype == F16
     assert plan_tensor(norm, (1024,), bf16, "dia", options("Q4_0", frozenset({"-nqf"}))).qtype == bf16
-    with pytest.raises(ValueError, match="only F32, F16 and BF16"):
-        plan_tensor(matrix, (1024, 1024), QTYPES["Q8_0"], "dia", options("Q4_0"))
+    # an already quantized (or integer) source is kept as it is, whatever is asked
+    kept = plan_tensor(matrix, (1024, 1024), QTYPES["Q8_0"], "dia", options("Q4_0", frozenset({"-nqf"})))
+    assert kept.qtype == QTYPES["Q8_0"] and "kept" in kept.reason
 
 
 def test_one_dimensional_tensors_are_never_quantized():
