@@ -29,6 +29,8 @@ _CHUNK_WEIGHTS = 1 << 16  # weights per vectorized step
 _F0 = np.float32(0)
 _F1 = np.float32(1)
 _HALF = np.float32(0.5)
+_ALL_SIGN_BITS = np.uint8(255)
+_SEVEN_SIGN_BITS = np.uint8(127)  # even-parity types store 7 of each 8 signs
 
 
 class Lattice:
@@ -148,10 +150,30 @@ def _to_sub_blocks(a: np.ndarray, sub: int = SUB) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(QK_K // sub, sub, -1).transpose(1, 2, 0).reshape(sub, -1))
 
 
+def _beats_best_fit(sumqx: np.ndarray, sumq2: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """Where the fit (sumqx, sumq2) beats ggml's running best: sumq2 > 0 and sumqx^2 > best sumq2."""
+    return (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+
+
+def _take_better_fit(
+    better: np.ndarray, sumqx: np.ndarray, sumq2: np.ndarray, best: np.ndarray, scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where better: scale = sumqx / sumq2 and best = scale sumqx. Returns (best, scale)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(better, sumqx / sumq2, scale)
+    return np.where(better, scale * sumqx, best), scale
+
+
 def _weighted_fit(weight: np.ndarray, xval: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ggml's sumqx = sum w x q and sumq2 = sum w q q, in index order."""
     wq = weight * q
     return _sequential_sum(weight * xval * q), _sequential_sum(wq * q)
+
+
+def _weighted_fit_wq_first(weight: np.ndarray, xval: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """As _weighted_fit, with the IQ1 refits' rounding order: sumqx = sum (w q) x."""
+    wq = weight * q
+    return _sequential_sum(wq * xval), _sequential_sum(wq * q)
 
 
 def _snap_to_grid(
@@ -187,11 +209,13 @@ REFINE_ALL_IF_ANY_OFF = "all_if_any_off"
 REFINE_ALWAYS_ALL = "always_all"
 
 
+@np.errstate(over="ignore")  # tiny sub-blocks overflow the trial inverse scales
 def _search_grid(
     lattice: Lattice,
     xval: np.ndarray,
     weight: np.ndarray,
     base: np.ndarray,
+    active: np.ndarray,
     kmax: int,
     trial_steps: int,
     step_size: np.float32,
@@ -199,10 +223,11 @@ def _search_grid(
     initial_scale: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The scale search shared by the IQ3 and IQ2 quantizers, for sub-blocks [sub, n] with
-    base > 0 (placeholders elsewhere): trial inverse scales (2 kmax - 1 + step step_size) / base,
-    the best least-squares fit kept (from initial_scale, default base / (2 kmax - 1)); then groups
-    are snapped again at the fitted scale as `refine` says and the scale refitted.
-    Returns (scale [n], grid [groups, n])."""
+    base > 0 where active (base 1 elsewhere, a result the caller discards): trial inverse scales
+    (2 kmax - 1 + step step_size) / base, the best least-squares fit kept (from initial_scale,
+    default base / (2 kmax - 1)); then groups are snapped again at the fitted scale as `refine`
+    says and the scale refitted. Returns (scale [n], grid [groups, n])."""
+    base = np.where(active, base, _F1)
     groups = xval.shape[0] // lattice.dims
     n = xval.shape[1]
     waux = np.sqrt(weight)
@@ -215,10 +240,8 @@ def _search_grid(
         inv_scale = (top + np.float32(step) * step_size) / base
         trial_grid, trial_on_grid = _snap_to_grid(lattice, xval, waux, inv_scale, _F1 / inv_scale, kmax)
         sumqx, sumq2 = _weighted_fit(weight, xval, _grid_levels(lattice, trial_grid))
-        better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = np.where(better, sumqx / sumq2, scale)
-        best = np.where(better, scale * sumqx, best)
+        better = _beats_best_fit(sumqx, sumq2, best)
+        best, scale = _take_better_fit(better, sumqx, sumq2, best, scale)
         grid = np.where(better, trial_grid, grid)
         on_grid = np.where(better, trial_on_grid, on_grid)
 
@@ -259,19 +282,89 @@ def _even_parity_signs(xs: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, 
     flip_row = 8 * k_idx + cheapest[k_idx, col]
     xval[flip_row, col] = -xval[flip_row, col]
     signs[k_idx, col] ^= np.uint8(1) << cheapest[k_idx, col].astype(np.uint8)
-    return xval, signs & np.uint8(127)
+    return xval, signs & _SEVEN_SIGN_BITS
 
 
-def _super_block_scale(scales: np.ndarray, fudge: np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """scales [n_blocks, 8] -> (fp16 bits of d * fudge, 4-bit multipliers [n_blocks, 8], nonzero)
-    with d = max_scale / 31."""
+# Bit packing of the block layouts.
+def _unpack_fields(words: np.ndarray, width: int, count: int) -> np.ndarray:
+    """The `count` bit fields of `width` bits packed from bit 0 up in each word: [...] -> [..., count]."""
+    shifts = width * np.arange(count, dtype=words.dtype)
+    return (words[..., None] >> shifts) & ((1 << width) - 1)
+
+
+def _pack_fields(fields: np.ndarray, width: int) -> np.ndarray:
+    """Inverse of _unpack_fields: fields [..., count] of `width` bits each -> words [...]."""
+    shifts = width * np.arange(fields.shape[-1], dtype=fields.dtype)
+    return (fields << shifts).sum(axis=-1, dtype=fields.dtype)
+
+
+def _split_blocks(q: np.ndarray, block_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quantized rows -> (blocks [n_blocks, block_bytes], their leading fp16 scale as float32)."""
+    blocks = q.reshape(-1, block_bytes)
+    return blocks, fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
+
+
+def _unpack_nibble_pairs(packed: np.ndarray) -> np.ndarray:
+    """Bytes [n, k] each holding two 4-bit values (low nibble first) -> [n, 2 k]."""
+    return np.stack([packed & 15, packed >> 4], axis=2).reshape(packed.shape[0], -1)
+
+
+def _pack_nibble_pairs(values: np.ndarray) -> np.ndarray:
+    """Inverse of _unpack_nibble_pairs: 4-bit values [n, 2 k] -> bytes [n, k]."""
+    return (values[:, 0::2] | values[:, 1::2] << 4).astype(np.uint8)
+
+
+def _unpack_sign_words(words: np.ndarray) -> np.ndarray:
+    """The 8-bit signs (even parity restored) of the four 7-bit sign codes in bits 0-27 of each word."""
+    return tables.KSIGNS_IQ2XS[_unpack_fields(words, 7, 4)]
+
+
+def _pack_sign_words(signs: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
+    """Words [n_blocks, 8] holding a sub-block's four 7-bit sign codes (signs [4, sub-blocks]) and
+    its 4-bit scale multiplier in the top bits, as IQ3_XXS and IQ2_XXS store them."""
+    n_blocks = multipliers.shape[0]
+    return _pack_fields(signs.T.astype(np.uint32), 7).reshape(n_blocks, 8) | multipliers << 28
+
+
+def _super_block_multipliers(scales: np.ndarray, max_multiplier: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scales [n_blocks, sub-blocks] -> (d, multipliers m in [0, max_multiplier], nonzero) with
+    d = max_scale / (2 max_multiplier + 1), so that a sub-block's scale is about d (2 m + 1)."""
     max_scale = np.max(scales, axis=1)
     nonzero = max_scale != 0
-    d = np.where(nonzero, max_scale, _F1) / np.float32(31)
-    inv_d = _F1 / d
-    multipliers = np.clip(nearest_int(_HALF * (inv_d[:, None] * scales - _F1)), 0, 15)
+    d = np.where(nonzero, max_scale, _F1) / np.float32(2 * max_multiplier + 1)
+    multipliers = np.clip(nearest_int(_HALF * ((_F1 / d)[:, None] * scales - _F1)), 0, max_multiplier)
+    return d, multipliers, nonzero
+
+
+def _super_block_scale(
+    scales: np.ndarray, fudge: np.float32, max_multiplier: int = 15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scales [n_blocks, sub-blocks] -> (fp16 bits of d * fudge, multipliers as uint32, nonzero),
+    as _super_block_multipliers (4-bit multipliers unless told)."""
+    d, multipliers, nonzero = _super_block_multipliers(scales, max_multiplier)
     d_bits = np.where(nonzero, fp16_bits(d * fudge), np.uint16(0))
     return d_bits, multipliers.astype(np.uint32), nonzero
+
+
+def _blocks_with_scale(d_bits: np.ndarray, block_bytes: int) -> np.ndarray:
+    """Zeroed output blocks [n_blocks, block_bytes] with the fp16 scale bits in bytes 0-1."""
+    out = np.zeros((d_bits.shape[0], block_bytes), dtype=np.uint8)
+    out[:, 0:2] = d_bits.reshape(-1, 1).view(np.uint8)
+    return out
+
+
+def _fold_negative_scales(
+    scale: np.ndarray, grid: np.ndarray, signs: np.ndarray, active: np.ndarray, sign_mask: np.uint8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A negative fitted scale becomes positive with every stored sign bit (sign_mask) inverted;
+    inactive sub-blocks get scale 0, grid index 0 and no signs. Returns (scale, grid, signs)."""
+    negative = scale < 0
+    scale = np.where(negative, -scale, scale)
+    signs = np.where(negative[None, :], ~signs & sign_mask, signs)
+    scale = np.where(active, scale, _F0)
+    grid = np.where(active[None, :], grid, 0)
+    signs = np.where(active[None, :], signs, 0)
+    return scale, grid, signs
 
 
 def _quantize_iq3_xxs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
@@ -283,21 +376,12 @@ def _quantize_iq3_xxs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.nd
 
     max_val = np.max(xval, axis=0)
     active = ~(max_val < np.float32(1e-8))
-    safe_max = np.where(active, max_val, _F1)
-    with np.errstate(over="ignore"):
-        scale, grid = _search_grid(lattice, xval, weight, safe_max, 8, 15, np.float32(0.2), REFINE_OFF_GRID)
-    negative = scale < 0
-    scale = np.where(negative, -scale, scale)
-    signs = np.where(negative[None, :], ~signs & np.uint8(127), signs)
-    scale = np.where(active, scale, _F0)
-    grid = np.where(active[None, :], grid, 0)
-    signs = np.where(active[None, :], signs, 0)
+    scale, grid = _search_grid(lattice, xval, weight, max_val, active, 8, 15, np.float32(0.2), REFINE_OFF_GRID)
+    scale, grid, signs = _fold_negative_scales(scale, grid, signs, active, _SEVEN_SIGN_BITS)
 
     d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 8), np.float32(1.0125))
-    s32 = signs.astype(np.uint32)
-    packed = (s32[0] | s32[1] << 7 | s32[2] << 14 | s32[3] << 21).reshape(nb, 8) | multipliers << 28
-    out = np.zeros((nb, 98), dtype=np.uint8)
-    out[:, 0:2] = d_bits.reshape(nb, 1).view(np.uint8)
+    packed = _pack_sign_words(signs, multipliers)
+    out = _blocks_with_scale(d_bits, 98)
     out[:, 2:66] = grid.T.reshape(nb, 64)
     out[:, 66:98] = packed.astype("<u4").view(np.uint8)
     out[~nonzero] = 0
@@ -311,22 +395,25 @@ def quantize_iq3_xxs(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 def _apply_signs(values: np.ndarray, sign_bytes: np.ndarray) -> np.ndarray:
     """values [..., 8 k] times -1 where bit j of sign byte k is set (sign_bytes [..., k])."""
-    bits = (sign_bytes[..., :, None] >> np.arange(8, dtype=np.uint8)) & 1
-    bits = bits.reshape(values.shape)
+    bits = _unpack_fields(sign_bytes, 1, 8).reshape(values.shape)
     return np.where(bits.astype(bool), -values, values)
 
 
+def _signed_grid_values(
+    grid_table: np.ndarray, grid_idx: np.ndarray, sub_scale: np.ndarray, signs: np.ndarray, shape: tuple
+) -> np.ndarray:
+    """Dequantized weights: the grid points' byte levels times their sub-block's scale
+    (sub_scale [n_blocks, sub-blocks]), signed by the sign bytes, reshaped to `shape`."""
+    levels = grid_table[grid_idx].view(np.uint8).reshape(sub_scale.shape + (-1,)).astype(np.float32)
+    return _apply_signs(sub_scale[:, :, None] * levels, signs).reshape(shape)
+
+
 def dequantize_iq3_xxs(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    rows = q.shape[0]
-    blocks = q.reshape(-1, 98)
-    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
+    blocks, d = _split_blocks(q, 98)
     grid_idx = blocks[:, 2:66]
     packed = blocks[:, 66:98].copy().view("<u4")  # [nb, 8]
     db = d[:, None] * (_HALF + (packed >> 28).astype(np.float32)) * _HALF
-    levels = tables.IQ3XXS_GRID[grid_idx].view(np.uint8).reshape(-1, 8, 32).astype(np.float32)
-    signs = tables.KSIGNS_IQ2XS[(packed[:, :, None] >> (7 * np.arange(4, dtype=np.uint32))) & 127]
-    values = _apply_signs(db[:, :, None] * levels, signs)
-    return values.reshape(rows, n_per_row)
+    return _signed_grid_values(tables.IQ3XXS_GRID, grid_idx, db, _unpack_sign_words(packed), q.shape[:1] + (n_per_row,))
 
 
 def _quantize_iq3_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
@@ -337,20 +424,12 @@ def _quantize_iq3_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndar
     xval, signs = _magnitudes_and_signs(xs)  # all 8 sign bits stored
     max_val = np.max(xval, axis=0)
     active = max_val != 0
-    safe_max = np.where(active, max_val, _F1)
-    with np.errstate(over="ignore"):
-        scale, grid = _search_grid(lattice, xval, weight, safe_max, 8, 9, np.float32(0.2), REFINE_ALL_IF_ANY_OFF)
-    negative = scale < 0
-    scale = np.where(negative, -scale, scale)
-    signs = np.where(negative[None, :], ~signs, signs)
-    scale = np.where(active, scale, _F0)
-    grid = np.where(active[None, :], grid, 0)
-    signs = np.where(active[None, :], signs, 0)
+    scale, grid = _search_grid(lattice, xval, weight, max_val, active, 8, 9, np.float32(0.2), REFINE_ALL_IF_ANY_OFF)
+    scale, grid, signs = _fold_negative_scales(scale, grid, signs, active, _ALL_SIGN_BITS)
 
     d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 8), np.float32(1.033))
-    high_bits = ((grid >> 8).astype(np.uint8) << np.arange(8, dtype=np.uint8)[:, None]).sum(axis=0, dtype=np.uint8)
-    out = np.zeros((nb, 110), dtype=np.uint8)
-    out[:, 0:2] = d_bits.reshape(nb, 1).view(np.uint8)
+    high_bits = _pack_fields((grid >> 8).astype(np.uint8).T, 1)  # bit 8 of a sub-block's 8 points
+    out = _blocks_with_scale(d_bits, 110)
     # ggml advances its qs and signs pointers only past non-empty sub-blocks (an empty one
     # `continue`s first), so those are packed to the front; qh bits keep their positions.
     block, sub = np.nonzero(active.reshape(nb, 8))
@@ -362,7 +441,7 @@ def _quantize_iq3_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndar
     out[:, 2:66] = packed_qs.reshape(nb, 64)
     out[:, 66:74] = high_bits.reshape(nb, 8)
     out[:, 74:106] = packed_signs.reshape(nb, 32)
-    out[:, 106:110] = (multipliers[:, 0::2] | multipliers[:, 1::2] << 4).astype(np.uint8)
+    out[:, 106:110] = _pack_nibble_pairs(multipliers)
     out[~nonzero, 0:2] = 0
     out[~nonzero, 106:110] = 0
     return out
@@ -374,17 +453,13 @@ def quantize_iq3_s(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 def dequantize_iq3_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    rows = q.shape[0]
-    blocks = q.reshape(-1, 110)
-    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
-    high = (blocks[:, 66:74, None] >> np.arange(8, dtype=np.uint8)) & 1  # [nb, 8 sub-blocks, 8 points]
+    blocks, d = _split_blocks(q, 110)
+    high = _unpack_fields(blocks[:, 66:74], 1, 8)  # [nb, 8 sub-blocks, 8 points]
     grid_idx = blocks[:, 2:66].reshape(-1, 8, 8).astype(np.int32) | high.astype(np.int32) << 8
-    multipliers = np.stack([blocks[:, 106:110] & 15, blocks[:, 106:110] >> 4], axis=2).reshape(-1, 8)
+    multipliers = _unpack_nibble_pairs(blocks[:, 106:110])
     db = d[:, None] * (1 + 2 * multipliers.astype(np.int32)).astype(np.float32)
-    levels = tables.IQ3S_GRID[grid_idx].view(np.uint8).reshape(-1, 8, 32).astype(np.float32)
     signs = blocks[:, 74:106].reshape(-1, 8, 4)
-    values = _apply_signs(db[:, :, None] * levels, signs)
-    return values.reshape(rows, n_per_row)
+    return _signed_grid_values(tables.IQ3S_GRID, grid_idx, db, signs, q.shape[:1] + (n_per_row,))
 
 
 @functools.cache
@@ -405,25 +480,17 @@ def _quantize_iq2_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndar
     xval, signs = _magnitudes_and_signs(xs)  # [2, n]
     max_val = np.max(xval, axis=0)
     active = ~(max_val < np.float32(1e-8))
-    safe_max = np.where(active, max_val, _F1)
-    with np.errstate(over="ignore"):
-        scale, grid = _search_grid(lattice, xval, weight, safe_max, 3, 9, np.float32(0.1), REFINE_OFF_GRID)
-    negative = scale < 0
-    scale = np.where(negative, -scale, scale)
-    signs = np.where(negative[None, :], ~signs, signs)
-    scale = np.where(active, scale, _F0)
-    grid = np.where(active[None, :], grid, 0)
-    signs = np.where(active[None, :], signs, 0)
+    scale, grid = _search_grid(lattice, xval, weight, max_val, active, 3, 9, np.float32(0.1), REFINE_OFF_GRID)
+    scale, grid, signs = _fold_negative_scales(scale, grid, signs, active, _ALL_SIGN_BITS)
 
     d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 16), np.float32(0.9875))
     points = grid.T.reshape(nb, 32)  # point i8 = 2 ib + k
-    high = (points >> 8).astype(np.uint8).reshape(nb, 8, 4) << (2 * np.arange(4, dtype=np.uint8))
-    out = np.zeros((nb, 82), dtype=np.uint8)
-    out[:, 0:2] = d_bits.reshape(nb, 1).view(np.uint8)
+    high = _pack_fields((points >> 8).astype(np.uint8).reshape(nb, 8, 4), 2)  # bits 8-9 of 4 points
+    out = _blocks_with_scale(d_bits, 82)
     out[:, 2:34] = points & 255
     out[:, 34:66] = signs.T.reshape(nb, 32)
-    out[:, 66:74] = high.sum(axis=2, dtype=np.uint8)
-    out[:, 74:82] = (multipliers[:, 0::2] | multipliers[:, 1::2] << 4).astype(np.uint8)
+    out[:, 66:74] = high
+    out[:, 74:82] = _pack_nibble_pairs(multipliers)
     out[~nonzero, 0:2] = 0
     out[~nonzero, 74:82] = 0
     return out
@@ -435,17 +502,13 @@ def quantize_iq2_s(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 def dequantize_iq2_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    rows = q.shape[0]
-    blocks = q.reshape(-1, 82)
-    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
-    high = (blocks[:, 66:74, None] >> (2 * np.arange(4, dtype=np.uint8))) & 3  # [nb, 8, 4]
+    blocks, d = _split_blocks(q, 82)
+    high = _unpack_fields(blocks[:, 66:74], 2, 4)  # [nb, 8, 4]
     grid_idx = blocks[:, 2:34].reshape(-1, 8, 4).astype(np.int32) | high.astype(np.int32) << 8
-    multipliers = np.stack([blocks[:, 74:82] & 15, blocks[:, 74:82] >> 4], axis=2).reshape(-1, 16)
+    multipliers = _unpack_nibble_pairs(blocks[:, 74:82])
     db = d[:, None] * (_HALF + multipliers.astype(np.float32)) * np.float32(0.25)
-    levels = tables.IQ2S_GRID[grid_idx].view(np.uint8).reshape(-1, 16, 16).astype(np.float32)
     signs = blocks[:, 34:66].reshape(-1, 16, 2)
-    values = _apply_signs(db[:, :, None] * levels, signs)
-    return values.reshape(rows, n_per_row)
+    return _signed_grid_values(tables.IQ2S_GRID, grid_idx.reshape(-1, 16, 2), db, signs, q.shape[:1] + (n_per_row,))
 
 
 def _quantize_iq2_xs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
@@ -456,20 +519,14 @@ def _quantize_iq2_xs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.nda
     xval, signs = _even_parity_signs(xs, weight)  # [2, n]
     max_val = np.max(xval, axis=0)
     active = ~(max_val < np.float32(1e-15))
-    safe_max = np.where(active, max_val, _F1)
-    with np.errstate(over="ignore"):
-        scale, grid = _search_grid(lattice, xval, weight, safe_max, 3, 9, np.float32(0.1), REFINE_OFF_GRID)
-    negative = scale < 0
-    scale = np.where(negative, -scale, scale)
-    signs = np.where(negative[None, :], ~signs & np.uint8(127), signs)
-    scale = np.where(active, scale, _F0)
-    points = np.where(active[None, :], grid | signs.astype(np.int32) << 9, 0)
+    scale, grid = _search_grid(lattice, xval, weight, max_val, active, 3, 9, np.float32(0.1), REFINE_OFF_GRID)
+    scale, grid, signs = _fold_negative_scales(scale, grid, signs, active, _SEVEN_SIGN_BITS)
+    points = grid | signs.astype(np.int32) << 9
 
     d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 16), _F1)
-    out = np.zeros((nb, 74), dtype=np.uint8)
-    out[:, 0:2] = d_bits.reshape(nb, 1).view(np.uint8)
+    out = _blocks_with_scale(d_bits, 74)
     out[:, 2:66] = points.T.reshape(nb, 32).astype("<u2").view(np.uint8)
-    out[:, 66:74] = (multipliers[:, 0::2] | multipliers[:, 1::2] << 4).astype(np.uint8)
+    out[:, 66:74] = _pack_nibble_pairs(multipliers)
     out[~nonzero] = 0
     return out
 
@@ -486,16 +543,12 @@ def quantize_iq2_xs(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 def dequantize_iq2_xs(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    rows = q.shape[0]
-    blocks = q.reshape(-1, 74)
-    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
+    blocks, d = _split_blocks(q, 74)
     points = blocks[:, 2:66].copy().view("<u2").reshape(-1, 16, 2)
-    multipliers = np.stack([blocks[:, 66:74] & 15, blocks[:, 66:74] >> 4], axis=2).reshape(-1, 16)
+    multipliers = _unpack_nibble_pairs(blocks[:, 66:74])
     db = d[:, None] * (_HALF + multipliers.astype(np.float32)) * np.float32(0.25)
-    levels = tables.IQ2XS_GRID[points & 511].view(np.uint8).reshape(-1, 16, 16).astype(np.float32)
     signs = tables.KSIGNS_IQ2XS[points >> 9]
-    values = _apply_signs(db[:, :, None] * levels, signs)
-    return values.reshape(rows, n_per_row)
+    return _signed_grid_values(tables.IQ2XS_GRID, points & 511, db, signs, q.shape[:1] + (n_per_row,))
 
 
 def _quantize_iq2_xxs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
@@ -510,22 +563,14 @@ def _quantize_iq2_xxs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.nd
         start_scale, _ = make_qp_quants(xval.T, 4, weight.T)  # kMaxQ + 1 levels
         eff_max = start_scale * np.float32(3)
         active &= eff_max > 0
-        safe_eff_max = np.where(active, eff_max, _F1)
         scale, grid = _search_grid(
-            lattice, xval, weight, safe_eff_max, 3, 6, np.float32(0.1), REFINE_ALWAYS_ALL, start_scale
+            lattice, xval, weight, eff_max, active, 3, 6, np.float32(0.1), REFINE_ALWAYS_ALL, start_scale
         )
-    negative = scale < 0
-    scale = np.where(negative, -scale, scale)
-    signs = np.where(negative[None, :], ~signs & np.uint8(127), signs)
-    scale = np.where(active, scale, _F0)
-    grid = np.where(active[None, :], grid, 0)
-    signs = np.where(active[None, :], signs, 0)
+    scale, grid, signs = _fold_negative_scales(scale, grid, signs, active, _SEVEN_SIGN_BITS)
 
     d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 8), _F1)
-    s32 = signs.astype(np.uint32)
-    packed = (s32[0] | s32[1] << 7 | s32[2] << 14 | s32[3] << 21).reshape(nb, 8) | multipliers << 28
-    out = np.zeros((nb, 66), dtype=np.uint8)
-    out[:, 0:2] = d_bits.reshape(nb, 1).view(np.uint8)
+    packed = _pack_sign_words(signs, multipliers)
+    out = _blocks_with_scale(d_bits, 66)
     words = out[:, 2:66].reshape(nb, 8, 8)  # per sub-block: 4 grid bytes, then signs and scale
     words[:, :, 0:4] = grid.T.reshape(nb, 8, 4)
     words[:, :, 4:8] = packed.astype("<u4").reshape(nb, 8, 1).view(np.uint8)
@@ -540,17 +585,12 @@ def quantize_iq2_xxs(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 def dequantize_iq2_xxs(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    rows = q.shape[0]
-    blocks = q.reshape(-1, 66)
-    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
+    blocks, d = _split_blocks(q, 66)
     words = blocks[:, 2:66].copy().view("<u4").reshape(-1, 8, 2)
     grid_idx = blocks[:, 2:66].reshape(-1, 8, 8)[:, :, 0:4]
     packed = words[:, :, 1]
     db = d[:, None] * (_HALF + (packed >> 28).astype(np.float32)) * np.float32(0.25)
-    levels = tables.IQ2XXS_GRID[grid_idx].view(np.uint8).reshape(-1, 8, 32).astype(np.float32)
-    signs = tables.KSIGNS_IQ2XS[(packed[:, :, None] >> (7 * np.arange(4, dtype=np.uint32))) & 127]
-    values = _apply_signs(db[:, :, None] * levels, signs)
-    return values.reshape(rows, n_per_row)
+    return _signed_grid_values(tables.IQ2XXS_GRID, grid_idx, db, _unpack_sign_words(packed), q.shape[:1] + (n_per_row,))
 
 
 _IQ1_DELTA = np.float32(0.125)
@@ -584,11 +624,9 @@ def _iq1_best_split(sumx: np.ndarray, sumw: np.ndarray) -> tuple[np.ndarray, ...
             for shift, v in ((1, _IQ1_UP), (-1, _IQ1_DOWN)):
                 sumqx = low_x * v[0] + mid_x * v[1] + high_x * v[2]
                 sumq2 = low_w * v[0] * v[0] + mid_w * v[1] * v[1] + high_w * v[2] * v[2]
-                better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+                better = _beats_best_fit(sumqx, sumq2, best)
                 if better.any():
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        scale = np.where(better, sumqx / sumq2, scale)
-                    best = np.where(better, scale * sumqx, best)
+                    best, scale = _take_better_fit(better, sumqx, sumq2, best, scale)
                     best_i1 = np.where(better, i1, best_i1)
                     best_i2 = np.where(better, i2, best_i2)
                     best_shift = np.where(better, shift, best_shift)
@@ -652,9 +690,7 @@ def _iq1_snap(
     if refit.any():
         rc = np.flatnonzero(refit)
         q = _iq1_group_levels(lattice, grid[:, rc], group_down[:, rc])
-        wq = weight[:, rc] * q
-        sumqx = _sequential_sum(wq * xs[:, rc])
-        sumq2 = _sequential_sum(wq * q)
+        sumqx, sumq2 = _weighted_fit_wq_first(weight[:, rc], xs[:, rc], q)
         with np.errstate(divide="ignore", invalid="ignore"):
             scale[rc] = np.where((sumqx > 0) & (sumq2 > 0), sumqx / sumq2, scale[rc])
     return grid, scale
@@ -688,17 +724,11 @@ def _quantize_iq1_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndar
     scale = np.where(active, scale, _F0)
     shift = np.where(active, shift, 1)
 
-    scales = scale.reshape(nb, 8)
-    max_scale = np.max(scales, axis=1)
-    nonzero = max_scale != 0
-    d = np.where(nonzero, max_scale, _F1) / np.float32(15)
-    multipliers = np.clip(nearest_int(_HALF * ((_F1 / d)[:, None] * scales - _F1)), 0, 7)
-    multipliers |= np.where(shift.reshape(nb, 8) == -1, 8, 0)
-    multipliers = np.where(nonzero[:, None], multipliers, 0)
+    d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 8), np.float32(1.125), max_multiplier=7)
+    multipliers = np.where(nonzero[:, None], multipliers | np.where(shift.reshape(nb, 8) == -1, 8, 0), 0)
     points = grid.T.reshape(nb, 8, 4)
-    high = ((points >> 8) << (3 * np.arange(4))).sum(axis=2)
-    out = np.zeros((nb, 50), dtype=np.uint8)
-    out[:, 0:2] = np.where(nonzero, fp16_bits(d * np.float32(1.125)), np.uint16(0)).reshape(nb, 1).view(np.uint8)
+    high = _pack_fields(points >> 8, 3)
+    out = _blocks_with_scale(d_bits, 50)
     out[:, 2:34] = (points & 255).reshape(nb, 32)
     out[:, 34:50] = (high | multipliers << 12).astype("<u2").view(np.uint8)
     return out
@@ -711,17 +741,15 @@ def quantize_iq1_s(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 def dequantize_iq1_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    rows = q.shape[0]
-    blocks = q.reshape(-1, 50)
-    d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
+    blocks, d = _split_blocks(q, 50)
     qh = blocks[:, 34:50].copy().view("<u2").astype(np.int32)  # [nb, 8]
-    high = (qh[:, :, None] >> (3 * np.arange(4))) & 7
+    high = _unpack_fields(qh, 3, 4)
     grid_idx = blocks[:, 2:34].reshape(-1, 8, 4).astype(np.int32) | high << 8
     dl = d[:, None] * (2 * ((qh >> 12) & 7) + 1).astype(np.float32)
     delta = np.where(qh & 0x8000, -_IQ1_DELTA, _IQ1_DELTA)
     levels = tables.IQ1S_GRID[grid_idx].view(np.int8).reshape(-1, 8, 32).astype(np.float32)
     values = dl[:, :, None] * (levels + delta[:, :, None])
-    return values.reshape(rows, n_per_row)
+    return values.reshape(q.shape[0], n_per_row)
 
 
 IQ1M_SUB = 16  # weights per IQ1_M sub-block: two groups of 8, each with its own shift
@@ -760,11 +788,9 @@ def _iq1m_best_split(
     for p in range(pair_i1.size):
         for k in range(4):
             sx, sq = sumqx[k, p], sumq2[k, p]
-            better = (sq > 0) & (sx * sx > best * sq)
+            better = _beats_best_fit(sx, sq, best)
             if better.any():
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    scale = np.where(better, sx / sq, scale)
-                best = np.where(better, scale * sx, best)
+                best, scale = _take_better_fit(better, sx, sq, best, scale)
                 best_pair = np.where(better, p, best_pair)
                 best_k = np.where(better, k, best_k)
     found = best_pair >= 0
@@ -802,27 +828,21 @@ def _quantize_iq1_m_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndar
     shift = np.where(active, shift, 0)
     group_down &= active[None, :]
 
-    scales = scale.reshape(nb, 16)
-    max_scale = np.max(scales, axis=1)
-    nonzero = max_scale != 0
-    d = np.where(nonzero, max_scale, _F1) / np.float32(15)
-    multipliers = np.clip(nearest_int(_HALF * ((_F1 / d)[:, None] * scales - _F1)), 0, 7)  # [nb, 16]
+    d, multipliers, nonzero = _super_block_multipliers(scale.reshape(nb, 16), 7)  # [nb, 16]
 
     # ggml refits the super-block scale to every weight at its stored level, in weight order.
     odd = (2 * multipliers + 1).astype(np.float32).reshape(n)
     q = _from_sub_blocks(_iq1_group_levels(lattice, grid, group_down) * odd, IQ1M_SUB)
-    wq = _from_sub_blocks(weight, IQ1M_SUB) * q
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        sumqx = _sequential_sum(wq * blocks.T)
-        sumq2 = _sequential_sum(wq * q)
+        sumqx, sumq2 = _weighted_fit_wq_first(_from_sub_blocks(weight, IQ1M_SUB), blocks.T, q)
         d = np.where(sumq2 > 0, sumqx / sumq2, d)
         d_bits = fp16_bits(d * np.float32(1.1125)).astype(np.uint32)
 
     points = grid.T.reshape(nb, 16, 2).astype(np.uint32)
     shift_bits = np.where(group_down.T.reshape(nb, 16, 2) & nonzero[:, None, None], 8, 0)
     qh = (points[:, :, 0] >> 8) | shift_bits[:, :, 0] | ((points[:, :, 1] >> 8) | shift_bits[:, :, 1]) << 4
-    packed_multipliers = (multipliers.reshape(nb, 4, 4) << (3 * np.arange(4))).sum(axis=2)
-    d_nibbles = (d_bits[:, None] >> (4 * np.arange(4))) & 15
+    packed_multipliers = _pack_fields(multipliers.reshape(nb, 4, 4), 3)
+    d_nibbles = _unpack_fields(d_bits, 4, 4)
     sc = np.where(nonzero[:, None], packed_multipliers | d_nibbles << 12, 0)
     out = np.zeros((nb, 56), dtype=np.uint8)
     out[:, 0:32] = (points & 255).reshape(nb, 32)
@@ -838,20 +858,17 @@ def quantize_iq1_m(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 def dequantize_iq1_m(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    rows = q.shape[0]
     blocks = q.reshape(-1, 56)
     sc = blocks[:, 48:56].copy().view("<u2").astype(np.uint32)  # [nb, 4]
-    d_bits = ((sc >> 12) << (4 * np.arange(4, dtype=np.uint32))).sum(axis=1)
-    d = fp16_bits_to_f32(d_bits.astype(np.uint16))
-    multipliers = (sc[:, :, None] >> (3 * np.arange(4, dtype=np.uint32))) & 7  # [nb, 4, 4]
+    d = fp16_bits_to_f32(_pack_fields(sc >> 12, 4).astype(np.uint16))
+    multipliers = _unpack_fields(sc, 3, 4)  # [nb, 4, 4]
     dl = d[:, None] * (2 * multipliers.reshape(-1, 16) + 1).astype(np.float32)
-    qh = blocks[:, 32:48].astype(np.int32)
-    nibbles = np.stack([qh & 15, qh >> 4], axis=2).reshape(-1, 32)  # per group of 8
+    nibbles = _unpack_nibble_pairs(blocks[:, 32:48].astype(np.int32))  # per group of 8
     grid_idx = blocks[:, 0:32].astype(np.int32) | (nibbles & 7) << 8
     delta = np.where(nibbles & 8, -_IQ1_DELTA, _IQ1_DELTA)
     levels = tables.IQ1S_GRID[grid_idx].view(np.int8).reshape(-1, 32, 8).astype(np.float32)
     values = np.repeat(dl, 2, axis=1)[:, :, None] * (levels + delta[:, :, None])
-    return values.reshape(rows, n_per_row)
+    return values.reshape(q.shape[0], n_per_row)
 
 
 QUANTIZERS: dict = {
