@@ -18,7 +18,6 @@ from conftest import (
 from kernel_inputs import KINDS, random_imatrix, random_rows
 
 from gpuquant import hostkernels
-from gpuquant.backends.numpy import QUANTIZERS
 from gpuquant.backends.numpy.floats import bf16_bits
 from gpuquant.qtypes import QTYPES
 
@@ -49,11 +48,19 @@ def test_dequantize_matches_ggml(type_name):
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
 @pytest.mark.parametrize("type_name", TYPES)
 def test_random_rows_match_numpy_backend(type_name, with_imatrix, kind):
-    if type_name not in QUANTIZERS:
-        pytest.skip(f"the numpy backend has no {type_name} yet")
     x = random_rows(seed=11, kinds=(kind,))
     imatrix = random_imatrix(seed=12, n_per_row=x.shape[1]) if with_imatrix else None
     assert_matches_numpy_backend(*host_functions(type_name), type_name, x, imatrix, f"{type_name} {kind}")
+
+
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
+@pytest.mark.parametrize("type_name", TYPES)
+def test_mixed_rows_of_several_blocks_match_numpy_backend(type_name, with_imatrix):
+    # Every awkward kind of input at once; rows of 1024 (4 super-blocks, 32 small blocks), so
+    # that each block must take its own slice of the imatrix.
+    x = random_rows(seed=71, kinds=KINDS, rows_per_kind=3, n_per_row=1024)
+    imatrix = random_imatrix(seed=72, n_per_row=1024) if with_imatrix else None
+    assert_matches_numpy_backend(*host_functions(type_name), type_name, x, imatrix, type_name)
 
 
 def _special_floats() -> np.ndarray:

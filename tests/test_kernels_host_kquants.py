@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_matches_numpy_backend, assert_same_bytes, host_functions
-from kernel_inputs import KINDS, random_imatrix, random_rows
+from conftest import assert_same_bytes
+from kernel_inputs import random_imatrix, random_rows
 
 import gpuquant
 from gpuquant import hostkernels
@@ -27,16 +27,6 @@ pytestmark = pytest.mark.usefixtures("host_library")  # skips without a C++ comp
 
 def test_the_family_is_the_k_quants():
     assert set(K_TYPES) == {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
-
-
-@pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
-@pytest.mark.parametrize("type_name", K_TYPES)
-def test_random_rows_match_numpy_backend(type_name, with_imatrix):
-    # Every awkward kind of input at once; rows of 4 super-blocks, so that each super-block must
-    # take its own slice of the imatrix.
-    x = random_rows(seed=71, kinds=KINDS, rows_per_kind=3, n_per_row=1024)
-    imatrix = random_imatrix(seed=72, n_per_row=1024) if with_imatrix else None
-    assert_matches_numpy_backend(*host_functions(type_name), type_name, x, imatrix, type_name)
 
 
 @pytest.mark.parametrize("type_name", K_TYPES)
