@@ -24,12 +24,13 @@ def main() -> None:
 
 
 @main.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("positional", nargs=-1, metavar="[IN.gguf OUT.gguf [TYPE]]")
-@click.option("--model-path", "-mp", "model_path", help="Input GGUF file (F32, F16 or BF16 tensors).")
-@click.option("--quantized-model-path", "-qp", "quantized_path", help="Output GGUF file.")
+@click.argument("positional", nargs=-1, metavar="[IN.gguf [OUT.gguf] TYPE [NTHREADS]]")
+@click.option("--model-path", "-mp", "model_path", help="Input GGUF file (TTS.cpp's form).")
+@click.option("--quantized-model-path", "-qp", "quantized_path", help="Output GGUF file (TTS.cpp's form).")
 @click.option(
     "--quantized-type", "-qt", "qtype", default=None,
-    help="Target type: a name in any case (Q4_0, q8_0, F16, ...) or a ggml type id (2 = Q4_0). Default Q4_0.",
+    help="Target type (TTS.cpp's form): a ggml type name in any case or a ggml type id (8 = Q8_0), "
+         "or a llama.cpp mix name (Q4_K_M). Default Q4_0.",
 )
 @click.option("--n-threads", "-nt", "n_threads", type=int, default=None,
               help="CPU threads for the NumPy backend (default: all cores).")
@@ -42,35 +43,78 @@ def main() -> None:
               help="Store tensors that stay unquantized as F16 (TTS.cpp's Kokoro rule, on every architecture).")
 @click.option("--imatrix", "imatrix", metavar="FILE",
               help="llama.cpp importance matrix (GGUF or legacy .dat) for the weighted quantizers.")
+@click.option("--include-weights", multiple=True, metavar="NAME", help="Use the imatrix only for tensors naming this.")
+@click.option("--exclude-weights", multiple=True, metavar="NAME", help="Do not use the imatrix for tensors naming this.")
+@click.option("--allow-requantize", is_flag=True, help="Dequantize quantized tensors and quantize them again.")
+@click.option("--leave-output-tensor", is_flag=True, help="Leave output.weight as it is.")
+@click.option("--pure", is_flag=True, help="No mix rules: every quantizable tensor gets the mix's base type.")
+@click.option("--output-tensor-type", metavar="GGML_TYPE", help="Type of output.weight.")
+@click.option("--token-embedding-type", metavar="GGML_TYPE", help="Type of the token embeddings.")
+@click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=GGML_TYPE",
+              help="Type of the tensors a regular expression finds (first match wins; repeatable).")
+@click.option("--tensor-type-file", metavar="FILE", help="PATTERN=GGML_TYPE entries separated by spaces or newlines.")
+@click.option("--prune-layers", metavar="L0,L1,...", help="Remove these layers and renumber the rest.")
+@click.option("--keep-split", is_flag=True, help="Write the same shards as a split input, with split.* keys.")
+@click.option("--override-kv", "kv_overrides", multiple=True, metavar="KEY=TYPE:VALUE",
+              help="Set a key in the output (TYPE int, float, bool or str); repeatable.")
+@click.option("--dry-run", is_flag=True, help="Show each tensor's type and the final size; write nothing.")
+@click.option("--max-buffer-size", metavar="MiB", help="Largest piece of a tensor held in memory at once.")
 @click.option("--backend", type=click.Choice(["auto", "numpy", "cupy"]), default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
 def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_dac_to_f16,
              quantize_output_heads, quantize_text_embedding, quantize_cross_attn_kv,
-             convert_non_quantized_to_f16, imatrix, backend, quiet) -> None:
-    """Quantize a GGUF model, as TTS.cpp's `quantize` (same flags) or `gpuquant quantize IN OUT [TYPE]`."""
+             convert_non_quantized_to_f16, imatrix, include_weights, exclude_weights, allow_requantize,
+             leave_output_tensor, pure, output_tensor_type, token_embedding_type, tensor_types,
+             tensor_type_file, prune_layers, keep_split, kv_overrides, dry_run, max_buffer_size,
+             backend, quiet) -> None:
+    """Quantize a GGUF model: TTS.cpp's `quantize -mp IN -qp OUT -qt TYPE` or llama-quantize's
+    `IN [OUT] TYPE [NTHREADS]` (TYPE a mix name or LLAMA_FTYPE number; no OUT: ggml-model-TYPE.gguf
+    beside IN)."""
+    from . import llama_cli
+    from .model_plan import LlamaRequest
     from .pipeline import quantize_file
 
-    if len(positional) > 3:
-        _fail("too many arguments: expected IN.gguf OUT.gguf [TYPE]")
-    if positional and (model_path or quantized_path):
-        _fail("give the files either as arguments or with --model-path/--quantized-model-path, not both")
-    if len(positional) == 3:
-        if qtype:
-            _fail("the type is given twice (argument and --quantized-type)")
-        qtype = positional[2]
-    if len(positional) >= 2:
-        model_path, quantized_path = positional[0], positional[1]
-    elif len(positional) == 1:
-        _fail("missing the output path: gpuquant quantize IN.gguf OUT.gguf [TYPE]")
-    if not model_path:
-        _fail("missing the input model (--model-path/-mp or the first argument)")
-    if not quantized_path:
-        _fail("missing the output path (--quantized-model-path/-qp or the second argument)")
-    if n_threads is not None and n_threads < 1:
-        _fail(f"--n-threads must be 1 or more, not {n_threads}")
+    try:
+        if positional:
+            if model_path or quantized_path:
+                _fail("give the files either as arguments or with --model-path/--quantized-model-path, not both")
+            if qtype:
+                _fail("the type is given twice (argument and --quantized-type)")
+            model_path, quantized_path, target, positional_threads = llama_cli.parse_positional(
+                positional, dry_run, keep_split
+            )
+            if positional_threads is not None:
+                if n_threads is not None:
+                    _fail("the thread count is given twice (argument and --n-threads)")
+                n_threads = positional_threads if positional_threads > 0 else os.cpu_count() or 1
+        else:
+            if not model_path:
+                _fail("missing the input model (--model-path/-mp or the first argument)")
+            if not quantized_path and not dry_run:
+                _fail("missing the output path (--quantized-model-path/-qp or the second argument)")
+            target = llama_cli.parse_tts_type(qtype or "Q4_0")
+        if n_threads is not None and n_threads < 1:
+            _fail(f"--n-threads must be 1 or more, not {n_threads}")
+        if include_weights and exclude_weights:
+            _fail("--include-weights and --exclude-weights cannot be used together")
+        patterns = [llama_cli.parse_tensor_type(text) for text in tensor_types]
+        if tensor_type_file:
+            patterns += llama_cli.read_tensor_type_file(tensor_type_file)
+        request = LlamaRequest(
+            pure=pure,
+            leave_output_tensor=leave_output_tensor,
+            output_tensor_type=llama_cli.parse_ggml_type(output_tensor_type) if output_tensor_type else None,
+            token_embedding_type=llama_cli.parse_ggml_type(token_embedding_type) if token_embedding_type else None,
+            tensor_types=tuple(patterns),
+            prune_layers=llama_cli.parse_prune_layers(prune_layers) if prune_layers is not None else (),
+            kv_overrides=tuple(llama_cli.parse_kv_override(text) for text in kv_overrides),
+            keep_split=keep_split,
+        )
+        buffer_bytes = llama_cli.parse_max_buffer_size(max_buffer_size) if max_buffer_size is not None else None
+    except ValueError as e:
+        _fail(str(e))
     _interrupt_on_termination()
     try:
-        target = resolve(qtype or "Q4_0")
         summary = quantize_file(
             model_path, quantized_path, target,
             backend=backend,
@@ -81,13 +125,21 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
             quantize_cross_attn_kv=quantize_cross_attn_kv,
             convert_non_quantized_to_f16=convert_non_quantized_to_f16,
             imatrix=imatrix,
+            include_weights=include_weights,
+            exclude_weights=exclude_weights,
+            llama=request,
+            allow_requantize=allow_requantize,
+            dry_run=dry_run,
+            max_buffer_bytes=buffer_bytes,
             progress=not quiet,
         )
     except KeyboardInterrupt:
         _fail("interrupted; no output written", 130)
     except (ValueError, OSError) as e:
         _fail(str(e))
-    if not quiet:
+    if dry_run:
+        click.echo(summary.dry_run_table())  # the result of a dry run: on stdout
+    elif not quiet:
         click.echo(summary.table(), err=True)
 
 
@@ -129,6 +181,14 @@ def run() -> None:
     except click.ClickException as e:
         _fail(e.format_message(), e.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+@main.command()
+def mixes() -> None:
+    """List llama-quantize's mixes (TYPE of the llama-quantize form) with their LLAMA_FTYPE numbers."""
+    from .mixes import mixes_table
+
+    click.echo(mixes_table())
 
 
 @main.command()

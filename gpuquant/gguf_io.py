@@ -10,6 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 import queue
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -48,8 +49,9 @@ class SourceTensor:
     name: str
     qtype: QType
     shape_gguf: tuple[int, ...]  # ggml order: ne0 (the row length) first
-    data_offset: int  # absolute, in the file
+    data_offset: int  # absolute, in its file
     n_bytes: int
+    split: int = 0  # which file of a split model holds it (0-based)
 
     @property
     def n_per_row(self) -> int:
@@ -84,31 +86,28 @@ class SourceModel:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if self.path.is_dir():
-            raise GGUFInputError(f"{self.path}: is a directory, not a GGUF file")
-        if not self.path.is_file():
-            raise GGUFInputError(f"{self.path}: no such file")
-        with open(self.path, "rb") as f:
-            magic = f.read(4)
-        if magic != b"GGUF":
-            raise GGUFInputError(f"{self.path}: not a GGUF file (magic {magic!r})")
-        try:
-            self._reader = _Reader(self.path, "r")
-        except Exception as e:  # the reader raises many kinds on a damaged header
-            raise GGUFInputError(f"{self.path}: truncated or damaged GGUF file ({e})") from None
-        self.alignment = int(self._reader.alignment)
-        self.metadata = [_entry(f) for k, f in self._reader.fields.items() if not k.startswith("GGUF.")]
+        self._maps: list[np.memmap] = []
+        first = _open_reader(self.path)
+        self.alignment = int(first.alignment)
+        self.metadata = [_entry(f) for k, f in first.fields.items() if not k.startswith("GGUF.")]
+        self.paths = split_paths(self.path, self.metadata)
+        readers = [first] + [_open_reader(p) for p in self.paths[1:]]
         self.tensors: list[SourceTensor] = []
-        # gguf's reader has already checked that every tensor's data lies inside the file
-        for t in self._reader.tensors:
-            qtype = BY_ID.get(int(t.tensor_type))
-            if qtype is None:  # e.g. I32 or F64: copied as it is
-                block, size = GGML_QUANT_SIZES[t.tensor_type]
-                qtype = copy_only_type(int(t.tensor_type), t.tensor_type.name, block, size)
-            self.tensors.append(
-                SourceTensor(t.name, qtype, tuple(int(d) for d in t.shape), int(t.data_offset), int(t.n_bytes))
-            )
-        self._map: np.memmap = self._reader.data
+        seen: set[str] = set()
+        # gguf's reader has already checked that every tensor's data lies inside its file
+        for index, reader in enumerate(readers):
+            self._maps.append(reader.data)
+            for t in reader.tensors:
+                if t.name in seen:
+                    raise GGUFInputError(f"{self.path}: tensor {t.name} appears twice")
+                seen.add(t.name)
+                qtype = BY_ID.get(int(t.tensor_type))
+                if qtype is None:  # e.g. I32 or F64: copied as it is
+                    block, size = GGML_QUANT_SIZES[t.tensor_type]
+                    qtype = copy_only_type(int(t.tensor_type), t.tensor_type.name, block, size)
+                self.tensors.append(SourceTensor(
+                    t.name, qtype, tuple(int(d) for d in t.shape), int(t.data_offset), int(t.n_bytes), index
+                ))
 
     @property
     def architecture(self) -> str | None:
@@ -120,15 +119,13 @@ class SourceModel:
     def raw_bytes(self, t: SourceTensor, start: int = 0, stop: int | None = None) -> np.ndarray:
         """The tensor's stored bytes [start, stop) as a view of the mapped file."""
         stop = t.n_bytes if stop is None else stop
-        return self._map[t.data_offset + start : t.data_offset + stop]
+        return self._maps[t.split][t.data_offset + start : t.data_offset + stop]
 
     def rows_as_float32(self, t: SourceTensor, row_start: int, row_stop: int) -> np.ndarray:
         """Rows [row_start, row_stop) of a float tensor, widened exactly to float32 [rows, n_per_row]."""
         dtype = _NUMPY_SOURCE_DTYPES.get(t.qtype.name)
         if dtype is None:
-            raise GGUFInputError(
-                f"tensor {t.name}: source type {t.qtype.name} cannot be quantized (F32, F16, BF16 only)"
-            )
+            return self._dequantized(t, row_start, row_stop)
         row_bytes = t.n_per_row * t.qtype.type_size
         raw = self.raw_bytes(t, row_start * row_bytes, row_stop * row_bytes).view(dtype)
         raw = raw.reshape(row_stop - row_start, t.n_per_row)
@@ -138,24 +135,67 @@ class SourceModel:
             return raw.astype(np.float32)
         return (raw.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
+    def _dequantized(self, t: SourceTensor, row_start: int, row_stop: int) -> np.ndarray:
+        """Rows of a quantized tensor as ggml's to_float gives them (for --allow-requantize)."""
+        from .backends.numpy import DEQUANTIZERS
+
+        if t.qtype.name not in DEQUANTIZERS:
+            raise GGUFInputError(f"tensor {t.name}: source type {t.qtype.name} cannot be converted")
+        row_bytes = t.qtype.row_bytes(t.n_per_row)
+        raw = self.raw_bytes(t, row_start * row_bytes, row_stop * row_bytes).reshape(row_stop - row_start, row_bytes)
+        return DEQUANTIZERS[t.qtype.name](np.ascontiguousarray(raw), t.n_per_row)
+
     def release(self, t: SourceTensor, start: int = 0, stop: int | None = None) -> None:
         """Drop the mapped pages of a processed range so resident memory stays bounded (page cache stays)."""
         stop = t.n_bytes if stop is None else stop
         page = mmap.PAGESIZE
         a = (t.data_offset + start + page - 1) // page * page
         b = (t.data_offset + stop) // page * page
-        if b > a and hasattr(self._map, "_mmap") and hasattr(mmap, "MADV_DONTNEED"):
-            self._map._mmap.madvise(mmap.MADV_DONTNEED, a, b - a)
+        mapped = self._maps[t.split]
+        if b > a and hasattr(mapped, "_mmap") and hasattr(mmap, "MADV_DONTNEED"):
+            mapped._mmap.madvise(mmap.MADV_DONTNEED, a, b - a)
 
     def close(self) -> None:
-        mm = getattr(self._map, "_mmap", None)
-        self._reader = None  # type: ignore[assignment]
-        self._map = None  # type: ignore[assignment]
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:  # a view is still alive somewhere; the GC will unmap it
-                pass
+        maps, self._maps = self._maps, []
+        for mapped in maps:
+            mm = getattr(mapped, "_mmap", None)
+            if mm is not None:
+                try:
+                    mm.close()
+                except BufferError:  # a view is still alive somewhere; the GC will unmap it
+                    pass
+
+
+def _open_reader(path: Path) -> _Reader:
+    if path.is_dir():
+        raise GGUFInputError(f"{path}: is a directory, not a GGUF file")
+    if not path.is_file():
+        raise GGUFInputError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise GGUFInputError(f"{path}: not a GGUF file (magic {magic!r})")
+    try:
+        return _Reader(path, "r")
+    except Exception as e:  # the reader raises many kinds on a damaged header
+        raise GGUFInputError(f"{path}: truncated or damaged GGUF file ({e})") from None
+
+
+_SPLIT_NAME = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def split_paths(path: Path, metadata: list[MetadataEntry]) -> list[Path]:
+    """The files of a model: the path alone, or with `split.count` > 1 every PREFIX-0000i-of-0000N.gguf."""
+    count = next((int(e.value) for e in metadata if e.key == "split.count"), 0)
+    if count <= 1:
+        return [path]
+    m = _SPLIT_NAME.match(path.name)
+    if not m or int(m.group("no")) != 1 or int(m.group("count")) != count:
+        raise GGUFInputError(
+            f"{path}: a split model of {count} files is read from its first file, "
+            f"named PREFIX-00001-of-{count:05d}.gguf"
+        )
+    return [path.with_name(f"{m.group('prefix')}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
 
 
 def _entry(field) -> MetadataEntry:

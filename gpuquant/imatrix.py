@@ -87,6 +87,23 @@ def weights_for(imatrix: Imatrix, name: str, shape_gguf: tuple[int, ...]) -> np.
     return values.reshape(n_per_row)
 
 
+def select_entries(imatrix: Imatrix, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> Imatrix | None:
+    """--include-weights / --exclude-weights: entries whose name contains (or not) one of the strings.
+
+    None when nothing is left: llama-quantize then quantizes as if no imatrix had been given.
+    """
+    entries = imatrix.entries
+    if exclude:
+        entries = {k: v for k, v in entries.items() if not any(part in k for part in exclude)}
+    if include:
+        entries = {k: v for k, v in entries.items() if any(part in k for part in include)}
+    if not entries:
+        return None
+    if entries is imatrix.entries:
+        return imatrix
+    return Imatrix(imatrix.path, entries, imatrix.datasets, imatrix.chunks_count, imatrix.format)
+
+
 def metadata_entries(imatrix: Imatrix) -> list[tuple[str, object, str]]:
     """The keys llama-quantize adds to its output: (key, value, gguf.GGUFValueType name).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
@@ -12,15 +13,16 @@ import numpy as np
 
 from .backends import NonFiniteError, get_backend
 from .gguf_io import AtomicGGUFWriter, MetadataEntry, PlannedTensor, SourceModel, WriteBehind
-from .imatrix import Imatrix, load_imatrix, metadata_entries, weights_for
-from .plan import Decision, PlanOptions, model_architecture, plan_tensor
+from .imatrix import Imatrix, load_imatrix, select_entries, weights_for
+from .mixes import Mix, find_mix
+from .model_plan import LlamaRequest, ModelPlan, PlannedEntry, plan_model
+from .plan import PlanOptions
 from .progress import Progress
 from .qtypes import QType, resolve
 from .summary import Summary, TensorRecord
 
 # float32 input per chunk: big enough to amortize per-call overhead, small enough to bound memory
 CHUNK_BYTES = 32 << 20
-QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION, as TTS.cpp and llama.cpp record it
 
 
 def _check_output_path(src: Path, dst: Path) -> None:
@@ -45,10 +47,23 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def resolve_target(qtype: str | int | QType | Mix) -> QType | Mix:
+    """A ggml type (a name in any case, or a ggml id: TTS.cpp's form) or else a llama-quantize mix name."""
+    if isinstance(qtype, (QType, Mix)):
+        return qtype
+    try:
+        return resolve(qtype)
+    except ValueError:
+        mix = find_mix(qtype) if isinstance(qtype, str) and not qtype.strip().isdigit() else None
+        if mix is None:
+            raise
+        return mix
+
+
 def quantize_file(
     src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    qtype: str | int | QType = "Q4_0",
+    dst: str | os.PathLike[str] | None,
+    qtype: str | int | QType | Mix = "Q4_0",
     *,
     backend: str = "auto",
     n_threads: int = 1,
@@ -58,133 +73,207 @@ def quantize_file(
     quantize_cross_attn_kv: bool = False,
     convert_non_quantized_to_f16: bool = False,
     imatrix: str | os.PathLike[str] | Imatrix | None = None,
+    include_weights: tuple[str, ...] = (),
+    exclude_weights: tuple[str, ...] = (),
+    llama: LlamaRequest | None = None,
+    allow_requantize: bool = False,
+    dry_run: bool = False,
+    max_buffer_bytes: int | None = None,
     progress: bool = False,
 ) -> Summary:
     """Quantize a GGUF file; raises ValueError (one-line message) on bad input, leaving no output.
 
-    `imatrix` is a llama.cpp importance-matrix file (GGUF or legacy .dat) or a loaded Imatrix.
+    `qtype` is a ggml type (TTS.cpp's form: a name or a ggml id) or a llama-quantize mix (Q4_K_M, a
+    Mix). `imatrix` is a llama.cpp importance-matrix file (GGUF or legacy .dat) or a loaded Imatrix.
+    `llama` holds llama-quantize's options for llama.cpp models. With `dry_run` nothing is written
+    and no tensor data is read; `dst` may then be None.
     """
-    src, dst = Path(src), Path(dst)
-    _check_output_path(src, dst)
-    target = resolve(qtype)
+    src = Path(src)
+    dst = Path(dst) if dst is not None else None
+    if not dry_run:
+        if dst is None:
+            raise ValueError("missing the output path")
+        _check_output_path(src, dst)
+    target = resolve_target(qtype)
+    if include_weights and exclude_weights:
+        raise ValueError("--include-weights and --exclude-weights cannot be used together")
     if imatrix is not None and not isinstance(imatrix, Imatrix):
         imatrix = load_imatrix(imatrix)
+    if imatrix is not None:
+        imatrix = select_entries(imatrix, include_weights, exclude_weights)
+    tts_options = PlanOptions(
+        qtype=target.base if isinstance(target, Mix) else target,
+        convert_dac_to_f16=convert_dac_to_f16,
+        quantize_output_heads=quantize_output_heads,
+        quantize_text_embeddings=quantize_text_embeddings,
+        quantize_cross_attn_kv=quantize_cross_attn_kv,
+        convert_non_quantized_to_f16=convert_non_quantized_to_f16,
+    )
     model = SourceModel(src)
     try:
-        return _run(model, dst, target, backend, n_threads, imatrix, progress, PlanOptions(
-            qtype=target,
-            convert_dac_to_f16=convert_dac_to_f16,
-            quantize_output_heads=quantize_output_heads,
-            quantize_text_embeddings=quantize_text_embeddings,
-            quantize_cross_attn_kv=quantize_cross_attn_kv,
-            convert_non_quantized_to_f16=convert_non_quantized_to_f16,
-        ))
+        plan = plan_model(model, target, tts_options, llama, imatrix)
+        chunk_bytes = min(CHUNK_BYTES, max_buffer_bytes) if max_buffer_bytes else CHUNK_BYTES
+        return _run(model, dst, plan, backend, n_threads, imatrix, progress, allow_requantize, dry_run,
+                    chunk_bytes, llama or LlamaRequest())
     finally:
         model.close()
 
 
-def _run(model, dst, target, backend_name, n_threads, imatrix, show_progress, options) -> Summary:
+def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_progress, allow_requantize,
+         dry_run, chunk_bytes, llama_request) -> Summary:
     start = time.perf_counter()
-    arch = model_architecture(model.architecture)
     be = get_backend(backend_name, n_threads=n_threads)
-    decisions, weights = _plan_tensors(model, arch, be, imatrix, options)
+    weights = _check_plan(plan, be, imatrix, allow_requantize, dry_run)
 
-    summary = Summary(str(model.path), str(dst), target.name, arch, be.name, n_threads)
+    summary = Summary(str(model.path), str(dst) if dst else "(dry run)", plan.requested, plan.architecture,
+                      be.name, n_threads)
+    summary.family = plan.family
+    summary.dry_run = dry_run
     if imatrix is not None:
         summary.imatrix_file = imatrix.path
-    report = Progress(sum(t.n_bytes for t in model.tensors), len(model.tensors)) if show_progress else None
-    _note_plan_warnings(model.tensors, decisions, summary, report)
+    entries = plan.entries
+    total = sum(e.source.n_bytes for e in entries)
+    report = Progress(total, len(entries)) if show_progress and not dry_run else None
+    _note_plan_warnings(plan, summary, report)
 
-    metadata = [e for e in model.metadata if e.key not in _OWN_KEYS]
-    metadata += _imatrix_keys(imatrix) + _quantization_keys(target)
-    planned = [
-        PlannedTensor(t.name, t.shape_numpy, d.qtype, t.n_rows * d.qtype.row_bytes(t.n_per_row))
-        for t, d in zip(model.tensors, decisions, strict=True)
+    records = [
+        TensorRecord(
+            e.name, e.source.qtype.name, e.decision.qtype.name, e.source.n_elements, e.source.n_bytes,
+            _output_bytes(e), e.decision.reason,
+            e.decision.fallback_from.name if e.decision.fallback_from else None,
+            imatrix_used=w is not None,
+        )
+        for e, w in zip(entries, weights, strict=True)
     ]
+    if dry_run:
+        summary.records = records
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    shards = _output_shards(plan, dst, llama_request)
     # One chunk stream for every converted tensor of the file, so that a backend working ahead
     # (the GPU engine) overlaps tensors too, not only the chunks of one tensor.
-    conversions = [(t, d.qtype, w) for t, d, w in zip(model.tensors, decisions, weights, strict=True)
-                   if d.qtype != t.qtype]
-    chunk_ranges = {t.name: list(_row_chunks(t, w)) for t, _, w in conversions}
+    conversions = [(e, w) for e, w in zip(entries, weights, strict=True) if e.decision.qtype != e.source.qtype]
+    chunk_ranges = {id(e): list(_row_chunks(e.source, w, chunk_bytes)) for e, w in conversions}
     chunks = (
-        (model.rows_as_float32(t, r0, r1), qtype, wc)
-        for t, qtype, _ in conversions for r0, r1, wc in chunk_ranges[t.name]
+        (model.rows_as_float32(e.source, r0, r1), e.decision.qtype, wc)
+        for e, _ in conversions for r0, r1, wc in chunk_ranges[id(e)]
     )
     outputs = be.quantize_chunks(chunks, check_finite=True)
+    index = 0
     try:
-        with AtomicGGUFWriter(dst, metadata, planned, model.alignment) as file_writer:
-            writer = WriteBehind(file_writer, outputs_owned=getattr(be, "outputs_owned", False))
-            try:
-                for i, (t, d, p, w) in enumerate(zip(model.tensors, decisions, planned, weights, strict=True)):
-                    if report:
-                        report.tensor_started(i, t.name, t.qtype.name, d.qtype.name)
-                    if d.qtype == t.qtype:
-                        _copy_tensor(model, t, writer)
+        with ExitStack() as stack:
+            writers = [stack.enter_context(AtomicGGUFWriter(path, metadata, planned, model.alignment))
+                       for path, metadata, planned in shards]
+            for file_writer, (_, _, planned) in zip(writers, shards, strict=True):
+                writer = WriteBehind(file_writer, outputs_owned=getattr(be, "outputs_owned", False))
+                try:
+                    for _ in planned:
+                        e, record = entries[index], records[index]
+                        t = e.source
                         if report:
-                            report.advance(t.n_bytes)
-                    else:
-                        _write_converted(model, t, chunk_ranges[t.name], outputs, writer, report)
-                    summary.records.append(TensorRecord(
-                        t.name, t.qtype.name, d.qtype.name, t.n_elements, t.n_bytes, p.n_bytes, d.reason,
-                        d.fallback_from.name if d.fallback_from else None,
-                        imatrix_used=w is not None,
-                    ))
-                writer.drain()
-            finally:
-                writer.close()
-            file_writer.commit()
+                            report.tensor_started(index, e.name, t.qtype.name, e.decision.qtype.name)
+                        if e.decision.qtype == t.qtype:
+                            _copy_tensor(model, t, writer, chunk_bytes)
+                            if report:
+                                report.advance(t.n_bytes)
+                        else:
+                            _write_converted(model, e, chunk_ranges[id(e)], outputs, writer, report)
+                        summary.records.append(record)
+                        index += 1
+                    writer.drain()
+                finally:
+                    writer.close()
+            for file_writer in writers:
+                file_writer.commit()
     finally:
         outputs.close()  # stops a backend working ahead (GPU streams, staging threads)
+    summary.outputs = [str(path) for path, _, _ in shards]
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _plan_tensors(model, arch, be, imatrix, options) -> tuple[list[Decision], list[np.ndarray | None]]:
-    """Every tensor's output type and importance weights, all checked before any output exists."""
-    decisions: list[Decision] = []
+def _output_bytes(e: PlannedEntry) -> int:
+    return e.source.n_rows * e.decision.qtype.row_bytes(e.source.n_per_row)
+
+
+def ggml_shape(shape_gguf: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape ggml writes (ggml_n_dims): trailing dimensions of 1 dropped, at least one kept."""
+    n = len(shape_gguf)
+    while n > 1 and shape_gguf[n - 1] == 1:
+        n -= 1
+    return tuple(shape_gguf[: max(n, 1)])
+
+
+def _output_shards(plan: ModelPlan, dst: Path, request: LlamaRequest):
+    """(path, metadata, tensors) per output file: one, or with --keep-split one per input shard."""
+    planned = [
+        PlannedTensor(e.name, tuple(reversed(ggml_shape(e.source.shape_gguf))), e.decision.qtype, _output_bytes(e))
+        for e in plan.entries
+    ]
+    if not request.keep_split:
+        return [(dst, plan.metadata, planned)]
+    from gguf import GGUFValueType
+
+    # llama-quantize names even a single shard PREFIX-00001-of-00001.gguf, and strips ".gguf"
+    text = str(dst)
+    prefix = Path(text[:-5] if ".gguf" in text else text)
+    n_split = 1 + max((e.source.split for e in plan.entries), default=0)
+    shards = []
+    for i in range(n_split):
+        metadata = list(plan.metadata) if i == 0 else []  # later shards start from an empty context
+        if n_split > 1:
+            metadata += [
+                MetadataEntry("split.no", i, GGUFValueType.UINT16, None),
+                MetadataEntry("split.count", n_split, GGUFValueType.UINT16, None),
+                MetadataEntry("split.tensors.count", len(planned), GGUFValueType.INT32, None),
+            ]
+        shard = [p for p, e in zip(planned, plan.entries, strict=True) if e.source.split == i]
+        shards.append((split_path(prefix, i, n_split), metadata, shard))
+    return shards
+
+
+def split_path(prefix: Path, index: int, count: int) -> Path:
+    """llama_split_path: PREFIX-0000i-of-0000n.gguf (1-based)."""
+    return prefix.with_name(f"{prefix.name}-{index + 1:05d}-of-{count:05d}.gguf")
+
+
+def _check_plan(plan: ModelPlan, be, imatrix, allow_requantize: bool, dry_run: bool) -> list[np.ndarray | None]:
+    """Every tensor's importance weights, with every refusal raised before any output exists."""
     weights: list[np.ndarray | None] = []
-    for t in model.tensors:
-        d = plan_tensor(t.name, t.shape_gguf, t.qtype, arch, options)
+    for e in plan.entries:
+        t, d = e.source, e.decision
         w = None
         if d.qtype != t.qtype:
+            if not t.qtype.is_float and not allow_requantize and not dry_run:
+                raise ValueError(
+                    f"tensor {e.name} is {t.qtype.name}: requantizing is disabled (add --allow-requantize)"
+                )
             if not be.supports(d.qtype):
                 raise ValueError(f"type {d.qtype.name} is not supported yet by the {be.name} backend")
+            if not t.qtype.is_float and not be.supports(t.qtype):
+                raise ValueError(f"tensor {e.name}: cannot dequantize its type {t.qtype.name}")
             if imatrix is not None and not d.qtype.is_float:
-                w = weights_for(imatrix, t.name, t.shape_gguf)
-            if w is None and d.qtype.requires_imatrix:
-                raise ValueError(f"tensor {t.name}: type {d.qtype.name} requires an importance matrix entry")
-        decisions.append(d)
+                w = weights_for(imatrix, e.imatrix_name, t.shape_gguf)
+            if w is None and e.requires_imatrix and not dry_run:
+                if imatrix is None:
+                    raise ValueError(
+                        f"this quantization requires an importance matrix (--imatrix): tensor {e.name} "
+                        f"is planned as {d.qtype.name}"
+                    )
+                raise ValueError(f"tensor {e.name}: type {d.qtype.name} requires an importance matrix entry")
         weights.append(w)
-    return decisions, weights
+    return weights
 
 
-_OWN_KEYS = ("general.quantization_version", "general.quantization_type")
-
-
-def _quantization_keys(target: QType) -> list[MetadataEntry]:
-    from gguf import GGUFValueType
-
-    return [
-        MetadataEntry("general.quantization_version", QUANTIZATION_VERSION, GGUFValueType.UINT32, None),
-        MetadataEntry("general.quantization_type", target.ggml_id, GGUFValueType.UINT32, None),
-    ]
-
-
-def _imatrix_keys(imatrix: Imatrix | None) -> list[MetadataEntry]:
-    from gguf import GGUFValueType
-
-    if imatrix is None:
-        return []
-    return [MetadataEntry(k, v, GGUFValueType[vt], None) for k, v, vt in metadata_entries(imatrix)]
-
-
-def _note_plan_warnings(tensors, decisions, summary: Summary, report: Progress | None) -> None:
-    kept = [t.name for t, d in zip(tensors, decisions, strict=True) if d.kept_unquantizable]
+def _note_plan_warnings(plan: ModelPlan, summary: Summary, report: Progress | None) -> None:
+    entries = plan.entries
+    kept = [e.name for e in entries if e.decision.kept_unquantizable]
     fallbacks: dict[tuple[str, str], list[str]] = {}
-    for t, d in zip(tensors, decisions, strict=True):
-        if d.fallback_from:
-            fallbacks.setdefault((d.fallback_from.name, d.qtype.name), []).append(t.name)
-    messages = [
+    for e in entries:
+        if e.decision.fallback_from:
+            fallbacks.setdefault((e.decision.fallback_from.name, e.decision.qtype.name), []).append(e.name)
+    messages = list(plan.notes) + [
         f"{len(names)} tensors with rows not a multiple of {a}'s block quantized as {b} instead "
         f"(e.g. {names[0]})"
         for (a, b), names in fallbacks.items()
@@ -193,28 +282,26 @@ def _note_plan_warnings(tensors, decisions, summary: Summary, report: Progress |
         messages.append(
             f"{len(kept)} tensors kept as they are: no block size divides their rows (e.g. {kept[0]})"
         )
-    not_float = [t for t in tensors if not t.qtype.is_float]
-    if not_float:
-        kinds = ", ".join(sorted({t.qtype.name for t in not_float}))
-        messages.append(
-            f"{len(not_float)} {kinds} tensors kept as they are: gpuquant converts F32, F16 and BF16 "
-            f"tensors only (e.g. {not_float[0].name})"
-        )
+    copied = [e for e in entries if e.source.qtype.family == "copy-only"]
+    if copied:
+        kinds = ", ".join(sorted({e.source.qtype.name for e in copied}))
+        messages.append(f"{len(copied)} {kinds} tensors kept as they are: integer tensors are copied (e.g. "
+                        f"{copied[0].name})")
     summary.warnings.extend(messages)
     if report:
         for m in messages:
             report.warn(m)
 
 
-def _copy_tensor(model: SourceModel, t, writer: WriteBehind) -> None:
-    for a in range(0, t.n_bytes, CHUNK_BYTES):
-        b = min(t.n_bytes, a + CHUNK_BYTES)
+def _copy_tensor(model: SourceModel, t, writer: WriteBehind, chunk_bytes: int) -> None:
+    for a in range(0, t.n_bytes, chunk_bytes):
+        b = min(t.n_bytes, a + chunk_bytes)
         writer.write(model.raw_bytes(t, a, b), partial(model.release, t, a, b))
 
 
-def _row_chunks(t, weights: np.ndarray | None):
+def _row_chunks(t, weights: np.ndarray | None, chunk_bytes: int):
     """(first row, last row + 1, weights) chunks; with per-expert weights a chunk never spans two experts."""
-    rows_per_chunk = max(1, CHUNK_BYTES // (4 * t.n_per_row))
+    rows_per_chunk = max(1, chunk_bytes // (4 * t.n_per_row))
     per_expert = weights is not None and weights.ndim == 2
     span = t.n_rows // weights.shape[0] if per_expert else t.n_rows
     for e0 in range(0, t.n_rows, span):
@@ -223,15 +310,17 @@ def _row_chunks(t, weights: np.ndarray | None):
             yield r0, min(e0 + span, r0 + rows_per_chunk), w
 
 
-def _write_converted(model: SourceModel, t, ranges, outputs, writer: WriteBehind, report: Progress | None) -> None:
+def _write_converted(model: SourceModel, e: PlannedEntry, ranges, outputs, writer: WriteBehind,
+                     report: Progress | None) -> None:
     """Writes the outputs of one tensor's chunks, in order, and drops their input pages."""
+    t = e.source
     src_row_bytes = t.n_bytes // t.n_rows
     for r0, r1, _ in ranges:
         try:
             q = next(outputs)
-        except NonFiniteError as e:
+        except NonFiniteError as err:
             raise ValueError(
-                f"tensor {t.name}: NaN or Inf weight in row {r0 + e.row}; refusing to quantize it"
+                f"tensor {e.name}: NaN or Inf weight in row {r0 + err.row}; refusing to quantize it"
             ) from None
         writer.write(q, partial(model.release, t, r0 * src_row_bytes, r1 * src_row_bytes), from_backend=True)
         if report:

@@ -30,6 +30,9 @@ class Summary:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     imatrix_file: str | None = None
+    family: str = "tts.cpp"  # whose rules planned the tensors: "tts.cpp" or "llama.cpp"
+    dry_run: bool = False
+    outputs: list[str] = field(default_factory=list)  # the files written (several with --keep-split)
 
     @property
     def bytes_in(self) -> int:
@@ -107,3 +110,22 @@ class Summary:
             + (f"; {'; '.join(extra)}" if extra else "")
         )
         return "\n".join(lines)
+
+    def dry_run_table(self) -> str:
+        """--dry-run: each tensor's type and size, then the sizes llama-quantize reports."""
+        width = max((len(r.name) for r in self.records), default=4)
+        lines = [
+            f"{self.src}: {self.requested_type} ({self.family} rules, architecture {self.architecture})",
+            f"{'tensor':<{width}}  {'from':<7} {'to':<7} {'MiB before':>11} {'MiB after':>11}",
+        ]
+        for r in self.records:
+            lines.append(
+                f"{r.name:<{width}}  {r.src_type:<7} {r.dst_type:<7} {r.bytes_in / 2**20:>11.3f} "
+                f"{r.bytes_out / 2**20:>11.3f}  {r.reason}"
+            )
+        n = max(1, self.n_elements)
+        lines.append(f"model size = {self.bytes_in / 2**20:.2f} MiB ({self.bytes_in * 8 / n:.2f} BPW)")
+        lines.append(f"quant size = {self.bytes_out / 2**20:.2f} MiB ({self.bytes_out * 8 / n:.2f} BPW)")
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+

@@ -72,7 +72,8 @@ def test_summary_table_and_progress_on_stderr(tiny, tmp_path):
     (["quantize", "-mp", "missing.gguf", "-qp", "x.gguf"], "no such file"),
     (["quantize", "IN", "OUT", "Q9_9"], "unknown quantization type"),
     (["quantize", "-qp", "x.gguf"], "missing the input"),
-    (["quantize", "a", "b", "c", "d"], "too many arguments"),
+    (["quantize", "a", "b", "q4_0", "2", "e"], "too many arguments"),
+    (["quantize", "a", "b", "q4_0", "x"], "invalid nthread"),
 ])
 def test_usage_errors_are_one_line(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -161,7 +162,8 @@ def test_module_entry_point(tiny, tmp_path):
     import sys
 
     out = tmp_path / "o.gguf"
-    p = subprocess.run([sys.executable, "-m", "gpuquant", "quantize", str(tiny), str(out), "8", "--quiet"],
+    # the llama-quantize form: TYPE is a LLAMA_FTYPE number (7 = Q8_0)
+    p = subprocess.run([sys.executable, "-m", "gpuquant", "quantize", str(tiny), str(out), "7", "--quiet"],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert out_types(out)["kokoro.albert.layer.0.q"] == "Q8_0"
@@ -280,14 +282,18 @@ def test_integer_and_already_quantized_tensors_are_copied_with_a_warning(tmp_pat
     out = {t.name: t for t in gguf.GGUFReader(q4).tensors}
     assert out["kokoro.positions"].tensor_type.name == "I32"
     assert np.array_equal(np.asarray(out["kokoro.positions"].data), tensors["kokoro.positions"])
-    # feeding a quantized file back: its Q4_0 tensors are kept byte for byte, the rest converted
+    # feeding a quantized file back: refused unless --allow-requantize, as llama-quantize does
     again = tmp_path / "again.gguf"
     r = CliRunner().invoke(main, ["quantize", str(q4), str(again), "Q8_0"])
-    assert r.exit_code == 0 and "Q4_0 tensors kept as they are" in r.output
+    assert r.exit_code == 1 and "--allow-requantize" in r.output and not again.exists()
+    r = CliRunner().invoke(main, ["quantize", "--allow-requantize", str(q4), str(again), "Q8_0"])
+    assert r.exit_code == 0, r.output
     out2 = {t.name: t for t in gguf.GGUFReader(again).tensors}
-    assert out2["kokoro.albert.layer.0.q"].tensor_type.name == "Q4_0"
     name = "kokoro.albert.layer.0.q"
-    assert np.array_equal(np.asarray(out2[name].data), np.asarray(out[name].data))
+    assert out2[name].tensor_type.name == "Q8_0"
+    q4_rows = np.asarray(out[name].data).reshape(8, -1)
+    expected = gpuquant.quantize(gpuquant.dequantize(q4_rows, "Q4_0"), "Q8_0")
+    assert np.array_equal(np.asarray(out2[name].data).reshape(expected.shape), expected)
 
 
 def test_bf16_source_through_the_cli(tmp_path):
