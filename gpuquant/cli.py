@@ -9,7 +9,7 @@ import sys
 import click
 
 from . import __version__
-from .qtypes import QTYPES, resolve
+from .qtypes import QTYPES
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -44,7 +44,7 @@ def main() -> None:
 @click.option("--imatrix", "imatrix", metavar="FILE",
               help="llama.cpp importance matrix (GGUF or legacy .dat) for the weighted quantizers.")
 @click.option("--include-weights", multiple=True, metavar="NAME", help="Use the imatrix only for tensors naming this.")
-@click.option("--exclude-weights", multiple=True, metavar="NAME", help="Do not use the imatrix for tensors naming this.")
+@click.option("--exclude-weights", multiple=True, metavar="NAME", help="No imatrix for tensors naming this.")
 @click.option("--allow-requantize", is_flag=True, help="Dequantize quantized tensors and quantize them again.")
 @click.option("--leave-output-tensor", is_flag=True, help="Leave output.weight as it is.")
 @click.option("--pure", is_flag=True, help="No mix rules: every quantizable tensor gets the mix's base type.")

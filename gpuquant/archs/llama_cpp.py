@@ -305,7 +305,7 @@ def plan_llama(tensors: Sequence[TensorView], hp: Hparams, options: LlamaOptions
         try:
             state.patterns.append((re.compile(pattern), qtype))
         except re.error as e:
-            raise LlamaModelError(f"--tensor-type pattern {pattern!r} is not a valid regular expression ({e})") from None
+            raise LlamaModelError(f"--tensor-type {pattern!r} is not a valid regular expression ({e})") from None
     out = []
     for t in tensors:
         choice = _tensor_choice(state, t)
