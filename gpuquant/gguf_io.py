@@ -359,3 +359,76 @@ class WriteBehind:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
+
+
+def tensor_infos(path: str | os.PathLike[str]) -> list[tuple[str, tuple[int, ...], int]]:
+    """(name, ggml shape, ggml type id) of every tensor of a GGUF file, read from its header alone.
+
+    gguf's reader refuses files holding a type its enum lacks (Q2_0, id 42, in gguf 0.19); this scan
+    needs only the header layout, so it lists any file.
+    """
+    import struct
+
+    with open(path, "rb") as f:
+        data = f.read(1 << 20)
+        if data[:4] != b"GGUF":
+            raise GGUFInputError(f"{path}: not a GGUF file")
+        pos = 8
+        n_tensors, n_kv = struct.unpack_from("<QQ", data, pos)
+        pos += 16
+        sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+        def need(n: int) -> None:
+            nonlocal data
+            while pos + n > len(data):
+                more = f.read(1 << 20)
+                if not more:
+                    raise GGUFInputError(f"{path}: truncated header")
+                data += more
+
+        def string() -> str:
+            nonlocal pos
+            need(8)
+            (n,) = struct.unpack_from("<Q", data, pos)
+            need(8 + n)
+            s = data[pos + 8 : pos + 8 + n].decode("utf-8", errors="replace")
+            pos += 8 + n
+            return s
+
+        def skip_value(vtype: int) -> None:
+            nonlocal pos
+            if vtype == 8:
+                string()
+            elif vtype == 9:
+                need(12)
+                sub, count = struct.unpack_from("<IQ", data, pos)
+                pos += 12
+                if sub in sizes:
+                    need(sizes[sub] * count)
+                    pos += sizes[sub] * count
+                else:
+                    for _ in range(count):
+                        skip_value(sub)
+            else:
+                need(sizes[vtype])
+                pos += sizes[vtype]
+
+        for _ in range(n_kv):
+            string()
+            need(4)
+            (vtype,) = struct.unpack_from("<I", data, pos)
+            pos += 4
+            skip_value(vtype)
+        out = []
+        for _ in range(n_tensors):
+            name = string()
+            need(4)
+            (n_dims,) = struct.unpack_from("<I", data, pos)
+            pos += 4
+            need(8 * n_dims + 12)
+            shape = struct.unpack_from(f"<{n_dims}Q", data, pos)
+            pos += 8 * n_dims
+            (type_id,) = struct.unpack_from("<I", data, pos)
+            pos += 12  # type and offset
+            out.append((name, tuple(int(d) for d in shape), int(type_id)))
+        return out

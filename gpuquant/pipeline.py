@@ -258,7 +258,7 @@ def _check_plan(plan: ModelPlan, be, imatrix, allow_requantize: bool, dry_run: b
             if w is None and e.requires_imatrix and not dry_run:
                 if imatrix is None:
                     raise ValueError(
-                        f"this quantization requires an importance matrix (--imatrix): tensor {e.name} "
+                        f"this quantization requires an imatrix (--imatrix): tensor {e.name} "
                         f"is planned as {d.qtype.name}"
                     )
                 raise ValueError(f"tensor {e.name}: type {d.qtype.name} requires an importance matrix entry")

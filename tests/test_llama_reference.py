@@ -1,0 +1,65 @@
+"""Whole files against llama-quantize: every recorded run (tests/data/llama_reference.json, made by
+`benchmarks/llama_reference.py record` with llama.cpp 3aa0ce9's llama-quantize) replayed through
+gpuquant's CLI, in llama-quantize's own command-line form. Each run compares the per-tensor types
+(in file order) and the sha256 of every output file; a run llama-quantize refused must be refused
+with its reason, leaving no output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from llama_runs import build_inputs, describe_outputs, output_files
+
+from gpuquant.cli import main
+
+RECORD = json.loads((Path(__file__).parent / "data" / "llama_reference.json").read_text())
+RUNS = RECORD["runs"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("llama-runs")
+
+
+def test_the_record_covers_what_the_suite_claims():
+    layouts = {r["model"] for r in RUNS}
+    assert layouts == {"llama-gqa", "llama-tied", "qwen3moe", "phi3", "falcon", "deepseek2", "gpt-oss", "gemma3"}
+    for model in layouts:
+        names = {r["name"].split(": ", 1)[1] for r in RUNS if r["model"] == model and r["source"] == "F32"}
+        for mix in ("Q4_K_M", "Q4_K_S", "Q5_K_M", "Q3_K_M", "Q3_K_L", "Q2_K", "Q6_K", "IQ4_XS"):
+            assert f"{mix} 2" in names
+        for mix in ("IQ2_XXS", "IQ2_M", "IQ3_XXS", "IQ3_M", "Q2_K_S"):
+            assert f"--imatrix {mix} 2 +imatrix" in names
+        for option in ("--pure", "--leave-output-tensor", "--output-tensor-type", "--tensor-type", "--prune-layers",
+                       "--override-kv"):
+            assert any(n.startswith(option) for n in names), (model, option)
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[r["name"] for r in RUNS])
+def test_run_equals_llama_quantize(run, work, monkeypatch):
+    monkeypatch.chdir(work)  # the recorded runs name their files relative to their folder
+    values = build_inputs(work, run)
+    src = work / values["{model}"]
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == RECORD["inputs"][f"{run['model']}/{run['source']}"]
+    out = work / "out.gguf"
+    values["{out}"] = out.name
+    args = [values.get(a, a) for a in run["args"]]
+    result = CliRunner().invoke(main, ["quantize", "--backend", "numpy", "-q", *args])
+    expected = run["expected"]
+    files = output_files(out, run["files"])
+    if "error" in expected:
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and expected["error"].rstrip("!.").lower() in lines[0].lower(), result.output
+        assert not any(f.exists() for f in files)
+        return
+    assert result.exit_code == 0, result.output
+    got = describe_outputs(files)
+    assert got["plan"] == expected["plan"]
+    assert got["sha256"] == expected["sha256"]
+    for f in files:
+        f.unlink()
