@@ -87,7 +87,7 @@ def test_type_that_requires_an_imatrix(model, tmp_path):
     src, tensors = model
     dst = tmp_path / "o.gguf"
     r = CliRunner().invoke(main, ["quantize", str(src), str(dst), "IQ2_XXS", "--backend", "numpy"])
-    assert r.exit_code == 1 and "requires an importance matrix" in r.output and not dst.exists()
+    assert r.exit_code == 1 and "requires an imatrix" in r.output and not dst.exists()
     rng = np.random.default_rng(9)
     entries = [(name, 1, rng.random(a.shape[0] * a.shape[-1] if a.ndim == 3 else a.shape[-1]).astype(np.float32))
                for name, a in tensors.items() if a.ndim >= 2]

@@ -753,33 +753,44 @@ def dequantize_iq1_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
 
 
 IQ1M_SUB = 16  # weights per IQ1_M sub-block: two groups of 8, each with its own shift
-# IQ1_M's shift choices k: bit 1 shifts the first group down, bit 0 the second.
-_IQ1M_FIRST_DOWN = (False, False, True, True)
-_IQ1M_SECOND_DOWN = (False, True, False, True)
 
 
 def _iq1m_best_split(
     sorted_x: np.ndarray, sorted_w: np.ndarray, in_first_group: np.ndarray
 ) -> tuple[np.ndarray, ...]:
-    """IQ1_M's exhaustive split: every (i1 <= i2) boundary pair of the sorted weights, each with
-    the 4 shift choices k; ggml sums every candidate from scratch in sorted order, so each pair
-    gets its own accumulator (vectorized across pairs) and the running best is kept in ggml's
-    order (i1, i2, k). sorted_*, in_first_group [16, n]. Returns (scale, i1, i2, k) per sub-block."""
+    """IQ1_M's exhaustive split (ggml as in llama.cpp 3aa0ce9): every (i1 <= i2) boundary pair of
+    the sorted weights, each with the 4 shift choices k, scored from prefix sums kept per group of
+    8 (each group has its own shift). Since v0 - v1 = v1 - v2 = -1 for both shifts, a group's
+    sum(w x q) is T v2 - S(i1) - S(i2) and its sum(w q^2) is W v2^2 + W(i1) c1 + W(i2) c2. The
+    running best is kept in ggml's order (i1, i2, k). sorted_*, in_first_group [16, n].
+    Returns (scale, i1, i2, k) per sub-block.
+
+    ggml v0.21.0 summed every candidate from scratch instead; the roundings differ, and so do
+    some choices: llama.cpp's quantizer is the reference here.
+    """
     sub, n = sorted_x.shape
-    pair_i1, pair_i2 = np.triu_indices(sub + 1)  # i1 <= i2, i1-major as ggml loops
-    values = np.stack([_IQ1_UP, _IQ1_DOWN])[:, :, None]  # [up/down, level, 1]
-    sumqx = np.zeros((4, pair_i1.size, n), dtype=np.float32)
-    sumq2 = np.zeros((4, pair_i1.size, n), dtype=np.float32)
+    px = np.zeros((2, sub + 1, n), dtype=np.float32)  # [group, sorted position, n]
+    pw = np.zeros((2, sub + 1, n), dtype=np.float32)
     for j in range(sub):
-        level = (j >= pair_i1).astype(np.int64) + (j >= pair_i2)  # [pairs]
-        wv = sorted_w[j] * values  # [2, 3, n]
-        term_x = (wv * sorted_x[j])[:, level]  # [up/down, pairs, n]
-        term_q = (wv * values)[:, level]
         first = in_first_group[j]
-        for k in range(4):
-            down = np.where(first, _IQ1M_FIRST_DOWN[k], _IQ1M_SECOND_DOWN[k])
-            sumqx[k] += np.where(down, term_x[1], term_x[0])
-            sumq2[k] += np.where(down, term_q[1], term_q[0])
+        wx = sorted_w[j] * sorted_x[j]
+        for h, mine in ((0, first), (1, ~first)):
+            px[h, j + 1] = np.where(mine, px[h, j] + wx, px[h, j])
+            pw[h, j + 1] = np.where(mine, pw[h, j] + sorted_w[j], pw[h, j])
+    txs, tws = px[:, sub], pw[:, sub]
+    up, down = _IQ1_UP, _IQ1_DOWN
+    p2, m2 = up[2], down[2]
+    cp1, cp2 = up[0] * up[0] - up[1] * up[1], up[1] * up[1] - up[2] * up[2]
+    cm1, cm2 = down[0] * down[0] - down[1] * down[1], down[1] * down[1] - down[2] * down[2]
+    pair_i1, pair_i2 = np.triu_indices(sub + 1)  # i1 <= i2, i1-major as ggml loops
+    sx = px[:, pair_i1] + px[:, pair_i2]  # [group, pairs, n]
+    qx_p = txs[:, None] * p2 - sx
+    qx_m = txs[:, None] * m2 - sx
+    q2_p = (tws * p2 * p2)[:, None] + pw[:, pair_i1] * cp1 + pw[:, pair_i2] * cp2
+    q2_m = (tws * m2 * m2)[:, None] + pw[:, pair_i1] * cm1 + pw[:, pair_i2] * cm2
+    # k: bit 1 shifts the first group down, bit 0 the second
+    sumqx = (qx_p[0] + qx_p[1], qx_p[0] + qx_m[1], qx_m[0] + qx_p[1], qx_m[0] + qx_m[1])
+    sumq2 = (q2_p[0] + q2_p[1], q2_p[0] + q2_m[1], q2_m[0] + q2_p[1], q2_m[0] + q2_m[1])
 
     best = np.full(n, -np.finfo(np.float32).max, dtype=np.float32)
     scale = np.zeros(n, dtype=np.float32)
@@ -787,10 +798,10 @@ def _iq1m_best_split(
     best_k = np.full(n, -1)
     for p in range(pair_i1.size):
         for k in range(4):
-            sx, sq = sumqx[k, p], sumq2[k, p]
-            better = _beats_best_fit(sx, sq, best)
+            sx_k, sq_k = sumqx[k][p], sumq2[k][p]
+            better = _beats_best_fit(sx_k, sq_k, best)
             if better.any():
-                best, scale = _take_better_fit(better, sx, sq, best, scale)
+                best, scale = _take_better_fit(better, sx_k, sq_k, best, scale)
                 best_pair = np.where(better, p, best_pair)
                 best_k = np.where(better, k, best_k)
     found = best_pair >= 0
