@@ -26,8 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "tests"))
 
-from gpuquant.synthetic_llama import LAYOUTS  # noqa: E402
 from llama_runs import build_inputs, describe_outputs, output_files  # noqa: E402
+
+from gpuquant.synthetic_llama import LAYOUTS  # noqa: E402
 
 RECORD = ROOT / "tests" / "data" / "llama_reference.json"
 REFERENCE = "llama.cpp 3aa0ce9 (llama-cpp-python 0.3.36 vendor/llama.cpp), llama-quantize"
@@ -62,8 +63,8 @@ def runs() -> list[dict]:
         embd_type = "q5_0" if model == "gemma3" else "q4_k"
         add(model, ["--output-tensor-type", "q8_0", "--token-embedding-type", embd_type, "{model}", "{out}",
                     "Q4_K_M", "2"])
-        add(model, ["--tensor-type", "attn_v=q8_0", "--tensor-type", "ffn_.*=q5_k", "--tensor-type", "blk\\.1\\.=iq4_nl",
-                    "{model}", "{out}", "Q4_K_M", "2"])
+        add(model, ["--tensor-type", "attn_v=q8_0", "--tensor-type", "ffn_.*=q5_k",
+                    "--tensor-type", "blk\\.1\\.=iq4_nl", "{model}", "{out}", "Q4_K_M", "2"])
         add(model, ["--prune-layers", "1,3", "{model}", "{out}", "Q4_K_M", "2"])
         add(model, ["--override-kv", "general.name=str:renamed", "--override-kv", f"{arch}.context_length=int:-4096",
                     "--override-kv", "custom.flag=bool:true", "--override-kv", "custom.scale=float:0.5",
