@@ -140,3 +140,52 @@ def test_kokoro_q4_k_lstm_fallback_counted_and_warned(models, tmp_path, capsys):
                                   gpuquant.quantize(x, want, backend="numpy").reshape(-1)), t.name
     assert n_fallback == 40 and summary.n_fallbacks == 40
     source.close()
+
+
+def _ggml_dims(shape) -> list[int]:
+    dims = [int(d) for d in shape]
+    while len(dims) > 1 and dims[-1] == 1:
+        dims.pop()
+    return dims
+
+
+@pytest.mark.parametrize("spec_name", ["kokoro", "parler-tts-mini", "dia"])
+def test_whole_file_as_tts_cpp_writes_it(models, tmp_path, spec_name):
+    """The whole output equals a file built independently with gguf's writer the way TTS.cpp's
+    quantize lays it out: input keys, then quantization_version and quantization_type; tensors in
+    input order with ggml's shapes (trailing dimensions of 1 dropped: Kokoro's [1, n, 1] kernels,
+    Parler's and Dia's alphas) and quantize()'s bytes."""
+    src = models[spec_name]
+    dst = tmp_path / "out.gguf"
+    gpuquant.quantize_file(src, dst, "Q4_0", backend="numpy")
+    spec = {t["name"]: t for t in load_spec(spec_name)["tensors"]}
+    reader = gguf.GGUFReader(src)
+    source = SourceModel(src)
+    trimmed = [t.name for t in source.tensors if _ggml_dims(t.shape_gguf) != list(t.shape_gguf)]
+    assert trimmed, "the layout has tensors with trailing dimensions of 1"
+    expected = tmp_path / "expected.gguf"
+    w = gguf.GGUFWriter(expected, arch="")
+    w.kv_data[0].clear()
+    for f in reader.fields.values():
+        if f.name.startswith("GGUF.") or f.name in ("general.quantization_version", "general.quantization_type"):
+            continue
+        w.add_key_value(f.name, f.contents(), f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+    w.add_uint32("general.quantization_version", 2)
+    w.add_uint32("general.quantization_type", 2)
+    for t in source.tensors:
+        want = expected_type(spec[t.name], "Q4_0", set())
+        dims = _ggml_dims(t.shape_gguf)
+        if want == t.qtype.name:
+            data = np.asarray(source.raw_bytes(t)).copy()
+        else:
+            data = gpuquant.quantize(source.rows_as_float32(t, 0, t.n_rows), want, backend="numpy")
+        qtype = gguf.GGMLQuantizationType[want]
+        row_bytes = data.size // int(np.prod(dims[1:], dtype=np.int64))
+        byte_shape = (*reversed(dims[1:]), row_bytes)
+        w.add_tensor(t.name, data.reshape(-1).view(np.uint8).reshape(byte_shape), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    source.close()
+    assert dst.read_bytes() == expected.read_bytes()
