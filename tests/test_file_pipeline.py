@@ -169,7 +169,8 @@ def test_whole_file_as_tts_cpp_writes_it(models, tmp_path, spec_name):
     for f in reader.fields.values():
         if f.name.startswith("GGUF.") or f.name in ("general.quantization_version", "general.quantization_type"):
             continue
-        w.add_key_value(f.name, f.contents(), f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+        sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(f.name, f.contents(), f.types[0], sub)
     w.add_uint32("general.quantization_version", 2)
     w.add_uint32("general.quantization_type", 2)
     for t in source.tensors:
