@@ -132,6 +132,8 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
     if imatrix is not None:
         summary.imatrix_file = imatrix.path
     entries = plan.entries
+    if dry_run and imatrix is None and any(e.requires_imatrix and e.decision.qtype != e.source.qtype for e in entries):
+        plan.notes.append("dry run completed, but this quantization will require an importance matrix (--imatrix)")
     total = sum(e.source.n_bytes for e in entries)
     report = Progress(total, len(entries)) if show_progress and not dry_run else None
     _note_plan_warnings(plan, summary, report)
