@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import gpuquant
 from gpuquant.backends.numpy_backend import NumpyBackend
 from gpuquant.cli import main
 from gpuquant.gguf_io import SourceModel, tensor_infos
