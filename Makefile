@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := build/demo
 
-.PHONY: install demo test lint bench gpu-test clean
+.PHONY: install demo test lint bench gpu-test reference reference-record clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,17 @@ lint: install
 # Heavy measurements (full-size models, throughput ratios): never part of the tests.
 bench: install
 	$(BIN)/python benchmarks/run.py
+
+# llama-quantize and ggml's quantizers built from llama-cpp-python 0.3.36 (llama.cpp 3aa0ce9), then
+# every recorded run made afresh by both tools and compared file by file (minutes; never a test).
+reference: install
+	PYTHON=$(BIN)/python bash benchmarks/build_reference.sh
+	$(BIN)/python benchmarks/llama_reference.py compare --llama-quantize build/reference/llama-quantize
+
+# Rewrites tests/data/llama_reference.json from the reference binary.
+reference-record: install
+	PYTHON=$(BIN)/python bash benchmarks/build_reference.sh
+	$(BIN)/python benchmarks/llama_reference.py record --llama-quantize build/reference/llama-quantize
 
 # For a GPU machine that already has CuPy, NumPy and click (gguf may come as a local wheel):
 # no install step, no downloads.

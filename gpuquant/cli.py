@@ -10,6 +10,7 @@ import click
 
 from . import __version__
 from .qtypes import QTYPES
+from .synthetic_llama import LAYOUT_NAMES
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -198,19 +199,25 @@ def types() -> None:
 
 
 @main.command()
-@click.argument("spec", type=click.Choice(["parler-tts-mini", "parler-tts-large", "dia", "kokoro", "orpheus"]))
+@click.argument("spec", type=click.Choice(["parler-tts-mini", "parler-tts-large", "dia", "kokoro", "orpheus",
+                                           *LAYOUT_NAMES]))
 @click.argument("out")
 @click.option("--layers", type=int, default=None, help="Keep only this many layers per stack (fast tests).")
 @click.option("--dtype", type=click.Choice(["F32", "F16", "BF16"]), default="F32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def synth(spec, out, layers, dtype, seed) -> None:
-    """Write a synthetic GGUF model with the exact layout of a TTS.cpp model (random weights)."""
+    """Write a synthetic GGUF model with the exact layout of a TTS.cpp model or of a llama.cpp
+    architecture (llama-gqa, gemma3, ...)."""
     from .synthetic import write_synthetic_model
+    from .synthetic_llama import write_llama_model
 
     if layers is not None and layers < 1:
         _fail(f"--layers must be 1 or more, not {layers}")
     try:
-        path = write_synthetic_model(spec, out, max_layers=layers, dtype=dtype, seed=seed)
+        if spec in LAYOUT_NAMES:
+            path = write_llama_model(spec, out, dtype=dtype, seed=seed, n_layer=layers)
+        else:
+            path = write_synthetic_model(spec, out, max_layers=layers, dtype=dtype, seed=seed)
     except (ValueError, OSError) as e:
         _fail(str(e))
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", err=True)

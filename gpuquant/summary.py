@@ -80,7 +80,7 @@ class Summary:
     def table(self) -> str:
         lines = [
             f"{self.src} -> {self.dst}",
-            f"architecture {self.architecture}, requested {self.requested_type}, "
+            f"architecture {self.architecture} ({self.family} rules), requested {self.requested_type}, "
             f"backend {self.backend} ({self.n_threads} thread{'s' if self.n_threads != 1 else ''})",
             "",
             f"{'type':<8} {'tensors':>7} {'MB before':>11} {'MB after':>11} {'bits/weight':>11}",

@@ -175,6 +175,20 @@ LAYOUTS: dict[str, Layout] = {
 LAYOUT_NAMES = tuple(LAYOUTS)
 
 
+def wide_llama_layout(n_layer: int = 2, vocab: int = 32000) -> Layout:
+    """A full-width Llama-3-8B-style layout (4096 wide, 14336 FFN, GQA 32/8), for benchmarks:
+    2 layers and a 32000-token vocabulary make 2.8 GB of F32."""
+    keys = {**_llama_keys(32, 8), "embedding_length": (4096, U32), "feed_forward_length": (14336, U32),
+            "rope.dimension_count": (128, U32), "vocab_size": (vocab, U32)}
+    return Layout(
+        "llama", n_layer, keys,
+        [("token_embd.weight", (4096, vocab)), ("output_norm.weight", (4096,)), ("output.weight", (4096, vocab))],
+        [("attn_norm.weight", (4096,)), ("attn_q.weight", (4096, 4096)), ("attn_k.weight", (4096, 1024)),
+         ("attn_v.weight", (4096, 1024)), ("attn_output.weight", (4096, 4096)), ("ffn_norm.weight", (4096,)),
+         ("ffn_gate.weight", (4096, 14336)), ("ffn_up.weight", (4096, 14336)), ("ffn_down.weight", (14336, 4096))],
+    )
+
+
 def layout_tensors(layout: Layout, rows_scale: int = 1) -> list[tuple[str, tuple[int, ...]]]:
     """Every tensor (name, ggml shape), in the order the file stores them (converter order)."""
     def scaled(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -209,13 +223,17 @@ def synthetic_values(seed: int, n: int) -> np.ndarray:
 
 
 def write_llama_model(
-    name: str, path: str | os.PathLike[str], *, dtype: str = "F32", rows_scale: int = 1, seed: int = 0,
+    name: str | Layout, path: str | os.PathLike[str], *, dtype: str = "F32", rows_scale: int = 1, seed: int = 0,
     n_layer: int | None = None,
 ) -> Path:
-    """Write the synthetic model `name` (see LAYOUTS); rows_scale multiplies every matrix's row count."""
-    if name not in LAYOUTS:
+    """Write the synthetic model `name` (see LAYOUTS, or a Layout); rows_scale multiplies every
+    matrix's row count."""
+    if isinstance(name, Layout):
+        layout, name = name, f"{name.arch}-{name.n_layer}-layers"
+    elif name in LAYOUTS:
+        layout = LAYOUTS[name]
+    else:
         raise ValueError(f"unknown llama layout {name!r}: choose one of {', '.join(LAYOUT_NAMES)}")
-    layout = LAYOUTS[name]
     if n_layer is not None:
         layout = Layout(**{**layout.__dict__, "n_layer": n_layer})
     qtype = QTYPES[dtype]

@@ -8,6 +8,7 @@ import numpy as np
 from conftest import MANIFEST, golden
 
 from gpuquant.cli import types_table
+from gpuquant.mixes import mixes_table
 from gpuquant.qtypes import QTYPES
 
 README = Path(__file__).parents[1] / "README.md"
@@ -19,6 +20,13 @@ def test_readme_type_table_matches_the_types_command():
     assert begin in text and end in text, "README lost its type table markers"
     table = text[text.index(begin) + len(begin): text.index(end)]
     assert table == types_table()
+
+
+def test_readme_mix_table_matches_the_mixes_command():
+    text = README.read_text()
+    begin, end = "<!-- mixes:begin -->\n```\n", "\n```\n<!-- mixes:end -->"
+    assert begin in text and end in text, "README lost its mix table markers"
+    assert text[text.index(begin) + len(begin): text.index(end)] == mixes_table()
 
 
 def test_imatrix_column_agrees_with_ggml_reference_bytes():
