@@ -52,6 +52,8 @@ def runs() -> list[dict]:
                     "name": f"{model}/{source}: {label}" + (" +imatrix" if imatrix else "")})
 
     for model in LAYOUTS:
+        if model == "llama-70b-depth":
+            continue
         arch = LAYOUTS[model].arch
         for mix in MIXES:
             add(model, ["{model}", "{out}", mix, "2"])
@@ -81,6 +83,8 @@ def runs() -> list[dict]:
         imatrix=True)
     add("llama-gqa", ["--tensor-type-file", "{tt_file}", "{model}", "{out}", "Q4_K_M", "2"])
     add("llama-gqa", ["--pure", "--tensor-type", "attn_q=nvfp4", "{model}", "{out}", "Q8_0", "2"])
+    for mix in ("Q4_K_M", "Q3_K_M", "Q2_K", "Q4_K_S", "IQ4_XS"):
+        add("llama-70b-depth", ["{model}", "{out}", mix, "2"])
     add("gpt-oss", ["{model}", "{out}", "MXFP4_MOE", "2"])
     add("qwen3moe", ["{model}", "{out}", "MXFP4_MOE", "2"])
     for source in ("F16", "BF16"):

@@ -170,6 +170,13 @@ LAYOUTS: dict[str, Layout] = {
          ("ffn_norm.weight", (640,)), ("ffn_gate.weight", (640, 32)), ("ffn_up.weight", (640, 32)),
          ("ffn_down.weight", (2048, 32)), ("post_ffw_norm.weight", (640,))],
     ),
+    # Llama-2/3-70B's depth: 80 layers with grouped-query attention make llama.cpp's LLM_TYPE_70B,
+    # whose attn_v gets more bits (Q3_K and Q4_K become Q5_K)
+    "llama-70b-depth": Layout(
+        "llama", 80, _llama_keys(8, 2),
+        [("token_embd.weight", (256, 32)), ("output_norm.weight", (256,)), ("output.weight", (256, 32))],
+        [(n, (s[0], min(s[1], 8)) if len(s) > 1 else s) for n, s in _attn(64, 16, 256) + _ffn(320)],
+    ),
 }
 
 LAYOUT_NAMES = tuple(LAYOUTS)
