@@ -184,3 +184,21 @@ def test_a_mix_on_a_tts_model_uses_its_base_type_with_a_note(tmp_path):
     assert "base type Q4_K goes through TTS.cpp's rules" in r.stderr
     assert invoke("-q", "-mp", str(src), "-qp", str(tmp_path / "type.gguf"), "-qt", "Q4_K").exit_code == 0
     assert (tmp_path / "mix.gguf").read_bytes() == (tmp_path / "type.gguf").read_bytes()
+
+
+def test_tensor_infos_agrees_with_gguf_reader(gqa):
+    infos = tensor_infos(gqa)
+    reader = gguf.GGUFReader(gqa)
+    assert infos == [(t.name, tuple(int(d) for d in t.shape), int(t.tensor_type)) for t in reader.tensors]
+
+
+def test_split_models_are_read_from_their_first_file(gqa, tmp_path):
+    from llama_runs import write_split
+
+    write_split(gqa, tmp_path / "m", 3)
+    r = invoke(str(tmp_path / "m-00002-of-00003.gguf"), str(tmp_path / "o.gguf"), "Q4_K_M")
+    assert r.exit_code == 1 and "read from its first file" in r.output and len(r.output.strip().splitlines()) == 1
+    (tmp_path / "m-00003-of-00003.gguf").unlink()
+    r = invoke(str(tmp_path / "m-00001-of-00003.gguf"), str(tmp_path / "o.gguf"), "Q4_K_M")
+    assert r.exit_code == 1 and "m-00003-of-00003.gguf: no such file" in r.output
+    assert not (tmp_path / "o.gguf").exists()
