@@ -202,3 +202,25 @@ def test_split_models_are_read_from_their_first_file(gqa, tmp_path):
     r = invoke(str(tmp_path / "m-00001-of-00003.gguf"), str(tmp_path / "o.gguf"), "Q4_K_M")
     assert r.exit_code == 1 and "m-00003-of-00003.gguf: no such file" in r.output
     assert not (tmp_path / "o.gguf").exists()
+
+
+def test_long_metadata_arrays_are_copied_as_they_are(gqa, tmp_path):
+    reader = gguf.GGUFReader(gqa)
+    w = gguf.GGUFWriter(tmp_path / "m.gguf", arch="llama")
+    for f in reader.fields.values():
+        if not f.name.startswith("GGUF.") and f.name != "general.architecture":
+            w.add_key_value(f.name, f.contents(), f.types[0])
+    tokens = ["", "ä", "<s>", "a b"] * 2000  # 8000 strings: kept encoded, never decoded
+    scores = np.linspace(-1, 1, 8000, dtype=np.float32)
+    w.add_key_value("tokenizer.ggml.tokens", tokens, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING)
+    w.add_key_value("tokenizer.ggml.scores", scores.tolist(), gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.FLOAT32)
+    for t in reader.tensors:
+        w.add_tensor(t.name, np.asarray(t.data))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert invoke("-q", str(tmp_path / "m.gguf"), str(tmp_path / "o.gguf"), "Q8_0").exit_code == 0
+    out = gguf.GGUFReader(tmp_path / "o.gguf")
+    assert out.fields["tokenizer.ggml.tokens"].contents() == tokens
+    assert np.array_equal(np.asarray(out.fields["tokenizer.ggml.scores"].contents(), np.float32), scores)
