@@ -7,20 +7,19 @@ import numpy as np
 from .backends import get_backend
 from .qtypes import QType, resolve
 
-_backends: dict[str, object] = {}
+_backends: dict[tuple[str, str], object] = {}
 
 
-def _backend(name: str):
-    if name not in _backends:
-        _backends[name] = get_backend(name)
-    return _backends[name]
-
-
-def resolve_supported(qtype: str | int | QType, backend) -> QType:
+def _backend(name: str, qtype: str | int | QType):
+    """The backend for one type: `auto` picks the first that has it (CuPy, native, NumPy)."""
     t = resolve(qtype)
-    if not backend.supports(t):
-        raise ValueError(f"type {t.name} is not supported yet by the {backend.name} backend")
-    return t
+    key = (name, t.name if name == "auto" else "")
+    if key not in _backends:
+        _backends[key] = get_backend(name, needed=[t])
+    be = _backends[key]
+    if not be.supports(t):
+        raise ValueError(f"type {t.name} is not supported yet by the {be.name} backend")
+    return t, be
 
 
 def check_input(x: np.ndarray, t: QType, imatrix: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -60,16 +59,14 @@ def quantize(
     backend: str = "auto",
 ) -> np.ndarray:
     """Quantize float rows to ggml blocks: uint8 [rows, row_bytes], as ggml_quantize_chunk."""
-    be = _backend(backend)
-    t = resolve_supported(qtype, be)
+    t, be = _backend(backend, qtype)
     x, imatrix = check_input(x, t, imatrix)
     return be.quantize(x, t, imatrix)
 
 
 def dequantize(q: np.ndarray, qtype: str | int | QType, *, backend: str = "auto") -> np.ndarray:
     """ggml blocks back to float32 [rows, n_per_row], as ggml's to_float."""
-    be = _backend(backend)
-    t = resolve_supported(qtype, be)
+    t, be = _backend(backend, qtype)
     q = np.asarray(q)
     if q.dtype != np.uint8:
         raise ValueError(f"quantized data must be uint8, got {q.dtype}")

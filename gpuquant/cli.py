@@ -60,7 +60,8 @@ def main() -> None:
               help="Set a key in the output (TYPE int, float, bool or str); repeatable.")
 @click.option("--dry-run", is_flag=True, help="Show each tensor's type and the final size; write nothing.")
 @click.option("--max-buffer-size", metavar="MiB", help="Largest piece of a tensor held in memory at once.")
-@click.option("--backend", type=click.Choice(["auto", "numpy", "cupy"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "native", "numpy", "cupy"]), default="auto", show_default=True,
+              help="auto: CuPy with a CUDA device, else native (the kernels built for this CPU), else NumPy.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
 def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_dac_to_f16,
              quantize_output_heads, quantize_text_embedding, quantize_cross_attn_kv,

@@ -4,7 +4,7 @@
 compiles it with the system C++ compiler (no FMA contraction, like ggml's reference build) into a
 cache directory keyed by a hash of the kernel sources, loads it with ctypes, and offers
 `quantize(x, qtype, imatrix)` / `dequantize(q, qtype, n_per_row)` with the numpy backend's array
-semantics. It is a test vehicle, not a user backend.
+semantics. The native backend (backends/native.py) runs it on every core.
 """
 
 from __future__ import annotations
@@ -79,18 +79,42 @@ def cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"gpuquant-{user}"
 
 
+def _library_path(compiler: str | None) -> Path:
+    """The cached library for these sources, flags and compiler ("any" without one: the newest
+    build of these sources by any compiler)."""
+    digest = hashlib.sha256(
+        (kernel_sources_digest(kernels_dir()) + (compiler or "") + " ".join(CXX_FLAGS)).encode()
+    ).hexdigest()[:20]
+    return cache_dir() / f"libgqhost-{digest}.so"
+
+
+def is_built() -> bool:
+    """Whether a library for the current sources exists already (usable without a compiler)."""
+    return any(_built_candidates())
+
+
+def _built_candidates() -> list[Path]:
+    compiler = find_compiler()
+    if compiler is not None:
+        return [p for p in [_library_path(compiler)] if p.is_file()]
+    marker = cache_dir() / f"libgqhost-sources-{kernel_sources_digest(kernels_dir())}.path"
+    if marker.is_file():
+        path = Path(marker.read_text().strip())
+        return [path] if path.is_file() else []
+    return []
+
+
 def build_library() -> Path:
     """Compile kernels/host_*.cpp (once per source version) and return the shared library's path."""
+    built = _built_candidates()
+    if built:
+        _remember(built[0])
+        return built[0]
     compiler = find_compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
     source_dir = kernels_dir()
-    digest = hashlib.sha256(
-        (kernel_sources_digest(source_dir) + compiler + " ".join(CXX_FLAGS)).encode()
-    ).hexdigest()[:20]
-    target = cache_dir() / f"libgqhost-{digest}.so"
-    if target.is_file():
-        return target
+    target = _library_path(compiler)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build under a unique name and rename: concurrent test processes never load a partial file.
     fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
@@ -103,7 +127,15 @@ def build_library() -> Path:
         os.unlink(partial)
         raise RuntimeError(f"host kernel build failed: {' '.join(command)}\n{result.stderr}")
     os.replace(partial, target)
+    _remember(target)
     return target
+
+
+def _remember(target: Path) -> None:
+    """Lets a later process without a compiler find this build of the same sources."""
+    marker = cache_dir() / f"libgqhost-sources-{kernel_sources_digest(kernels_dir())}.path"
+    if not marker.is_file() or marker.read_text() != str(target):
+        marker.write_text(str(target))
 
 
 def library() -> ctypes.CDLL:
@@ -129,6 +161,24 @@ def _host_type(qtype: str | int | QType) -> QType:
     return t
 
 
+def quantize_into(x: np.ndarray, qtype: QType, imatrix: np.ndarray | None, out: np.ndarray) -> None:
+    """float32 [rows, n_per_row] (C-contiguous) into uint8 out [rows, row_bytes] (C-contiguous)."""
+    rows, n_per_row = x.shape
+    status = library().gq_quantize(
+        qtype.ggml_id, x.ctypes.data, None if imatrix is None else imatrix.ctypes.data,
+        out.ctypes.data, rows, n_per_row,
+    )
+    if status != 0:
+        raise RuntimeError(f"gq_quantize({qtype.name}) failed with status {status}")
+
+
+def dequantize_into(q: np.ndarray, qtype: QType, n_per_row: int, out: np.ndarray) -> None:
+    """uint8 [rows, row_bytes] (C-contiguous) into float32 out [rows, n_per_row] (C-contiguous)."""
+    status = library().gq_dequantize(qtype.ggml_id, q.ctypes.data, out.ctypes.data, q.shape[0], n_per_row)
+    if status != 0:
+        raise RuntimeError(f"gq_dequantize({qtype.name}) failed with status {status}")
+
+
 def quantize(x: np.ndarray, qtype: str | int | QType, imatrix: np.ndarray | None = None) -> np.ndarray:
     """float32 [rows, n_per_row] -> uint8 [rows, row_bytes], through the kernels' block code."""
     t = _host_type(qtype)
@@ -141,12 +191,7 @@ def quantize(x: np.ndarray, qtype: str | int | QType, imatrix: np.ndarray | None
         imatrix = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
         if imatrix.shape[0] != n_per_row:
             raise ValueError(f"imatrix has {imatrix.shape[0]} values but rows have {n_per_row}")
-    status = library().gq_quantize(
-        t.ggml_id, x.ctypes.data, None if imatrix is None else imatrix.ctypes.data,
-        out.ctypes.data, rows, n_per_row,
-    )
-    if status != 0:
-        raise RuntimeError(f"gq_quantize({t.name}) failed with status {status}")
+    quantize_into(x, t, imatrix, out)
     return out
 
 
@@ -160,7 +205,5 @@ def dequantize(q: np.ndarray, qtype: str | int | QType, n_per_row: int) -> np.nd
     if q.shape[1] != t.row_bytes(n_per_row):
         raise ValueError(f"rows of {q.shape[1]} bytes do not hold {n_per_row} {t.name} weights")
     out = np.empty((rows, n_per_row), dtype=np.float32)
-    status = library().gq_dequantize(t.ggml_id, q.ctypes.data, out.ctypes.data, rows, n_per_row)
-    if status != 0:
-        raise RuntimeError(f"gq_dequantize({t.name}) failed with status {status}")
+    dequantize_into(q, t, n_per_row, out)
     return out

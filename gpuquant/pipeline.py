@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import NonFiniteError, get_backend
+from .backends.numpy import DEQUANTIZERS
 from .gguf_io import AtomicGGUFWriter, MetadataEntry, PlannedTensor, SourceModel, WriteBehind
 from .imatrix import Imatrix, load_imatrix, select_entries, weights_for
 from .mixes import Mix, find_mix
@@ -122,12 +123,14 @@ def quantize_file(
 def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_progress, allow_requantize,
          dry_run, chunk_bytes, llama_request) -> Summary:
     start = time.perf_counter()
-    be = get_backend(backend_name, n_threads=n_threads)
+    needed = {e.decision.qtype for e in plan.entries if e.decision.qtype != e.source.qtype}
+    be = get_backend(backend_name, n_threads=n_threads, needed=needed)
     weights = _check_plan(plan, be, imatrix, allow_requantize, dry_run)
 
     summary = Summary(str(model.path), str(dst) if dst else "(dry run)", plan.requested, plan.architecture,
                       be.name, n_threads)
     summary.family = plan.family
+    summary.backend_reason = getattr(be, "reason", "")
     summary.dry_run = dry_run
     if imatrix is not None:
         summary.imatrix_file = imatrix.path
@@ -253,7 +256,7 @@ def _check_plan(plan: ModelPlan, be, imatrix, allow_requantize: bool, dry_run: b
                 )
             if not be.supports(d.qtype):
                 raise ValueError(f"type {d.qtype.name} is not supported yet by the {be.name} backend")
-            if not t.qtype.is_float and not be.supports(t.qtype):
+            if not t.qtype.is_float and t.qtype.name not in DEQUANTIZERS:
                 raise ValueError(f"tensor {e.name}: cannot dequantize its type {t.qtype.name}")
             if imatrix is not None and not d.qtype.is_float:
                 w = weights_for(imatrix, e.imatrix_name, t.shape_gguf)

@@ -21,6 +21,14 @@ class NonFiniteError(ValueError):
         self.row = row
 
 
+def check_finite_rows(x: np.ndarray, first_row: int, enabled: bool) -> None:
+    """NonFiniteError naming the first row of x (counted from first_row) that holds NaN or Inf."""
+    # max/min propagate NaN and expose +-Inf without allocating a mask the size of x
+    if not enabled or x.size == 0 or (np.isfinite(x.max()) and np.isfinite(x.min())):
+        return
+    raise NonFiniteError(first_row + int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0]))
+
+
 class Backend(Protocol):
     name: str
 
@@ -45,7 +53,7 @@ class Backend(Protocol):
         ...
 
 
-BACKEND_NAMES = ("auto", "numpy", "cupy")
+BACKEND_NAMES = ("auto", "native", "numpy", "cupy")
 
 
 def cupy_available() -> bool:
@@ -58,15 +66,48 @@ def cupy_available() -> bool:
         return False
 
 
-def get_backend(name: str = "auto", n_threads: int = 1) -> Backend:
+def get_backend(name: str = "auto", n_threads: int = 1, needed: Iterable[QType] = ()) -> Backend:
+    """The backend called `name`; `auto` picks CuPy with a CUDA device, else native (the kernels
+    built for this CPU) when a compiler is there or the library is already built, else NumPy, each
+    only if it has every type in `needed`. The backend's `reason` says why it was picked."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKEND_NAMES)}")
+    needed = list(needed)
     if name == "cupy" or (name == "auto" and cupy_available()):
         if not cupy_available():
             raise ValueError("backend 'cupy' needs CuPy and a CUDA device; neither was found")
         from .cupy import CupyBackend
 
-        return CupyBackend()
+        be = CupyBackend()
+        if name == "cupy" or all(be.supports(t) for t in needed):
+            be.reason = "requested" if name == "cupy" else "a CUDA device is there"
+            return be
+    if name in ("native", "auto"):
+        be, why_not = _native(n_threads)
+        if be is not None:
+            missing = [t.name for t in needed if not be.supports(t)]
+            if name == "native" or not missing:
+                be.reason = "requested" if name == "native" else "the kernels built for this CPU"
+                return be
+            why_not = f"the native backend has no {', '.join(sorted(set(missing)))} yet"
+        elif name == "native":
+            raise ValueError(f"backend 'native' is not available: {why_not}")
     from .numpy_backend import NumpyBackend
 
-    return NumpyBackend(n_threads=n_threads)
+    be = NumpyBackend(n_threads=n_threads)
+    be.reason = "requested" if name == "numpy" else why_not
+    return be
+
+
+def _native(n_threads: int):
+    """(NativeBackend, None), or (None, why not)."""
+    from .. import hostkernels
+
+    if hostkernels.find_compiler() is None and not hostkernels.is_built():
+        return None, "no C++ compiler to build the native backend (install g++, or set CXX)"
+    try:
+        from .native import NativeBackend
+
+        return NativeBackend(n_threads=n_threads), None
+    except (RuntimeError, OSError) as e:
+        return None, f"the native backend did not build: {str(e).splitlines()[0]}"

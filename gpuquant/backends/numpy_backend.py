@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..qtypes import QType
-from . import Chunk, NonFiniteError
+from . import Chunk, check_finite_rows
 from .numpy import DEQUANTIZERS, QUANTIZERS
 
 # Weights per task: the K and IQ quantizers run many small numpy steps per call, and tasks
@@ -40,7 +40,7 @@ class NumpyBackend:
         rows = x.shape[0]
         min_rows = max(1, _MIN_WEIGHTS_PER_TASK // max(1, x.shape[1]))
         if self._pool is None or rows < 2 * min_rows:
-            _check_finite(x, 0, check_finite)
+            check_finite_rows(x, 0, check_finite)
             return fn(x, imatrix)
         out = np.empty((rows, qtype.row_bytes(x.shape[1])), dtype=np.uint8)
         n_tasks = min(self.n_threads * 4, rows // min_rows)
@@ -48,7 +48,7 @@ class NumpyBackend:
 
         def run(i: int) -> None:
             a, b = bounds[i], bounds[i + 1]
-            _check_finite(x[a:b], a, check_finite)  # in the workers: the check costs a pass over x
+            check_finite_rows(x[a:b], a, check_finite)  # in the workers: the check costs a pass over x
             out[a:b] = fn(x[a:b], imatrix)
 
         list(self._pool.map(run, range(n_tasks)))
@@ -57,9 +57,3 @@ class NumpyBackend:
     def dequantize(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
         return DEQUANTIZERS[qtype.name](q, n_per_row)
 
-
-def _check_finite(x: np.ndarray, first_row: int, enabled: bool) -> None:
-    # max/min propagate NaN and expose +-Inf without allocating a mask the size of x
-    if not enabled or x.size == 0 or (np.isfinite(x.max()) and np.isfinite(x.min())):
-        return
-    raise NonFiniteError(first_row + int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0]))

@@ -1,0 +1,78 @@
+"""The native backend: the kernels' per-block code (kernels/*.cuh) built for the host CPU.
+
+The same C++ that the CUDA kernels run, compiled once with the system C++ compiler (no FMA
+contraction, no fast math; gpuquant/hostkernels.py caches it by a hash of the sources) and called
+through ctypes, which releases the GIL: rows are split over threads, each thread a contiguous
+range, so the bytes never depend on the thread count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .. import hostkernels
+from ..qtypes import QType
+from . import Chunk, check_finite_rows
+
+# Rows per task: small enough to balance the threads, big enough to amortize a ctypes call.
+_MIN_WEIGHTS_PER_TASK = 1 << 16
+
+
+class NativeBackend:
+    name = "native"
+    outputs_owned = True  # quantize_chunks yields fresh arrays
+
+    def __init__(self, n_threads: int = 1) -> None:
+        self.n_threads = max(1, int(n_threads))
+        hostkernels.library()  # compiles on first use; RuntimeError without a compiler
+        self._pool = ThreadPoolExecutor(self.n_threads) if self.n_threads > 1 else None
+
+    def supports(self, qtype: QType) -> bool:
+        return qtype.name == "F32" or qtype.name in hostkernels.HOST_TYPES
+
+    def _split(self, rows: int, n_per_row: int) -> list[tuple[int, int]]:
+        min_rows = max(1, _MIN_WEIGHTS_PER_TASK // max(1, n_per_row))
+        n_tasks = 1 if self._pool is None else max(1, min(self.n_threads * 4, rows // min_rows))
+        bounds = np.linspace(0, rows, n_tasks + 1).astype(int)
+        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+    def _run(self, fn, ranges: list[tuple[int, int]]) -> None:
+        if self._pool is None or len(ranges) == 1:
+            for r in ranges:
+                fn(*r)
+        else:
+            list(self._pool.map(lambda r: fn(*r), ranges))
+
+    def quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None, check_finite: bool = False):
+        rows, n_per_row = x.shape
+        if qtype.name == "F32":  # F32 carries NaN and Inf as values
+            return np.ascontiguousarray(x, dtype=np.float32).view(np.uint8).reshape(rows, -1).copy()
+        out = np.empty((rows, qtype.row_bytes(n_per_row)), dtype=np.uint8)
+        check = check_finite and not qtype.is_float
+
+        def run(a: int, b: int) -> None:
+            check_finite_rows(x[a:b], a, check)  # in the workers: the check costs a pass over x
+            hostkernels.quantize_into(x[a:b], qtype, imatrix, out[a:b])
+
+        self._run(run, self._split(rows, n_per_row))
+        return out
+
+    def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
+        for x, qtype, imatrix in chunks:
+            yield self.quantize(x, qtype, imatrix, check_finite)
+
+    def dequantize(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
+        rows = q.shape[0]
+        if qtype.name == "F32":
+            return np.ascontiguousarray(q).view(np.float32).reshape(rows, n_per_row).copy()
+        out = np.empty((rows, n_per_row), dtype=np.float32)
+
+        def run(a: int, b: int) -> None:
+            hostkernels.dequantize_into(q[a:b], qtype, n_per_row, out[a:b])
+
+        self._run(run, self._split(rows, n_per_row))
+        return out
+
