@@ -183,31 +183,35 @@ def _llama_models(data_dir: Path) -> list[tuple[str, Path]]:
     return models
 
 
-def bench_llama(data_dir: Path, threads: int, llama_quantize: Path) -> None:
+def bench_llama(data_dir: Path, threads: int, llama_quantize: Path, backends: tuple[str, ...]) -> None:
     import hashlib
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    print(f"\nD. llama.cpp models, file to file, {threads} threads, warm cache: gpuquant (numpy) vs llama-quantize")
+    print(f"\nD. llama.cpp models, file to file, {threads} threads, warm cache: gpuquant vs llama-quantize")
     if not llama_quantize.exists():
         print(f"(skipped: no {llama_quantize}; `make reference` builds it)")
         return
-    print(f"{'model':<28} {'GB':>5} {'mix':<7} {'ours s':>7} {'ref s':>7} {'x ref':>6} {'ours GB':>8} {'ref GB':>7} "
-          f"{'RSS x':>6}  same file")
+    print(f"{'model':<28} {'GB':>5} {'mix':<7} {'backend':<7} {'ours s':>7} {'ref s':>7} {'x ref':>6} {'ours GB':>8} "
+          f"{'ref GB':>7} {'RSS x':>6}  same file")
     for label, src in _llama_models(data_dir):
         size = src.stat().st_size / 1e9
         subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)
         for mix in ("Q4_0", "Q8_0", "Q4_K_M", "Q6_K"):
-            ours, ref = data_dir / "ours.gguf", data_dir / "ref.gguf"
-            ours.unlink(missing_ok=True)
+            ref = data_dir / "ref.gguf"
             ref.unlink(missing_ok=True)
             w_ref, rss_ref = _binary_peak_rss([str(llama_quantize), str(src), str(ref), mix, str(threads)])
-            w_ours, rss_ours = _run_peak_rss(["quantize", str(src), str(ours), mix, str(threads), "--backend",
-                                              "numpy", "--quiet"])
-            same = hashlib.sha256(ours.read_bytes()).digest() == hashlib.sha256(ref.read_bytes()).digest()
-            print(f"{label:<28} {size:>5.2f} {mix:<7} {w_ours:>7.2f} {w_ref:>7.2f} {w_ref / w_ours:>6.2f} "
-                  f"{rss_ours:>8.2f} {rss_ref:>7.2f} {rss_ours / rss_ref:>6.2f}  {'yes' if same else 'NO'}")
-            ours.unlink()
+            ref_hash = hashlib.sha256(ref.read_bytes()).digest()
             ref.unlink()
+            for backend in backends:
+                ours = data_dir / "ours.gguf"
+                ours.unlink(missing_ok=True)
+                w_ours, rss_ours = _run_peak_rss(["quantize", str(src), str(ours), mix, str(threads), "--backend",
+                                                  backend, "--quiet"])
+                same = hashlib.sha256(ours.read_bytes()).digest() == ref_hash
+                ours.unlink()
+                print(f"{label:<28} {size:>5.2f} {mix:<7} {backend:<7} {w_ours:>7.2f} {w_ref:>7.2f} "
+                      f"{w_ref / w_ours:>6.2f} {rss_ours:>8.2f} {rss_ref:>7.2f} {rss_ours / rss_ref:>6.2f}  "
+                      f"{'yes' if same else 'NO'}")
     print("(x ref > 1: gpuquant faster; RSS x < 1: gpuquant uses less memory)")
 
 
@@ -224,7 +228,7 @@ def main() -> None:
     if not args.skip_file and args.only in (None, "tts"):
         bench_file(args.data_dir, ["Q4_0", "Q8_0"], args.threads)
     if not args.skip_file and args.only in (None, "llama"):
-        bench_llama(args.data_dir, args.threads, args.llama_quantize)
+        bench_llama(args.data_dir, args.threads, args.llama_quantize, ("native", "numpy"))
     if args.only is not None:
         return
     try:

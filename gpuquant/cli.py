@@ -149,11 +149,16 @@ def types_table() -> str:
     """Every ggml type: id, block size, bits per weight, imatrix need, and the backends that have it."""
     from .backends.cupy import CupyBackend
     from .backends.numpy_backend import NumpyBackend
+    from .hostkernels import HOST_TYPES
 
-    backends = (NumpyBackend(), CupyBackend())
+    has = {
+        "numpy": NumpyBackend().supports,
+        "native": lambda t: t.name == "F32" or t.name in HOST_TYPES,  # without building the library
+        "cupy": CupyBackend().supports,
+    }
     lines = [f"{'type':<8} {'id':>3} {'block':>5} {'bits/w':>6}  {'imatrix':<9} backends"]
     for t in sorted(QTYPES.values(), key=lambda t: t.ggml_id):
-        names = ", ".join(b.name for b in backends if b.supports(t)) or "none yet"
+        names = ", ".join(name for name, supports in has.items() if supports(t)) or "none yet"
         lines.append(
             f"{t.name:<8} {t.ggml_id:>3} {t.block_size:>5} {t.bits_per_weight:>6.3f}  {t.imatrix_use:<9} {names}"
         )

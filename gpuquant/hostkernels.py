@@ -29,6 +29,7 @@ HOST_FAMILIES = {
     "legacy": ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"),
     "kquants": ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"),
     "more": ("IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0", "Q2_0"),
+    "lattice": ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"),
 }
 HOST_TYPES = tuple(name for names in HOST_FAMILIES.values() for name in names)
 
@@ -150,8 +151,53 @@ def library() -> ctypes.CDLL:
         lib.gq_dequantize.argtypes = [
             ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
         ]
+        _set_lattices(lib)
         _library = lib
     return _library
+
+
+# The lattice tables handed to the library: kept here, alive as long as the library is loaded.
+_lattice_arrays: list[np.ndarray] = []
+
+
+def lattice_tables(type_name: str) -> dict[str, np.ndarray]:
+    """The NumPy backend's lattice of a lattice IQ type as the kernels read it (GqLattice): int32
+    code map and neighbour lists, uint8 level indices and dequantization levels, the sign table."""
+    from .backends.numpy import iq_grid
+    from .backends.numpy import iq_grid_tables as tables
+
+    lattice, values = {
+        "IQ2_XXS": (iq_grid._iq2_lattice(256), tables.IQ2XXS_GRID),
+        "IQ2_XS": (iq_grid._iq2_lattice(512), tables.IQ2XS_GRID),
+        "IQ2_S": (iq_grid._iq2_lattice(1024), tables.IQ2S_GRID),
+        "IQ3_XXS": (iq_grid._iq3_lattice(256), tables.IQ3XXS_GRID),
+        "IQ3_S": (iq_grid._iq3_lattice(512), tables.IQ3S_GRID),
+    }[type_name]
+    return {
+        "grid_of_code": np.ascontiguousarray(lattice.grid_of_code, dtype=np.int32),
+        "neighbour_start": np.ascontiguousarray(lattice.neighbour_start, dtype=np.int32),
+        "neighbour_count": np.ascontiguousarray(lattice.neighbour_count, dtype=np.int32),
+        "neighbours": np.ascontiguousarray(lattice.neighbours, dtype=np.int32),
+        "level_index": np.ascontiguousarray(lattice.level_index, dtype=np.uint8),
+        "values": np.ascontiguousarray(values).view(np.uint8).copy(),
+        "ksigns": np.ascontiguousarray(tables.KSIGNS_IQ2XS, dtype=np.uint8),
+        "dims": np.int32(lattice.dims),
+        "bits": np.int32(lattice.bits),
+    }
+
+
+def _set_lattices(lib: ctypes.CDLL) -> None:
+    lib.gq_set_lattice.restype = ctypes.c_int
+    lib.gq_set_lattice.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_int, ctypes.c_int]
+    for name in HOST_FAMILIES["lattice"]:
+        t = resolve(name)
+        tab = lattice_tables(name)
+        arrays = [tab[k] for k in ("grid_of_code", "neighbour_start", "neighbour_count", "neighbours",
+                                   "level_index", "values", "ksigns")]
+        _lattice_arrays.extend(arrays)
+        status = lib.gq_set_lattice(t.ggml_id, *(a.ctypes.data for a in arrays), int(tab["dims"]), int(tab["bits"]))
+        if status != 0:
+            raise RuntimeError(f"gq_set_lattice({name}) failed with status {status}")
 
 
 def _host_type(qtype: str | int | QType) -> QType:

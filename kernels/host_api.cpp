@@ -13,6 +13,8 @@ int gq_kquants_quantize(int, const float*, const float*, std::uint8_t*, std::int
 int gq_kquants_dequantize(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
 int gq_more_quantize(int, const float*, const float*, std::uint8_t*, std::int64_t, std::int64_t);
 int gq_more_dequantize(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
+int gq_lattice_quantize(int, const float*, const float*, std::uint8_t*, std::int64_t, std::int64_t);
+int gq_lattice_dequantize(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
 }
 
 namespace {
@@ -20,11 +22,13 @@ const GqQuantizeFn kQuantizers[] = {
     gq_legacy_quantize,
     gq_kquants_quantize,
     gq_more_quantize,
+    gq_lattice_quantize,
 };
 const GqDequantizeFn kDequantizers[] = {
     gq_legacy_dequantize,
     gq_kquants_dequantize,
     gq_more_dequantize,
+    gq_lattice_dequantize,
 };
 const int kUnknownType = -1;
 }  // namespace

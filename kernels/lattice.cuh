@@ -1,0 +1,460 @@
+// ggml's lattice ("grid") IQ types, one super-block of 256 weights per call: IQ3_XXS, IQ3_S,
+// IQ2_S, IQ2_XS, IQ2_XXS. A sub-block's magnitudes are coded as points of a fixed lattice (groups of
+// 4 three-bit or 8 two-bit odd levels 2l+1) plus sign bits; a scale search tries a range of trial
+// scales, snapping each group to the lattice (a group off the lattice takes the best of its
+// precomputed neighbours), and keeps the best weighted least-squares fit. The lattice tables (the
+// map from level codes to grid points and the neighbour lists) are built once by
+// gpuquant/backends/numpy/iq_grid.py's Lattice and handed over as a GqLattice (host memory for the
+// host build, device memory for the CUDA kernels), so that both backends search the same lists.
+#pragma once
+
+#include "common.cuh"
+#include "kquants.cuh"
+
+struct GqLattice {
+    const gq_i32* grid_of_code;     // [kmap size]: grid index of a level code, -1 off the lattice
+    const gq_i32* neighbour_start;  // [kmap size]: first entry of a code's list in `neighbours`
+    const gq_i32* neighbour_count;  // [kmap size]
+    const gq_i32* neighbours;       // grid indices, by increasing distance, ties by index
+    const gq_u8* level_index;       // [grid size, dims]: l of each level (the level is 2 l + 1)
+    const gq_u8* values;            // [grid size, dims]: the levels as the dequantizer reads them
+    const gq_u8* ksigns;            // [128]: 7 stored sign bits -> 8 with even parity
+    int dims;                       // 4 (IQ3) or 8 (IQ2)
+    int bits;                       // bits per level index: 3 (IQ3) or 2 (IQ2)
+};
+
+enum GqRefine {
+    GQ_REFINE_OFF_GRID = 0,        // at the fitted scale, snap again the groups left off the grid
+    GQ_REFINE_ALL_IF_ANY_OFF = 1,  // snap every group again once one was off (IQ3_S)
+    GQ_REFINE_ALWAYS_ALL = 2,      // snap every group again, always (IQ2_XXS)
+};
+
+// The sub-block weights: qw sqrt(sigma2 + x^2), sigma2 = (2) sum(x^2) / 256 over the super-block;
+// without an imatrix x^2, or share sigma2 + x^2 where share > 0 (IQ2_S).
+GQ_FN void gq_lattice_weights(const float* x, const float* qw, bool doubled, float share, float* w) {
+    float sumx2 = 0.0f;
+    for (int i = 0; i < 256; ++i) sumx2 += x[i] * x[i];
+    const float sigma2 = (doubled ? 2.0f * sumx2 : sumx2) / 256.0f;
+    for (int i = 0; i < 256; ++i) {
+        const float x2 = x[i] * x[i];
+        if (qw) {
+            w[i] = qw[i] * sqrtf(sigma2 + x2);
+        } else if (share > 0.0f) {
+            w[i] = share * sigma2 + x2;
+        } else {
+            w[i] = x2;
+        }
+    }
+}
+
+// Magnitudes and sign bits of each 8 weights (bit k: weight k is negative, NaN counted so); with
+// even_parity, a group of odd parity keeps the sign of its weight of least w x^2 (the first such),
+// whose magnitude then goes negative, and only 7 bits are kept.
+GQ_FN void gq_lattice_signs(const float* x, const float* w, int n, bool even_parity, float* xval, gq_u8* signs) {
+    for (int g = 0; g < n / 8; ++g) {
+        gq_u8 s = 0;
+        int nflip = 0;
+        for (int k = 0; k < 8; ++k) {
+            const int i = 8 * g + k;
+            if (!(x[i] >= 0.0f)) {
+                xval[i] = -x[i];
+                s |= (gq_u8)(1u << k);
+                ++nflip;
+            } else {
+                xval[i] = x[i];
+            }
+        }
+        if (even_parity) {
+            if (nflip & 1) {
+                int imin = 0;
+                float min = w[8 * g] * x[8 * g] * x[8 * g];
+                for (int k = 1; k < 8; ++k) {
+                    const float ax = w[8 * g + k] * x[8 * g + k] * x[8 * g + k];
+                    if (ax < min) {
+                        min = ax;
+                        imin = k;
+                    }
+                }
+                xval[8 * g + imin] = -xval[8 * g + imin];
+                s ^= (gq_u8)(1u << imin);
+            }
+            s &= 127;
+        }
+        signs[g] = s;
+    }
+}
+
+GQ_FN int gq_lattice_code(const GqLattice& lat, const int* levels) {
+    int code = 0;
+    for (int i = 0; i < lat.dims; ++i) code |= levels[i] << (lat.bits * i);
+    return code;
+}
+
+// The neighbour of `code` minimizing sum_i w_i (scale q_i - x_i)^2, the first such in list order.
+GQ_FN int gq_lattice_best_neighbour(const GqLattice& lat, int code, const float* x, const float* w, float scale) {
+    const gq_i32* list = lat.neighbours + lat.neighbour_start[code];
+    const int count = lat.neighbour_count[code];
+    float best_d2 = 3.4028235e38f;
+    int best = -1;
+    for (int j = 0; j < count; ++j) {
+        const int p = list[j];
+        const gq_u8* li = lat.level_index + p * lat.dims;
+        float d2 = 0.0f;
+        for (int i = 0; i < lat.dims; ++i) {
+            const float diff = scale * (float)(2 * li[i] + 1) - x[i];
+            d2 += w[i] * diff * diff;
+        }
+        if (d2 < best_d2) {
+            best_d2 = d2;
+            best = p;
+        }
+    }
+    return best;
+}
+
+// Snaps the groups of n weights at inverse scale inv_scale (levels clamped to [0, kmax - 1]);
+// a group off the grid takes its best neighbour at `scale` (weights waux). only_off: snap only the
+// groups whose on_grid is false (and leave the others). Returns whether every group was on the grid.
+GQ_FN bool gq_lattice_snap(const GqLattice& lat, const float* xval, const float* waux, int n, int kmax,
+                           float inv_scale, float scale, gq_i32* grid, bool* on_grid, bool only_off) {
+    bool all_on = true;
+    for (int g = 0; g < n / lat.dims; ++g) {
+        if (only_off && on_grid[g]) continue;
+        int levels[8];
+        for (int i = 0; i < lat.dims; ++i) {
+            const int l = gq_nearest_int(0.5f * (inv_scale * xval[g * lat.dims + i] - 1.0f));
+            levels[i] = gq_max_i(0, gq_min_i(kmax - 1, l));
+        }
+        const int code = gq_lattice_code(lat, levels);
+        int p = lat.grid_of_code[code];
+        const bool on = p >= 0;
+        if (!on) {
+            p = gq_lattice_best_neighbour(lat, code, xval + g * lat.dims, waux + g * lat.dims, scale);
+            all_on = false;
+        }
+        grid[g] = p;
+        on_grid[g] = on;
+    }
+    return all_on;
+}
+
+// sum w x q and sum w q q over the sub-block, q the odd levels of the grid points, in index order.
+GQ_FN void gq_lattice_fit(const GqLattice& lat, const float* xval, const float* w, int n, const gq_i32* grid,
+                          float* sumqx, float* sumq2) {
+    float sx = 0.0f, s2 = 0.0f;
+    for (int g = 0; g < n / lat.dims; ++g) {
+        const gq_u8* li = lat.level_index + grid[g] * lat.dims;
+        for (int i = 0; i < lat.dims; ++i) {
+            const int k = g * lat.dims + i;
+            const float q = (float)(2 * li[i] + 1);
+            sx += w[k] * xval[k] * q;
+            s2 += w[k] * q * q;
+        }
+    }
+    *sumqx = sx;
+    *sumq2 = s2;
+}
+
+// The scale search for one sub-block of n (<= 32) magnitudes with base > 0: trial inverse scales
+// (2 kmax - 1 + step step_size) / base for step in [-trial_steps, trial_steps], the best fit kept
+// (from initial_scale); then the groups are snapped again at the fitted scale as `refine` says and
+// the scale refitted. Writes the grid points; returns the scale.
+GQ_FN float gq_lattice_search(const GqLattice& lat, const float* xval, const float* w, int n, float base, int kmax,
+                              int trial_steps, float step_size, int refine, float initial_scale, gq_i32* grid) {
+    float waux[32];
+    for (int i = 0; i < n; ++i) waux[i] = sqrtf(w[i]);
+    const int groups = n / lat.dims;
+    const float top = (float)(2 * kmax - 1);
+    float best = 0.0f;
+    float scale = initial_scale;
+    bool on_grid[8];
+    const int zero_point = lat.grid_of_code[0];
+    for (int g = 0; g < groups; ++g) {
+        grid[g] = zero_point;
+        on_grid[g] = refine != GQ_REFINE_ALL_IF_ANY_OFF;
+    }
+    for (int step = -trial_steps; step <= trial_steps; ++step) {
+        const float inv_scale = (top + (float)step * step_size) / base;
+        gq_i32 trial[8];
+        bool trial_on[8];
+        gq_lattice_snap(lat, xval, waux, n, kmax, inv_scale, 1.0f / inv_scale, trial, trial_on, false);
+        float sumqx, sumq2;
+        gq_lattice_fit(lat, xval, w, n, trial, &sumqx, &sumq2);
+        if (sumq2 > 0.0f && sumqx * sumqx > best * sumq2) {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            for (int g = 0; g < groups; ++g) {
+                grid[g] = trial[g];
+                on_grid[g] = trial_on[g];
+            }
+        }
+    }
+    bool any_off = false;
+    for (int g = 0; g < groups; ++g) any_off = any_off || !on_grid[g];
+    if (scale > 0.0f && (refine == GQ_REFINE_ALWAYS_ALL || any_off)) {
+        gq_lattice_snap(lat, xval, waux, n, kmax, 1.0f / scale, scale, grid, on_grid, refine == GQ_REFINE_OFF_GRID);
+        float sumqx, sumq2;
+        gq_lattice_fit(lat, xval, w, n, grid, &sumqx, &sumq2);
+        if (sumq2 > 0.0f) scale = sumqx / sumq2;
+    }
+    return scale;
+}
+
+// One sub-block, start to end: signs, magnitudes, activity, search, and a negative scale folded
+// into the signs (sign_mask: the stored sign bits). Inactive sub-blocks get scale 0, grid point 0 and
+// no signs. Returns the scale.
+struct GqLatticeSearch {
+    int kmax, trial_steps, refine;
+    float step_size, eps;  // active: max magnitude not below eps (eps 0: not equal to 0)
+    bool even_parity, start_from_qp;  // start_from_qp: IQ2_XXS's start from make_qp_quants
+};
+
+GQ_FN float gq_lattice_sub_block(const GqLattice& lat, const GqLatticeSearch& s, const float* x, const float* w, int n,
+                                 gq_i32* grid, gq_u8* signs, bool* is_active = nullptr) {
+    float xval[32];
+    gq_lattice_signs(x, w, n, s.even_parity, xval, signs);
+    float max = xval[0];
+    for (int i = 1; i < n; ++i) max = gq_max_f(max, xval[i]);
+    bool active = s.eps > 0.0f ? !(max < s.eps) : max != 0.0f;
+    float base = max, initial = max / (float)(2 * s.kmax - 1);
+    if (active && s.start_from_qp) {
+        gq_u8 L[32];
+        initial = gq_make_qp_quants<32>(s.kmax + 1, xval, L, w);
+        base = initial * 3.0f;
+        active = base > 0.0f;
+    }
+    float scale = 0.0f;
+    if (active) {
+        scale = gq_lattice_search(lat, xval, w, n, base, s.kmax, s.trial_steps, s.step_size, s.refine, initial, grid);
+    }
+    const gq_u8 mask = s.even_parity ? 127 : 255;
+    const int groups = n / lat.dims;
+    if (is_active) *is_active = active;
+    if (!active) {
+        for (int g = 0; g < groups; ++g) grid[g] = 0;
+        for (int k = 0; k < n / 8; ++k) signs[k] = 0;
+        return 0.0f;
+    }
+    if (scale < 0.0f) {
+        scale = -scale;
+        for (int k = 0; k < n / 8; ++k) signs[k] = (gq_u8)(~signs[k] & mask);
+    }
+    return scale;
+}
+
+// The super-block scale d = max / (2 max_m + 1) and each sub-block's multiplier m (scale ~ d (2m+1)).
+// Returns false (d 0) when every scale is 0.
+GQ_FN bool gq_lattice_multipliers(const float* scales, int n, int max_m, float* d, int* m) {
+    float max = scales[0];
+    for (int i = 1; i < n; ++i) max = gq_max_f(max, scales[i]);
+    const bool nonzero = max != 0.0f;
+    *d = (nonzero ? max : 1.0f) / (float)(2 * max_m + 1);
+    const float id = 1.0f / *d;
+    for (int i = 0; i < n; ++i) {
+        m[i] = gq_max_i(0, gq_min_i(max_m, gq_nearest_int(0.5f * (id * scales[i] - 1.0f))));
+    }
+    return nonzero;
+}
+
+GQ_FN gq_u32 gq_lattice_sign_word(const gq_u8* signs, int m) {
+    return (gq_u32)signs[0] | (gq_u32)signs[1] << 7 | (gq_u32)signs[2] << 14 | (gq_u32)signs[3] << 21 |
+           (gq_u32)m << 28;
+}
+
+#define GQ_IQ3_XXS_BYTES 98
+#define GQ_IQ3_S_BYTES 110
+#define GQ_IQ2_S_BYTES 82
+#define GQ_IQ2_XS_BYTES 74
+#define GQ_IQ2_XXS_BYTES 66
+
+GQ_FN void gq_zero_bytes(gq_u8* out, int n) {
+    for (int i = 0; i < n; ++i) out[i] = 0;
+}
+
+GQ_FN void gq_quantize_block_iq3_xxs(const GqLattice& lat, const float* x, const float* qw, gq_u8* out) {
+    const GqLatticeSearch s = {8, 15, GQ_REFINE_OFF_GRID, 0.2f, 1e-8f, true, false};
+    float w[256], scales[8];
+    gq_i32 grid[64];
+    gq_u8 signs[32];
+    gq_lattice_weights(x, qw, true, 0.0f, w);
+    for (int ib = 0; ib < 8; ++ib) {
+        scales[ib] = gq_lattice_sub_block(lat, s, x + 32 * ib, w + 32 * ib, 32, grid + 8 * ib, signs + 4 * ib);
+    }
+    float d;
+    int m[8];
+    gq_zero_bytes(out, GQ_IQ3_XXS_BYTES);
+    if (!gq_lattice_multipliers(scales, 8, 15, &d, m)) return;
+    gq_store_u16(out, gq_fp32_to_fp16(d * 1.0125f));
+    for (int i = 0; i < 64; ++i) out[2 + i] = (gq_u8)grid[i];
+    for (int ib = 0; ib < 8; ++ib) gq_store_u32(out + 66 + 4 * ib, gq_lattice_sign_word(signs + 4 * ib, m[ib]));
+}
+
+GQ_FN void gq_quantize_block_iq3_s(const GqLattice& lat, const float* x, const float* qw, gq_u8* out) {
+    const GqLatticeSearch s = {8, 9, GQ_REFINE_ALL_IF_ANY_OFF, 0.2f, 0.0f, false, false};
+    float w[256], scales[8];
+    gq_i32 grid[64];
+    gq_u8 signs[32];
+    bool active[8];
+    gq_lattice_weights(x, qw, true, 0.0f, w);
+    for (int ib = 0; ib < 8; ++ib) {
+        scales[ib] = gq_lattice_sub_block(lat, s, x + 32 * ib, w + 32 * ib, 32, grid + 8 * ib, signs + 4 * ib,
+                                          &active[ib]);
+    }
+    float d;
+    int m[8];
+    gq_zero_bytes(out, GQ_IQ3_S_BYTES);
+    const bool nonzero = gq_lattice_multipliers(scales, 8, 15, &d, m);
+    // ggml advances its qs and signs pointers only past non-empty sub-blocks: those pack to the
+    // front; the high bits keep their sub-block's position.
+    int slot = 0;
+    for (int ib = 0; ib < 8; ++ib) {
+        gq_u8 high = 0;
+        for (int k = 0; k < 8; ++k) high |= (gq_u8)(((grid[8 * ib + k] >> 8) & 1) << k);
+        out[66 + ib] = high;
+        if (!active[ib]) continue;
+        for (int k = 0; k < 8; ++k) out[2 + 8 * slot + k] = (gq_u8)(grid[8 * ib + k] & 255);
+        for (int k = 0; k < 4; ++k) out[74 + 4 * slot + k] = signs[4 * ib + k];
+        ++slot;
+    }
+    if (!nonzero) return;
+    gq_store_u16(out, gq_fp32_to_fp16(d * 1.033f));
+    for (int j = 0; j < 4; ++j) out[106 + j] = (gq_u8)(m[2 * j] | m[2 * j + 1] << 4);
+}
+
+GQ_FN void gq_quantize_block_iq2_s(const GqLattice& lat, const float* x, const float* qw, gq_u8* out) {
+    const GqLatticeSearch s = {3, 9, GQ_REFINE_OFF_GRID, 0.1f, 1e-8f, false, false};
+    float w[256], scales[16];
+    gq_i32 grid[32];
+    gq_u8 signs[32];
+    gq_lattice_weights(x, qw, true, 0.25f, w);
+    for (int ib = 0; ib < 16; ++ib) {
+        scales[ib] = gq_lattice_sub_block(lat, s, x + 16 * ib, w + 16 * ib, 16, grid + 2 * ib, signs + 2 * ib);
+    }
+    float d;
+    int m[16];
+    gq_zero_bytes(out, GQ_IQ2_S_BYTES);
+    const bool nonzero = gq_lattice_multipliers(scales, 16, 15, &d, m);
+    for (int i = 0; i < 32; ++i) out[2 + i] = (gq_u8)(grid[i] & 255);
+    for (int i = 0; i < 32; ++i) out[34 + i] = signs[i];
+    for (int j = 0; j < 8; ++j) {
+        gq_u8 high = 0;
+        for (int k = 0; k < 4; ++k) high |= (gq_u8)(((grid[4 * j + k] >> 8) & 3) << (2 * k));
+        out[66 + j] = high;
+    }
+    if (!nonzero) return;
+    gq_store_u16(out, gq_fp32_to_fp16(d * 0.9875f));
+    for (int j = 0; j < 8; ++j) out[74 + j] = (gq_u8)(m[2 * j] | m[2 * j + 1] << 4);
+}
+
+GQ_FN void gq_quantize_block_iq2_xs(const GqLattice& lat, const float* x, const float* qw, gq_u8* out) {
+    const GqLatticeSearch s = {3, 9, GQ_REFINE_OFF_GRID, 0.1f, 1e-15f, true, false};
+    float w[256], scales[16];
+    gq_i32 grid[32];
+    gq_u8 signs[32];
+    gq_lattice_weights(x, qw, false, 0.0f, w);
+    for (int ib = 0; ib < 16; ++ib) {
+        scales[ib] = gq_lattice_sub_block(lat, s, x + 16 * ib, w + 16 * ib, 16, grid + 2 * ib, signs + 2 * ib);
+    }
+    float d;
+    int m[16];
+    gq_zero_bytes(out, GQ_IQ2_XS_BYTES);
+    if (!gq_lattice_multipliers(scales, 16, 15, &d, m)) return;
+    gq_store_u16(out, gq_fp32_to_fp16(d));
+    for (int i = 0; i < 32; ++i) gq_store_u16(out + 2 + 2 * i, (gq_u16)(grid[i] | (gq_i32)signs[i] << 9));
+    for (int j = 0; j < 8; ++j) out[66 + j] = (gq_u8)(m[2 * j] | m[2 * j + 1] << 4);
+}
+
+GQ_FN void gq_quantize_block_iq2_xxs(const GqLattice& lat, const float* x, const float* qw, gq_u8* out) {
+    const GqLatticeSearch s = {3, 6, GQ_REFINE_ALWAYS_ALL, 0.1f, 1e-15f, true, true};
+    float w[256], scales[8];
+    gq_i32 grid[32];
+    gq_u8 signs[32];
+    gq_lattice_weights(x, qw, false, 0.0f, w);
+    for (int ib = 0; ib < 8; ++ib) {
+        scales[ib] = gq_lattice_sub_block(lat, s, x + 32 * ib, w + 32 * ib, 32, grid + 4 * ib, signs + 4 * ib);
+    }
+    float d;
+    int m[8];
+    gq_zero_bytes(out, GQ_IQ2_XXS_BYTES);
+    if (!gq_lattice_multipliers(scales, 8, 15, &d, m)) return;
+    gq_store_u16(out, gq_fp32_to_fp16(d));
+    for (int ib = 0; ib < 8; ++ib) {
+        for (int k = 0; k < 4; ++k) out[2 + 8 * ib + k] = (gq_u8)grid[4 * ib + k];
+        gq_store_u32(out + 2 + 8 * ib + 4, gq_lattice_sign_word(signs + 4 * ib, m[ib]));
+    }
+}
+
+// ---------------------------------------------------------------- dequantization
+
+// dims weights of grid point p times db, negated where bit (first + i) of `signs` is set.
+GQ_FN void gq_lattice_point_values(const GqLattice& lat, int p, float db, gq_u32 signs, int first, float* y) {
+    for (int i = 0; i < lat.dims; ++i) {
+        const float v = db * (float)lat.values[p * lat.dims + i];
+        y[i] = (signs >> (first + i)) & 1u ? -v : v;
+    }
+}
+
+GQ_FN void gq_dequantize_block_iq3_xxs(const GqLattice& lat, const gq_u8* in, float* y) {
+    const float d = gq_fp16_to_fp32(gq_load_u16(in));
+    for (int ib = 0; ib < 8; ++ib) {
+        const gq_u32 word = gq_load_u32(in + 66 + 4 * ib);
+        const float db = d * (0.5f + (float)(word >> 28)) * 0.5f;
+        for (int l = 0; l < 4; ++l) {
+            const gq_u32 signs = lat.ksigns[(word >> (7 * l)) & 127u];
+            for (int j = 0; j < 2; ++j) {
+                gq_lattice_point_values(lat, in[2 + 8 * ib + 2 * l + j], db, signs, 4 * j, y + 32 * ib + 8 * l + 4 * j);
+            }
+        }
+    }
+}
+
+GQ_FN void gq_dequantize_block_iq3_s(const GqLattice& lat, const gq_u8* in, float* y) {
+    const float d = gq_fp16_to_fp32(gq_load_u16(in));
+    for (int ib = 0; ib < 8; ++ib) {
+        const int m = (in[106 + ib / 2] >> (4 * (ib % 2))) & 15;
+        const float db = d * (float)(1 + 2 * m);
+        for (int k = 0; k < 8; ++k) {
+            const int p = in[2 + 8 * ib + k] | (((in[66 + ib] >> k) & 1) << 8);
+            const gq_u32 signs = in[74 + 4 * ib + k / 2];
+            gq_lattice_point_values(lat, p, db, signs, 4 * (k % 2), y + 32 * ib + 4 * k);
+        }
+    }
+}
+
+GQ_FN void gq_dequantize_block_iq2_s(const GqLattice& lat, const gq_u8* in, float* y) {
+    const float d = gq_fp16_to_fp32(gq_load_u16(in));
+    for (int ib = 0; ib < 16; ++ib) {
+        const int m = (in[74 + ib / 2] >> (4 * (ib % 2))) & 15;
+        const float db = d * (0.5f + (float)m) * 0.25f;
+        for (int k = 0; k < 2; ++k) {
+            const int i = 2 * ib + k;
+            const int p = in[2 + i] | (((in[66 + i / 4] >> (2 * (i % 4))) & 3) << 8);
+            gq_lattice_point_values(lat, p, db, in[34 + i], 0, y + 8 * i);
+        }
+    }
+}
+
+GQ_FN void gq_dequantize_block_iq2_xs(const GqLattice& lat, const gq_u8* in, float* y) {
+    const float d = gq_fp16_to_fp32(gq_load_u16(in));
+    for (int ib = 0; ib < 16; ++ib) {
+        const int m = (in[66 + ib / 2] >> (4 * (ib % 2))) & 15;
+        const float db = d * (0.5f + (float)m) * 0.25f;
+        for (int k = 0; k < 2; ++k) {
+            const int i = 2 * ib + k;
+            const int point = gq_load_u16(in + 2 + 2 * i);
+            gq_lattice_point_values(lat, point & 511, db, lat.ksigns[point >> 9], 0, y + 8 * i);
+        }
+    }
+}
+
+GQ_FN void gq_dequantize_block_iq2_xxs(const GqLattice& lat, const gq_u8* in, float* y) {
+    const float d = gq_fp16_to_fp32(gq_load_u16(in));
+    for (int ib = 0; ib < 8; ++ib) {
+        const gq_u32 word = gq_load_u32(in + 2 + 8 * ib + 4);
+        const float db = d * (0.5f + (float)(word >> 28)) * 0.25f;
+        for (int l = 0; l < 4; ++l) {
+            const gq_u32 signs = lat.ksigns[(word >> (7 * l)) & 127u];
+            gq_lattice_point_values(lat, in[2 + 8 * ib + l], db, signs, 0, y + 32 * ib + 8 * l);
+        }
+    }
+}
