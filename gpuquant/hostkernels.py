@@ -29,7 +29,7 @@ HOST_FAMILIES = {
     "legacy": ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"),
     "kquants": ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"),
     "more": ("IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0", "Q2_0"),
-    "lattice": ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"),
+    "lattice": ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"),
 }
 HOST_TYPES = tuple(name for names in HOST_FAMILIES.values() for name in names)
 
@@ -172,6 +172,8 @@ def lattice_tables(type_name: str) -> dict[str, np.ndarray]:
         "IQ2_S": (iq_grid._iq2_lattice(1024), tables.IQ2S_GRID),
         "IQ3_XXS": (iq_grid._iq3_lattice(256), tables.IQ3XXS_GRID),
         "IQ3_S": (iq_grid._iq3_lattice(512), tables.IQ3S_GRID),
+        "IQ1_S": (iq_grid._iq1_lattice(), tables.IQ1S_GRID),
+        "IQ1_M": (iq_grid._iq1_lattice(), tables.IQ1S_GRID),
     }[type_name]
     return {
         "grid_of_code": np.ascontiguousarray(lattice.grid_of_code, dtype=np.int32),

@@ -1,6 +1,6 @@
 // The host build of the lattice IQ types' per-block code (lattice.cuh): IQ3_XXS, IQ3_S, IQ2_S,
-// IQ2_XS, IQ2_XXS. Their lattice tables come from Python (gpuquant/hostkernels.py hands over the
-// NumPy backend's Lattice arrays through gq_set_lattice before the first call), so the host build,
+// IQ2_XS, IQ2_XXS, IQ1_S, IQ1_M. Their lattice tables come from Python (gpuquant/hostkernels.py
+// hands over the NumPy backend's Lattice arrays through gq_set_lattice before the first call), so the host build,
 // the CUDA kernels and the NumPy backend search the very same neighbour lists.
 #include "host_loop.h"
 #include "lattice.cuh"
@@ -13,11 +13,14 @@ enum GqTypeId {
     GQ_IQ3_XXS = 18,
     GQ_IQ3_S = 21,
     GQ_IQ2_S = 22,
+    GQ_IQ1_S = 19,
+    GQ_IQ1_M = 29,
 };
 
-// One lattice per type (IQ2_XXS: 256 points, IQ2_XS: 512, IQ2_S: 1024, IQ3_XXS: 256, IQ3_S: 512).
-GqLattice g_lattice[5];
-bool g_ready[5];
+// One lattice per type (IQ2_XXS: 256 points, IQ2_XS: 512, IQ2_S: 1024, IQ3_XXS: 256, IQ3_S: 512,
+// IQ1_S and IQ1_M: 2048).
+GqLattice g_lattice[7];
+bool g_ready[7];
 
 int lattice_slot(int type_id) {
     switch (type_id) {
@@ -26,6 +29,8 @@ int lattice_slot(int type_id) {
         case GQ_IQ2_S: return 2;
         case GQ_IQ3_XXS: return 3;
         case GQ_IQ3_S: return 4;
+        case GQ_IQ1_S: return 5;
+        case GQ_IQ1_M: return 6;
         default: return -1;
     }
 }
@@ -51,6 +56,8 @@ bool block_format(int type_id, GqHostFormat* f) {
         case GQ_IQ2_S: *f = GQ_LATTICE_FORMAT(iq2_s, 2, GQ_IQ2_S_BYTES); return true;
         case GQ_IQ3_XXS: *f = GQ_LATTICE_FORMAT(iq3_xxs, 3, GQ_IQ3_XXS_BYTES); return true;
         case GQ_IQ3_S: *f = GQ_LATTICE_FORMAT(iq3_s, 4, GQ_IQ3_S_BYTES); return true;
+        case GQ_IQ1_S: *f = GQ_LATTICE_FORMAT(iq1_s, 5, GQ_IQ1_S_BYTES); return true;
+        case GQ_IQ1_M: *f = GQ_LATTICE_FORMAT(iq1_m, 6, GQ_IQ1_M_BYTES); return true;
         default: return false;
     }
 }

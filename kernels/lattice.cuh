@@ -458,3 +458,306 @@ GQ_FN void gq_dequantize_block_iq2_xxs(const GqLattice& lat, const gq_u8* in, fl
         }
     }
 }
+
+// ---------------------------------------------------------------- IQ1_S and IQ1_M
+
+// IQ1's levels -1, 0, 1, moved up (shift +1) or down (shift -1) by 1/8.
+#define GQ_IQ1_DELTA 0.125f
+#define GQ_IQ1_S_BYTES 50
+#define GQ_IQ1_M_BYTES 56
+
+GQ_FN void gq_iq1_values(bool down, float* v) {
+    v[0] = down ? -1.0f - GQ_IQ1_DELTA : -1.0f + GQ_IQ1_DELTA;
+    v[1] = down ? -GQ_IQ1_DELTA : GQ_IQ1_DELTA;
+    v[2] = down ? 1.0f - GQ_IQ1_DELTA : 1.0f + GQ_IQ1_DELTA;
+}
+
+// ggml's qsort of n values (glibc's merge sort keeps ties in index order): a stable insertion sort.
+GQ_FN void gq_iq1_sort(const float* x, int n, int* order) {
+    for (int i = 0; i < n; ++i) {
+        int j = i;
+        while (j > 0 && x[order[j - 1]] > x[i]) {
+            order[j] = order[j - 1];
+            --j;
+        }
+        order[j] = i;
+    }
+}
+
+// The grid point of an 8-level group with level values v (one shift), snapped as ggml's IQ1 do: on
+// the grid, or the neighbour minimizing sum w (scale v[l] - x)^2 (the first such). Sets *off.
+GQ_FN int gq_iq1_point(const GqLattice& lat, const int* levels, const float* x, const float* w, float scale,
+                       const float* v, bool* off) {
+    const int code = gq_lattice_code(lat, levels);
+    const int p = lat.grid_of_code[code];
+    *off = p < 0;
+    if (p >= 0) return p;
+    const gq_i32* list = lat.neighbours + lat.neighbour_start[code];
+    const int count = lat.neighbour_count[code];
+    float best_d2 = 3.4028235e38f;
+    int best = -1;
+    for (int j = 0; j < count; ++j) {
+        const gq_u8* li = lat.level_index + list[j] * 8;
+        float d2 = 0.0f;
+        for (int i = 0; i < 8; ++i) {
+            const float diff = scale * v[li[i]] - x[i];
+            d2 += w[i] * diff * diff;
+        }
+        if (d2 < best_d2) {
+            best_d2 = d2;
+            best = list[j];
+        }
+    }
+    return best;
+}
+
+// Snaps the n / 8 groups of levels (down[g]: the group's shift) and, where one was off the grid,
+// refits the scale to the grid points (kept where the fit is not positive). Returns the scale.
+GQ_FN float gq_iq1_snap(const GqLattice& lat, const int* L, const float* x, const float* w, int n, float scale,
+                        const bool* down, gq_i32* grid) {
+    bool any_off = false;
+    for (int g = 0; g < n / 8; ++g) {
+        float v[3];
+        gq_iq1_values(down[g], v);
+        bool off;
+        grid[g] = gq_iq1_point(lat, L + 8 * g, x + 8 * g, w + 8 * g, scale, v, &off);
+        any_off = any_off || off;
+    }
+    if (any_off) {
+        float sumqx = 0.0f, sumq2 = 0.0f;
+        for (int g = 0; g < n / 8; ++g) {
+            float v[3];
+            gq_iq1_values(down[g], v);
+            const gq_u8* li = lat.level_index + grid[g] * 8;
+            for (int i = 0; i < 8; ++i) {
+                const float wq = w[8 * g + i] * v[li[i]];
+                sumqx += wq * x[8 * g + i];
+                sumq2 += wq * v[li[i]];
+            }
+        }
+        if (sumqx > 0.0f && sumq2 > 0.0f) scale = sumqx / sumq2;
+    }
+    return scale;
+}
+
+// The levels (0, 1, 2 below sorted position i1, below i2, above) of each weight, mirrored where flip.
+GQ_FN void gq_iq1_levels(const int* order, int n, int i1, int i2, bool flip, int* L) {
+    for (int j = 0; j < n; ++j) {
+        const int level = (j >= i1 ? 1 : 0) + (j >= i2 ? 1 : 0);
+        L[order[j]] = flip ? 2 - level : level;
+    }
+}
+
+GQ_FN void gq_quantize_block_iq1_s(const GqLattice& lat, const float* x, const float* qw, gq_u8* out) {
+    float w[256], scales[8];
+    gq_i32 grid[32];
+    int shifts[8];
+    gq_lattice_weights(x, qw, true, 0.0f, w);
+    for (int ib = 0; ib < 8; ++ib) {
+        const float* xb = x + 32 * ib;
+        const float* wb = w + 32 * ib;
+        float max = fabsf(xb[0]);
+        for (int i = 1; i < 32; ++i) max = gq_max_f(max, fabsf(xb[i]));
+        scales[ib] = 0.0f;
+        shifts[ib] = 1;
+        for (int g = 0; g < 4; ++g) grid[4 * ib + g] = 0;
+        if (max < 1e-12f) continue;
+        int order[32];
+        gq_iq1_sort(xb, 32, order);
+        float sumx[33], sumw[33];
+        sumx[0] = 0.0f;
+        sumw[0] = 0.0f;
+        for (int j = 0; j < 32; ++j) {
+            sumx[j + 1] = sumx[j] + wb[order[j]] * xb[order[j]];
+            sumw[j + 1] = sumw[j] + wb[order[j]];
+        }
+        float best = -3.4028235e38f, scale = 0.0f;
+        int besti1 = -1, besti2 = -1, best_shift = 0;
+        for (int i1 = 0; i1 <= 32; ++i1) {
+            for (int i2 = i1; i2 <= 32; ++i2) {
+                const float lx = sumx[i1] - sumx[0], lw = sumw[i1] - sumw[0];
+                const float mx = sumx[i2] - sumx[i1], mw = sumw[i2] - sumw[i1];
+                const float hx = sumx[32] - sumx[i2], hw = sumw[32] - sumw[i2];
+                for (int s = 0; s < 2; ++s) {
+                    float v[3];
+                    gq_iq1_values(s == 1, v);
+                    const float sumqx = lx * v[0] + mx * v[1] + hx * v[2];
+                    const float sumq2 = lw * v[0] * v[0] + mw * v[1] * v[1] + hw * v[2] * v[2];
+                    if (sumq2 > 0.0f && sumqx * sumqx > best * sumq2) {
+                        scale = sumqx / sumq2;
+                        best = scale * sumqx;
+                        besti1 = i1;
+                        besti2 = i2;
+                        best_shift = s == 0 ? 1 : -1;
+                    }
+                }
+            }
+        }
+        if (besti1 < 0 || besti2 < 0 || best_shift == 0) continue;
+        const bool flip = scale < 0.0f;
+        int L[32];
+        gq_iq1_levels(order, 32, besti1, besti2, flip, L);
+        if (flip) {
+            scale = -scale;
+            best_shift = -best_shift;
+        }
+        bool down[4];
+        for (int g = 0; g < 4; ++g) down[g] = best_shift == -1;
+        scales[ib] = gq_iq1_snap(lat, L, xb, wb, 32, scale, down, grid + 4 * ib);
+        shifts[ib] = best_shift;
+    }
+    float d;
+    int m[8];
+    gq_zero_bytes(out, GQ_IQ1_S_BYTES);
+    const bool nonzero = gq_lattice_multipliers(scales, 8, 7, &d, m);
+    if (nonzero) gq_store_u16(out, gq_fp32_to_fp16(d * 1.125f));
+    for (int i = 0; i < 32; ++i) out[2 + i] = (gq_u8)(grid[i] & 255);
+    for (int ib = 0; ib < 8; ++ib) {
+        gq_u32 high = 0;
+        for (int g = 0; g < 4; ++g) high |= (gq_u32)((grid[4 * ib + g] >> 8) & 7) << (3 * g);
+        const gq_u32 mult = nonzero ? (gq_u32)m[ib] | (shifts[ib] == -1 ? 8u : 0u) : 0u;
+        gq_store_u16(out + 34 + 2 * ib, (gq_u16)(high | mult << 12));
+    }
+}
+
+GQ_FN void gq_quantize_block_iq1_m(const GqLattice& lat, const float* x, const float* qw, gq_u8* out) {
+    float w[256], scales[16];
+    gq_i32 grid[32];
+    bool down[32];
+    gq_lattice_weights(x, qw, true, 0.0f, w);
+    float up[3], dn[3];
+    gq_iq1_values(false, up);
+    gq_iq1_values(true, dn);
+    const float p2 = up[2], m2 = dn[2];
+    const float cp1 = up[0] * up[0] - up[1] * up[1], cp2 = up[1] * up[1] - up[2] * up[2];
+    const float cm1 = dn[0] * dn[0] - dn[1] * dn[1], cm2 = dn[1] * dn[1] - dn[2] * dn[2];
+    for (int ib = 0; ib < 16; ++ib) {
+        const float* xb = x + 16 * ib;
+        const float* wb = w + 16 * ib;
+        float max = fabsf(xb[0]);
+        for (int i = 1; i < 16; ++i) max = gq_max_f(max, fabsf(xb[i]));
+        scales[ib] = 0.0f;
+        grid[2 * ib] = grid[2 * ib + 1] = 0;
+        down[2 * ib] = down[2 * ib + 1] = false;
+        if (max < 1e-7f) continue;
+        int order[16];
+        gq_iq1_sort(xb, 16, order);
+        // prefix sums per group of 8 (each group has its own shift), in sorted order
+        float px[2][17], pw[2][17];
+        px[0][0] = px[1][0] = pw[0][0] = pw[1][0] = 0.0f;
+        for (int j = 0; j < 16; ++j) {
+            const int i = order[j];
+            const int h = i < 8 ? 0 : 1;
+            px[h][j + 1] = px[h][j] + wb[i] * xb[i];
+            px[1 - h][j + 1] = px[1 - h][j];
+            pw[h][j + 1] = pw[h][j] + wb[i];
+            pw[1 - h][j + 1] = pw[1 - h][j];
+        }
+        float best = -3.4028235e38f, scale = 0.0f;
+        int besti1 = -1, besti2 = -1, best_k = -1;
+        for (int i1 = 0; i1 <= 16; ++i1) {
+            for (int i2 = i1; i2 <= 16; ++i2) {
+                float qx_p[2], qx_m[2], q2_p[2], q2_m[2];
+                for (int h = 0; h < 2; ++h) {
+                    const float sx = px[h][i1] + px[h][i2];
+                    qx_p[h] = px[h][16] * p2 - sx;
+                    qx_m[h] = px[h][16] * m2 - sx;
+                    q2_p[h] = pw[h][16] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
+                    q2_m[h] = pw[h][16] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
+                }
+                // k: bit 1 shifts the first group down, bit 0 the second
+                const float sumqx[4] = {qx_p[0] + qx_p[1], qx_p[0] + qx_m[1], qx_m[0] + qx_p[1], qx_m[0] + qx_m[1]};
+                const float sumq2[4] = {q2_p[0] + q2_p[1], q2_p[0] + q2_m[1], q2_m[0] + q2_p[1], q2_m[0] + q2_m[1]};
+                for (int k = 0; k < 4; ++k) {
+                    if (sumq2[k] > 0.0f && sumqx[k] * sumqx[k] > best * sumq2[k]) {
+                        scale = sumqx[k] / sumq2[k];
+                        best = scale * sumqx[k];
+                        besti1 = i1;
+                        besti2 = i2;
+                        best_k = k;
+                    }
+                }
+            }
+        }
+        if (besti1 < 0 || besti2 < 0 || best_k < 0) continue;
+        const bool flip = scale < 0.0f;
+        int L[16];
+        gq_iq1_levels(order, 16, besti1, besti2, flip, L);
+        if (flip) {
+            scale = -scale;
+            best_k = 3 - best_k;
+        }
+        down[2 * ib] = best_k >= 2;
+        down[2 * ib + 1] = best_k % 2 == 1;
+        scales[ib] = gq_iq1_snap(lat, L, xb, wb, 16, scale, down + 2 * ib, grid + 2 * ib);
+    }
+    float d;
+    int m[16];
+    gq_zero_bytes(out, GQ_IQ1_M_BYTES);
+    const bool nonzero = gq_lattice_multipliers(scales, 16, 7, &d, m);
+    // the super-block scale refitted to every weight at its stored level, in weight order
+    float sumqx = 0.0f, sumq2 = 0.0f;
+    for (int ib = 0; ib < 16; ++ib) {
+        const float odd = (float)(2 * m[ib] + 1);
+        for (int g = 0; g < 2; ++g) {
+            float v[3];
+            gq_iq1_values(down[2 * ib + g], v);
+            const gq_u8* li = lat.level_index + grid[2 * ib + g] * 8;
+            for (int i = 0; i < 8; ++i) {
+                const int k = 16 * ib + 8 * g + i;
+                const float q = v[li[i]] * odd;
+                const float wq = w[k] * q;
+                sumqx += wq * x[k];
+                sumq2 += wq * q;
+            }
+        }
+    }
+    if (sumq2 > 0.0f) d = sumqx / sumq2;
+    const gq_u16 d_bits = gq_fp32_to_fp16(d * 1.1125f);
+    for (int i = 0; i < 32; ++i) out[i] = (gq_u8)(grid[i] & 255);
+    for (int ib = 0; ib < 16; ++ib) {
+        const int s0 = down[2 * ib] && nonzero ? 8 : 0;
+        const int s1 = down[2 * ib + 1] && nonzero ? 8 : 0;
+        out[32 + ib] = (gq_u8)(((grid[2 * ib] >> 8) | s0) | (((grid[2 * ib + 1] >> 8) | s1) << 4));
+    }
+    if (!nonzero) return;
+    for (int j = 0; j < 4; ++j) {
+        gq_u32 sc = 0;
+        for (int k = 0; k < 4; ++k) sc |= (gq_u32)m[4 * j + k] << (3 * k);
+        sc |= (gq_u32)((d_bits >> (4 * j)) & 15) << 12;
+        gq_store_u16(out + 48 + 2 * j, (gq_u16)sc);
+    }
+}
+
+GQ_FN void gq_dequantize_block_iq1_s(const GqLattice& lat, const gq_u8* in, float* y) {
+    const float d = gq_fp16_to_fp32(gq_load_u16(in));
+    for (int ib = 0; ib < 8; ++ib) {
+        const int qh = gq_load_u16(in + 34 + 2 * ib);
+        const float dl = d * (float)(2 * ((qh >> 12) & 7) + 1);
+        const float delta = qh & 0x8000 ? -GQ_IQ1_DELTA : GQ_IQ1_DELTA;
+        for (int g = 0; g < 4; ++g) {
+            const int p = in[2 + 4 * ib + g] | (((qh >> (3 * g)) & 7) << 8);
+            for (int i = 0; i < 8; ++i) {
+                y[32 * ib + 8 * g + i] = dl * ((float)(gq_i8)lat.values[8 * p + i] + delta);
+            }
+        }
+    }
+}
+
+GQ_FN void gq_dequantize_block_iq1_m(const GqLattice& lat, const gq_u8* in, float* y) {
+    gq_u32 sc[4];
+    for (int j = 0; j < 4; ++j) sc[j] = gq_load_u16(in + 48 + 2 * j);
+    const gq_u16 d_bits = (gq_u16)((sc[0] >> 12) | ((sc[1] >> 12) << 4) | ((sc[2] >> 12) << 8) | ((sc[3] >> 12) << 12));
+    const float d = gq_fp16_to_fp32(d_bits);
+    for (int ib = 0; ib < 16; ++ib) {
+        const float dl = d * (float)(2 * ((sc[ib / 4] >> (3 * (ib % 4))) & 7) + 1);
+        for (int g = 0; g < 2; ++g) {
+            const int nibble = (in[32 + ib] >> (4 * g)) & 15;
+            const int p = in[2 * ib + g] | ((nibble & 7) << 8);
+            const float delta = nibble & 8 ? -GQ_IQ1_DELTA : GQ_IQ1_DELTA;
+            for (int i = 0; i < 8; ++i) {
+                y[16 * ib + 8 * g + i] = dl * ((float)(gq_i8)lat.values[8 * p + i] + delta);
+            }
+        }
+    }
+}
