@@ -83,6 +83,8 @@ def test_random_rows_match_host_build(backend, type_name, with_imatrix):
 def test_random_rows_match_numpy_backend(backend, type_name, with_imatrix, kind):
     if type_name not in QUANTIZERS:
         pytest.skip(f"the numpy backend has no {type_name} yet")
+    if gpuquant.resolve(type_name).requires_imatrix and not with_imatrix:
+        pytest.skip(f"{type_name} requires an importance matrix")
     x = random_rows(seed=31, kinds=(kind,), rows_per_kind=4, n_per_row=512)
     imatrix = random_imatrix(seed=32, n_per_row=512) if with_imatrix else None
     t = gpuquant.resolve(type_name)

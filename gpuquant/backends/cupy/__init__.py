@@ -16,13 +16,14 @@ import numpy as np
 
 from ...qtypes import QType, resolve
 from .. import Chunk
-from . import kquants, legacy, more_types
+from . import kquants, lattice, legacy, more_types
 from . import stream as streaming  # the file pipeline's engine ("stream" names CUDA streams here)
 
 # type name -> the module whose quantize_device / dequantize_device handle it
 _FAMILIES = {name: legacy for name in legacy.TYPES}
 _FAMILIES.update({name: kquants for name in kquants.TYPES})
 _FAMILIES.update({name: more_types for name in more_types.TYPES})
+_FAMILIES.update({name: lattice for name in lattice.TYPES})
 
 
 def _check_c_contiguous(name: str, a, dtype) -> None:
