@@ -33,7 +33,21 @@ HOST_FAMILIES = {
 }
 HOST_TYPES = tuple(name for names in HOST_FAMILIES.values() for name in names)
 
-CXX_FLAGS = ("-O2", "-std=c++17", "-ffp-contract=off", "-fPIC", "-shared")
+# -march=native lets the compiler use this CPU's vector instructions; with -ffp-contract=off and no
+# fast math it can neither fuse a*b+c nor reorder a sum, so the bytes stay ggml's (the tests check).
+CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-ffp-contract=off", "-fPIC", "-shared")
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: a library built for one CPU is not loaded on another."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))][:2]
+    except OSError:
+        import platform
+
+        lines = [platform.machine(), platform.processor()]
+    return "".join(lines)
 
 _library: ctypes.CDLL | None = None
 
@@ -84,9 +98,15 @@ def _library_path(compiler: str | None) -> Path:
     """The cached library for these sources, flags and compiler ("any" without one: the newest
     build of these sources by any compiler)."""
     digest = hashlib.sha256(
-        (kernel_sources_digest(kernels_dir()) + (compiler or "") + " ".join(CXX_FLAGS)).encode()
+        (kernel_sources_digest(kernels_dir()) + (compiler or "") + " ".join(CXX_FLAGS) + _cpu_signature()).encode()
     ).hexdigest()[:20]
     return cache_dir() / f"libgqhost-{digest}.so"
+
+
+def _marker_path() -> Path:
+    """Names the library built from these sources for this CPU, for processes without a compiler."""
+    key = hashlib.sha256((kernel_sources_digest(kernels_dir()) + _cpu_signature()).encode()).hexdigest()[:20]
+    return cache_dir() / f"libgqhost-built-{key}.path"
 
 
 def is_built() -> bool:
@@ -98,7 +118,7 @@ def _built_candidates() -> list[Path]:
     compiler = find_compiler()
     if compiler is not None:
         return [p for p in [_library_path(compiler)] if p.is_file()]
-    marker = cache_dir() / f"libgqhost-sources-{kernel_sources_digest(kernels_dir())}.path"
+    marker = _marker_path()
     if marker.is_file():
         path = Path(marker.read_text().strip())
         return [path] if path.is_file() else []
@@ -134,7 +154,7 @@ def build_library() -> Path:
 
 def _remember(target: Path) -> None:
     """Lets a later process without a compiler find this build of the same sources."""
-    marker = cache_dir() / f"libgqhost-sources-{kernel_sources_digest(kernels_dir())}.path"
+    marker = _marker_path()
     if not marker.is_file() or marker.read_text() != str(target):
         marker.write_text(str(target))
 
