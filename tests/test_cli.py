@@ -146,7 +146,8 @@ def test_ctrl_c_leaves_no_partial_file(tiny, tmp_path, monkeypatch):
 
     def interrupted(self, chunks, check_finite):  # Ctrl-C while the first tensor is being quantized
         next(iter(chunks))
-        assert list((tmp_path).glob("*.partial")), "the output is being written under a temporary name"
+        # written unnamed (O_TMPFILE) or under a temporary name, never under the output's own
+        assert not (tmp_path / "o.gguf").exists()
         raise KeyboardInterrupt
         yield
 
@@ -319,13 +320,80 @@ def test_sigterm_leaves_no_partial_file(tmp_path):
 
     src = write_synthetic_model("kokoro", tmp_path / "k.gguf")
     out = tmp_path / "o.gguf"
-    p = subprocess.Popen([sys.executable, "-m", "gpuquant", "quantize", str(src), str(out), "Q4_K", "-nt", "1", "-q"],
-                         stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not leftovers(tmp_path) and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert p.poll() is None, "the run ended before it could be interrupted"
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == 130 and "interrupted" in err
-    assert not out.exists() and not leftovers(tmp_path)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        p = subprocess.Popen([sys.executable, "-m", "gpuquant", "quantize", str(src), str(out), "Q4_K", "-nt", "1",
+                              "-q", "--backend", "numpy"], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not writing_output(p.pid, tmp_path) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert p.poll() is None, "the run ended before it could be interrupted"
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+        if sig == signal.SIGTERM:
+            assert p.returncode == 130 and "interrupted" in err
+        else:  # no handler runs: the unnamed output file simply vanishes with the process
+            assert p.returncode == -signal.SIGKILL
+        assert sorted(os.listdir(tmp_path)) == ["k.gguf"]
+
+
+def writing_output(pid: int, folder) -> bool:
+    """Whether process pid holds an output file open in folder: unnamed (O_TMPFILE, which /proc shows
+    as "folder/#inode (deleted)") or a temporary .partial file."""
+    import os
+
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(folder)) and (target.endswith("(deleted)") or target.endswith(".partial")):
+            return True
+    return False
+
+
+def test_named_temporary_file_where_unnamed_files_cannot_be_linked(tiny, tmp_path, monkeypatch):
+    from gpuquant import gguf_io
+    from gpuquant.backends.numpy_backend import NumpyBackend
+
+    monkeypatch.setattr(gguf_io, "_can_link_unnamed", lambda folder, probe: False)
+    seen = []
+    real = NumpyBackend.quantize_chunks
+
+    def watch(self, chunks, check_finite):
+        seen.extend(leftovers(tmp_path))
+        yield from real(self, chunks, check_finite)
+
+    monkeypatch.setattr(NumpyBackend, "quantize_chunks", watch)
+    out = tmp_path / "o.gguf"
+    r = CliRunner().invoke(main, ["quantize", str(tiny), str(out), "-q", "--backend", "numpy"])
+    assert r.exit_code == 0 and out.exists() and not leftovers(tmp_path)
+    assert seen == [f".o.gguf.{os.getpid()}.partial"]
+
+
+def test_disk_full_names_the_output_and_the_bytes_needed(tiny, tmp_path, monkeypatch):
+    import errno
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    out = tmp_path / "o.gguf"
+    r = CliRunner().invoke(main, ["quantize", str(tiny), str(out), "-q"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert f"no space left on the device for {out} (" in r.output and "bytes needed)" in r.output
+    assert sorted(os.listdir(tmp_path)) == ["tiny.gguf"]
+
+
+def test_stale_partial_files_of_dead_runs_are_removed(tiny, tmp_path):
+    out = tmp_path / "o.gguf"
+    dead = tmp_path / ".o.gguf.999999999.partial"  # no such process
+    dead.write_bytes(b"GGUF" + bytes(100))
+    other = tmp_path / ".other.gguf.999999999.partial"  # another output's: not ours to touch
+    other.write_bytes(b"x")
+    r = CliRunner().invoke(main, ["quantize", str(tiny), str(out), "-q"])
+    assert r.exit_code == 0 and out.exists()
+    assert not dead.exists() and other.exists()
