@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backends import get_backend
+from .imatrix import check_importances
 from .qtypes import QType, resolve
 
 _backends: dict[tuple[str, str], object] = {}
@@ -46,8 +47,13 @@ def check_input(x: np.ndarray, t: QType, imatrix: np.ndarray | None) -> tuple[np
             raise ValueError(
                 f"imatrix has {imatrix.shape[0]} values but rows have {n_per_row}"
             )
+        check_importances(imatrix, "imatrix")
     elif t.requires_imatrix:
         raise ValueError(f"type {t.name} requires an importance matrix")
+    if t.family == "iq-grid" and not np.all(np.isfinite(x)):
+        # ggml's lattice searches have no defined result for NaN or Inf (they index out of tables)
+        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ValueError(f"{t.name} cannot quantize NaN or Inf (row {row})")
     return x, imatrix
 
 

@@ -51,9 +51,18 @@ def load_imatrix(path: str | os.PathLike[str]) -> Imatrix:
     imatrix = _load_gguf(path) if magic == b"GGUF" else _load_legacy(path)
     if not imatrix.entries:
         raise ImatrixError(f"{path}: the imatrix has no entries")
-    for values in imatrix.entries.values():
+    for name, values in imatrix.entries.items():
+        check_importances(values, f"{path}: entry {name}")
         values.flags.writeable = False  # shared by every caller of weights_for
     return imatrix
+
+
+def check_importances(values: np.ndarray, what: str) -> None:
+    """Importances must be finite and >= 0 (ggml's weighted searches assume so); one-line error."""
+    if not np.all(np.isfinite(values)):
+        raise ImatrixError(f"{what} has non-finite values")
+    if np.any(values < 0):
+        raise ImatrixError(f"{what} has negative values; importances are >= 0")
 
 
 # llama-quantize quantizes these without an imatrix when the entry's size does not fit,

@@ -91,6 +91,8 @@ def quantize_file(
     """
     src = Path(src)
     dst = Path(dst) if dst is not None else None
+    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
+        raise ValueError(f"n_threads must be an integer of 1 or more, not {n_threads!r}")
     if not dry_run:
         if dst is None:
             raise ValueError("missing the output path")
@@ -268,7 +270,27 @@ def _check_plan(plan: ModelPlan, be, imatrix, allow_requantize: bool, dry_run: b
                     )
                 raise ValueError(f"tensor {e.name}: type {d.qtype.name} requires an importance matrix entry")
         weights.append(w)
+    if imatrix is not None:
+        _check_imatrix_coverage(plan, weights, imatrix)
     return weights
+
+
+def _check_imatrix_coverage(plan: ModelPlan, weights, imatrix: Imatrix) -> None:
+    """An imatrix for another model (no entry for any tensor to quantize) is an error; one that
+    misses some tensors is a note, said once."""
+    quantized = [e for e in plan.entries if e.decision.qtype != e.source.qtype and not e.decision.qtype.is_float]
+    missing = [e.name for e, w in zip(plan.entries, weights, strict=True)
+               if w is None and e.decision.qtype != e.source.qtype and not e.decision.qtype.is_float]
+    if quantized and len(missing) == len(quantized):
+        raise ValueError(
+            f"importance matrix {imatrix.path} has no entry for any of the {len(quantized)} tensors to quantize "
+            "(is it for another model?)"
+        )
+    if missing:
+        plan.notes.append(
+            f"importance matrix {imatrix.path} has no entry for {len(missing)} of the {len(quantized)} tensors to "
+            f"quantize (e.g. {missing[0]}): those are quantized without one"
+        )
 
 
 def _note_plan_warnings(plan: ModelPlan, summary: Summary, report: Progress | None) -> None:

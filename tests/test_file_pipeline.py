@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import gguf
 import numpy as np
 import pytest
@@ -190,3 +194,25 @@ def test_whole_file_as_tts_cpp_writes_it(models, tmp_path, spec_name):
     w.close()
     source.close()
     assert dst.read_bytes() == expected.read_bytes()
+
+
+TTS_RECORD = json.loads((Path(__file__).parent / "data" / "tts_cpp_reference.json").read_text())
+_SPEC_OF = {"kokoro": "kokoro", "parler": "parler-tts-mini", "dia": "dia"}
+
+
+@pytest.mark.parametrize("run", TTS_RECORD["runs"], ids=lambda r: f"{r['model']}-{r['type']}{''.join(r['flags'])}")
+def test_whole_file_equals_tts_cpp_quantize(models, tmp_path, run):
+    """sha256 of TTS.cpp's own `quantize` output (recorded once, tests/data/tts_cpp_reference.json)
+    for the same synthetic input, type and flags."""
+    from click.testing import CliRunner
+
+    from gpuquant.cli import main
+
+    src = models[_SPEC_OF[run["model"]]]
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == TTS_RECORD["inputs"][run["model"]], "input changed"
+    out = tmp_path / "out.gguf"
+    args = ["quantize", "--model-path", str(src), "--quantized-model-path", str(out), "--quantized-type", run["type"],
+            "--n-threads", "2", "-q", *run["flags"]]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == run["sha256"]

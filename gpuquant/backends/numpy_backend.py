@@ -35,6 +35,11 @@ class NumpyBackend:
             yield self._quantize(x, qtype, imatrix, check_finite)
 
     def _quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None, check_finite: bool) -> np.ndarray:
+        # ggml's arithmetic on extreme inputs overflows and divides by zero by design: no warnings
+        with np.errstate(all="ignore"):
+            return self._quantize_rows(x, qtype, imatrix, check_finite)
+
+    def _quantize_rows(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None, check_finite: bool):
         fn = QUANTIZERS[qtype.name]
         check_finite = check_finite and not qtype.is_float
         rows = x.shape[0]
@@ -49,11 +54,13 @@ class NumpyBackend:
         def run(i: int) -> None:
             a, b = bounds[i], bounds[i + 1]
             check_finite_rows(x[a:b], a, check_finite)  # in the workers: the check costs a pass over x
-            out[a:b] = fn(x[a:b], imatrix)
+            with np.errstate(all="ignore"):  # numpy's error state is per thread
+                out[a:b] = fn(x[a:b], imatrix)
 
         list(self._pool.map(run, range(n_tasks)))
         return out
 
     def dequantize(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
-        return DEQUANTIZERS[qtype.name](q, n_per_row)
+        with np.errstate(all="ignore"):
+            return DEQUANTIZERS[qtype.name](q, n_per_row)
 
