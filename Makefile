@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := build/demo
 
-.PHONY: install demo test lint bench gpu-test reference reference-record clean
+.PHONY: install demo test lint bench fuzz gpu-test reference reference-record clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ test: install
 
 lint: install
 	$(BIN)/ruff check gpuquant tests benchmarks
+
+# 100,000 damaged GGUF files through the CLI (tests/fuzz_gguf.py; the suite runs 500).
+fuzz: install
+	$(BIN)/python tests/fuzz_gguf.py 100000
 
 # Heavy measurements (full-size models, throughput ratios): never part of the tests.
 bench: install

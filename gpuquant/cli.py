@@ -187,6 +187,10 @@ def run() -> None:
         sys.exit(e.exit_code)
     except click.ClickException as e:
         _fail(e.format_message(), e.exit_code)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # a bug of ours: still one line for the user, and the tests look for it
+        _fail(f"unexpected error ({type(e).__name__}: {e}); please report it")
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -13,6 +13,7 @@ import os
 import queue
 import re
 import threading
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,9 +167,9 @@ class SourceModel:
                 if qtype is None:  # e.g. I32 or F64: copied as it is
                     block, size = GGML_QUANT_SIZES[t.tensor_type]
                     qtype = copy_only_type(int(t.tensor_type), t.tensor_type.name, block, size)
-                self.tensors.append(SourceTensor(
-                    t.name, qtype, tuple(int(d) for d in t.shape), int(t.data_offset), int(t.n_bytes), index
-                ))
+                shape = tuple(int(d) for d in t.shape)
+                _check_tensor_shape(self.paths[index], t.name, shape, qtype)
+                self.tensors.append(SourceTensor(t.name, qtype, shape, int(t.data_offset), int(t.n_bytes), index))
 
     @property
     def architecture(self) -> str | None:
@@ -227,6 +228,18 @@ class SourceModel:
                     pass
 
 
+def _check_tensor_shape(path: Path, name: str, shape: tuple[int, ...], qtype: QType) -> None:
+    """ggml's limits on a tensor: 1 to 4 dimensions, none of them 0, whole blocks per row."""
+    if not 1 <= len(shape) <= 4:
+        raise GGUFInputError(f"{path}: tensor {name} has {len(shape)} dimensions (ggml allows 1 to 4)")
+    if min(shape) < 1:
+        raise GGUFInputError(f"{path}: tensor {name} has a dimension of 0 (shape {list(shape)})")
+    if shape[0] % qtype.block_size:
+        raise GGUFInputError(
+            f"{path}: tensor {name}'s rows of {shape[0]} are not whole {qtype.name} blocks of {qtype.block_size}"
+        )
+
+
 def _open_reader(path: Path) -> _Reader:
     if path.is_dir():
         raise GGUFInputError(f"{path}: is a directory, not a GGUF file")
@@ -237,9 +250,20 @@ def _open_reader(path: Path) -> _Reader:
     if magic != b"GGUF":
         raise GGUFInputError(f"{path}: not a GGUF file (magic {magic!r})")
     try:
-        return _Reader(path, "r")
-    except Exception as e:  # the reader raises many kinds on a damaged header
-        raise GGUFInputError(f"{path}: truncated or damaged GGUF file ({e})") from None
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")  # numpy's overflow notes on damaged counts and offsets
+            reader = _Reader(path, "r")
+    except Exception:  # the reader raises many kinds on a damaged header: say what is wrong
+        raise GGUFInputError(f"{path}: {describe_damage(path)}") from None
+    size = len(reader.data)
+    for t in reader.tensors:
+        relative = int(t.field.parts[-1][0])  # the offset as stored, before gguf adds the data start
+        if relative % reader.alignment or relative > size or int(t.data_offset) + int(t.n_bytes) > size:
+            raise GGUFInputError(
+                f"{path}: tensor {t.name}'s data (offset {relative}, {int(t.n_bytes)} bytes) lies outside the file "
+                f"or off its {reader.alignment}-byte alignment"
+            )
+    return reader
 
 
 _SPLIT_NAME = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -535,6 +559,126 @@ class WriteBehind:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
+
+
+class _Damage(Exception):
+    pass
+
+
+def describe_damage(path: str | os.PathLike[str]) -> str:
+    """What is wrong with a GGUF file that gguf's reader refused, in the user's words: which header
+    part or tensor ends past the file or holds an impossible value."""
+    import struct
+
+    data = Path(path).read_bytes() if os.path.getsize(path) < (1 << 30) else None
+    if data is None:
+        return "damaged GGUF header"
+    size = len(data)
+    pos = 0
+
+    def need(n: int, what: str) -> None:
+        if pos + n > size:
+            raise _Damage(f"truncated or damaged: {what} ends past the end of the file ({size} bytes)")
+
+    def u32(what: str) -> int:
+        nonlocal pos
+        need(4, what)
+        (v,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        return v
+
+    def u64(what: str) -> int:
+        nonlocal pos
+        need(8, what)
+        (v,) = struct.unpack_from("<Q", data, pos)
+        pos += 8
+        return v
+
+    def string(what: str) -> str:
+        nonlocal pos
+        n = u64(f"the length of {what}")
+        need(n, what)
+        raw = data[pos : pos + n]
+        pos += n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Damage(f"{what} is not UTF-8 text") from None
+
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+    def value(vtype: int, what: str) -> None:
+        nonlocal pos
+        if vtype == 8:
+            string(what)
+        elif vtype == 9:
+            sub = u32(f"the item type of {what}")
+            count = u64(f"the length of {what}")
+            if sub == 9:
+                raise _Damage(f"{what} is an array of arrays")
+            if sub in sizes:
+                need(sizes[sub] * count, what)
+                pos += sizes[sub] * count
+            elif sub == 8:
+                for i in range(count):
+                    string(f"item {i} of {what}")
+            else:
+                raise _Damage(f"{what} has an unknown item type {sub}")
+        elif vtype in sizes:
+            need(sizes[vtype], what)
+            pos += sizes[vtype]
+        else:
+            raise _Damage(f"{what} has an unknown value type {vtype}")
+
+    try:
+        need(4, "the magic")
+        pos = 4
+        version = u32("the version")
+        if version not in (2, 3):
+            return f"GGUF version {version} is not supported (2 and 3 are)"
+        n_tensors = u64("the tensor count")
+        n_kv = u64("the key/value count")
+        names = []
+        alignment = 32
+        for i in range(n_kv):
+            key = string(f"the name of key/value {i}")
+            vtype = u32(f"the type of key {key}")
+            start = pos
+            value(vtype, f"the value of key {key}")
+            if key == "general.alignment" and vtype == 4:
+                (alignment,) = struct.unpack_from("<I", data, start)
+                if alignment == 0 or alignment & (alignment - 1):
+                    return f"general.alignment is {alignment}, not a power of two"
+        infos = []
+        for i in range(n_tensors):
+            name = string(f"the name of tensor {i}")
+            if name in names:
+                return f"tensor {name} appears twice"
+            names.append(name)
+            n_dims = u32(f"the dimension count of tensor {name}")
+            if not 1 <= n_dims <= 4:
+                return f"tensor {name} has {n_dims} dimensions (ggml allows 1 to 4)"
+            dims = [u64(f"dimension {j} of tensor {name}") for j in range(n_dims)]
+            type_id = u32(f"the type of tensor {name}")
+            offset = u64(f"the data offset of tensor {name}")
+            if type_id not in BY_ID and type_id not in {int(t) for t in GGML_QUANT_SIZES}:
+                return f"tensor {name} has an unknown type id {type_id}"
+            infos.append((name, dims, type_id, offset))
+        data_start = pos + (-pos % alignment)
+        for name, dims, type_id, offset in infos:
+            block, type_size = GGML_QUANT_SIZES[next(t for t in GGML_QUANT_SIZES if int(t) == type_id)]
+            n = 1
+            for d in dims:
+                n *= d
+            if dims[0] % block:
+                return f"tensor {name}'s rows of {dims[0]} are not whole blocks of {block}"
+            end = data_start + offset + n // block * type_size
+            if end > size:
+                return (f"truncated or damaged: tensor {name}'s data ends at byte {end}, past the end of the "
+                        f"file ({size} bytes)")
+    except _Damage as e:
+        return str(e)
+    return "damaged GGUF header"
 
 
 def tensor_infos(path: str | os.PathLike[str]) -> list[tuple[str, tuple[int, ...], int]]:

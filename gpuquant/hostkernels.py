@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +172,8 @@ def library() -> ctypes.CDLL:
         lib.gq_dequantize.argtypes = [
             ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
         ]
-        _set_lattices(lib)
+        lib.gq_set_lattice.restype = ctypes.c_int
+        lib.gq_set_lattice.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_int, ctypes.c_int]
         _library = lib
     return _library
 
@@ -208,18 +210,26 @@ def lattice_tables(type_name: str) -> dict[str, np.ndarray]:
     }
 
 
-def _set_lattices(lib: ctypes.CDLL) -> None:
-    lib.gq_set_lattice.restype = ctypes.c_int
-    lib.gq_set_lattice.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_int, ctypes.c_int]
-    for name in HOST_FAMILIES["lattice"]:
-        t = resolve(name)
-        tab = lattice_tables(name)
+_lattice_lock = threading.Lock()
+_lattices_set: set[str] = set()
+
+
+def _ensure_lattice(t: QType) -> None:
+    """Hands a lattice type's tables to the library on its first use (building them costs ~0.3 s)."""
+    if t.name in _lattices_set or t.name not in HOST_FAMILIES["lattice"]:
+        return
+    with _lattice_lock:
+        if t.name in _lattices_set:
+            return
+        tab = lattice_tables(t.name)
         arrays = [tab[k] for k in ("grid_of_code", "neighbour_start", "neighbour_count", "neighbours",
                                    "level_index", "values", "ksigns")]
         _lattice_arrays.extend(arrays)
-        status = lib.gq_set_lattice(t.ggml_id, *(a.ctypes.data for a in arrays), int(tab["dims"]), int(tab["bits"]))
+        status = library().gq_set_lattice(t.ggml_id, *(a.ctypes.data for a in arrays), int(tab["dims"]),
+                                          int(tab["bits"]))
         if status != 0:
-            raise RuntimeError(f"gq_set_lattice({name}) failed with status {status}")
+            raise RuntimeError(f"gq_set_lattice({t.name}) failed with status {status}")
+        _lattices_set.add(t.name)
 
 
 def _host_type(qtype: str | int | QType) -> QType:
@@ -232,6 +242,7 @@ def _host_type(qtype: str | int | QType) -> QType:
 def quantize_into(x: np.ndarray, qtype: QType, imatrix: np.ndarray | None, out: np.ndarray) -> None:
     """float32 [rows, n_per_row] (C-contiguous) into uint8 out [rows, row_bytes] (C-contiguous)."""
     rows, n_per_row = x.shape
+    _ensure_lattice(qtype)
     status = library().gq_quantize(
         qtype.ggml_id, x.ctypes.data, None if imatrix is None else imatrix.ctypes.data,
         out.ctypes.data, rows, n_per_row,
@@ -242,6 +253,7 @@ def quantize_into(x: np.ndarray, qtype: QType, imatrix: np.ndarray | None, out: 
 
 def dequantize_into(q: np.ndarray, qtype: QType, n_per_row: int, out: np.ndarray) -> None:
     """uint8 [rows, row_bytes] (C-contiguous) into float32 out [rows, n_per_row] (C-contiguous)."""
+    _ensure_lattice(qtype)
     status = library().gq_dequantize(qtype.ggml_id, q.ctypes.data, out.ctypes.data, q.shape[0], n_per_row)
     if status != 0:
         raise RuntimeError(f"gq_dequantize({qtype.name}) failed with status {status}")

@@ -99,10 +99,14 @@ def test_not_gguf_and_truncated(tmp_path, tiny):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(tiny.read_bytes()[:-100])
     r = CliRunner().invoke(main, ["quantize", str(cut), str(tmp_path / "o.gguf")])
-    assert r.exit_code == 1 and "truncated or damaged GGUF file" in r.output
+    # the user's words: which tensor ends past the end, never NumPy's ("cannot reshape ...")
+    assert r.exit_code == 1
+    assert "truncated or damaged: tensor kokoro.albert.layer.0.attn_norm's data ends at" in r.output
+    assert "past the end of the file" in r.output and "reshape" not in r.output
     cut.write_bytes(tiny.read_bytes()[:60])
     r = CliRunner().invoke(main, ["quantize", str(cut), str(tmp_path / "o.gguf")])
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert "truncated or damaged: the length of the value of key general.architecture ends past the end" in r.output
     assert not (tmp_path / "o.gguf").exists() and not leftovers(tmp_path)
 
 

@@ -51,7 +51,18 @@ class Lattice:
         self.grid_of_code[(level_index << shifts).sum(axis=1)] = np.arange(len(kgrid), dtype=np.int32)
 
         off_codes = np.flatnonzero(self.grid_of_code < 0)
-        code_levels = 2 * ((off_codes[:, None] >> shifts) & ((1 << bits) - 1)) + 1
+        # In pieces of codes, so that the distance matrix stays small (IQ1's is 43k x 2048).
+        lists = [self._neighbour_lists(off_codes[a : a + 2048], odd_levels, shifts, nwant)
+                 for a in range(0, off_codes.size, 2048)]
+        counts = np.zeros(kmap_size, dtype=np.int64)
+        counts[off_codes] = np.concatenate([c for c, _ in lists]) if lists else 0
+        self.neighbour_count = counts
+        self.neighbour_start = np.cumsum(counts) - counts
+        self.neighbours = np.concatenate([p for _, p in lists]).astype(np.int32) if lists else np.zeros(0, np.int32)
+
+    def _neighbour_lists(self, codes: np.ndarray, odd_levels: np.ndarray, shifts: np.ndarray, nwant: int):
+        """(list length per code, the lists concatenated) for the codes off the grid."""
+        code_levels = 2 * ((codes[:, None] >> shifts) & ((1 << self.bits) - 1)) + 1
         # Squared distances are small integers: exact through a float32 matrix product.
         dist2 = (
             (code_levels * code_levels).sum(axis=1)[:, None]
@@ -59,18 +70,14 @@ class Lattice:
             - 2 * (code_levels.astype(np.float32) @ odd_levels.T.astype(np.float32)).astype(np.int64)
         )
         # Keep the points within the nwant smallest distinct distances of each code.
-        present = np.zeros((off_codes.size, int(dist2.max()) + 1), dtype=bool)
-        present[np.arange(off_codes.size)[:, None], dist2] = True
+        present = np.zeros((codes.size, int(dist2.max()) + 1), dtype=bool)
+        present[np.arange(codes.size)[:, None], dist2] = True
         distinct_seen = np.cumsum(present, axis=1)
         limit = np.argmax(distinct_seen >= nwant, axis=1)
         limit = np.where(distinct_seen[:, -1] >= nwant, limit, present.shape[1])
         row, point = np.nonzero(dist2 <= limit[:, None])  # by row, then increasing point index
         order = np.lexsort((dist2[row, point], row))  # stable: ties keep increasing index
-        counts = np.zeros(kmap_size, dtype=np.int64)
-        counts[off_codes] = np.bincount(row, minlength=off_codes.size)
-        self.neighbour_count = counts
-        self.neighbour_start = np.cumsum(counts) - counts
-        self.neighbours = point[order].astype(np.int32)
+        return np.bincount(row, minlength=codes.size), point[order]
 
     def codes(self, levels: np.ndarray) -> np.ndarray:
         """Codes of level indices [..., dims, n] -> [..., n]."""
