@@ -196,6 +196,10 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
     finally:
         outputs.close()  # stops a backend working ahead (GPU streams, staging threads)
     summary.outputs = [str(path) for path, _, _ in shards]
+    for note in getattr(be, "notes", ()):  # what the backend found out while running
+        summary.warnings.append(note)
+        if report:
+            report.warn(note)
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -237,8 +237,24 @@ cuda = types.SimpleNamespace(
     Event=Event,
     alloc_pinned_memory=alloc_pinned_memory,
     get_current_stream=get_current_stream,
-    runtime=types.SimpleNamespace(getDevice=_get_device, setDevice=_set_device, getDeviceCount=lambda: 1),
+    runtime=types.SimpleNamespace(getDevice=_get_device, setDevice=_set_device, getDeviceCount=lambda: 1,
+                                  memGetInfo=lambda: (DEVICE_FREE_BYTES, DEVICE_FREE_BYTES)),
 )
+
+# What the fake device reports as free (memGetInfo); tests lower it to see the bound reduced.
+DEVICE_FREE_BYTES = 80 << 30
+
+
+class OutOfMemoryError(MemoryError):
+    """cupy.cuda.memory.OutOfMemoryError's name, for fault tests."""
+
+
+class CUDADriverError(RuntimeError):
+    """cupy.cuda.driver.CUDADriverError's name, for fault tests."""
+
+
+class CompileException(Exception):
+    """cupy.cuda.compiler.CompileException's name, for fault tests."""
 
 
 # ---------------------------------------------------------------- the kernels, through the host build

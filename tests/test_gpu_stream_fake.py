@@ -303,3 +303,49 @@ def test_file_pipeline_non_finite_message_matches_numpy(fake, monkeypatch, tmp_p
         assert not dst.exists()
     assert messages[0] == messages[1]
     assert "kokoro.albert.layer.0.ffn" in messages[0] and "row 17" in messages[0]
+
+
+# ---------------------------------------------------------------- device faults
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("oom", "the GPU ran out of memory"),
+    ("launch", "a CUDA call failed"),
+    ("compile", "the CUDA kernels did not compile with NVRTC"),
+])
+def test_device_faults_are_one_line_errors_and_leave_no_output(fake, monkeypatch, tmp_path, fault, message):
+    from click.testing import CliRunner
+
+    from gpuquant.backends.cupy import _FAMILIES
+    from gpuquant.cli import main
+
+    if fault == "oom":
+        def empty(shape, dtype=np.float64):
+            raise fake.OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes")
+        monkeypatch.setattr(fake, "empty", empty)
+    else:
+        error = (fake.CUDADriverError("CUDA_ERROR_LAUNCH_FAILED: unspecified launch failure") if fault == "launch"
+                 else fake.CompileException("lattice.cu(12): error: identifier undefined"))
+
+        def failing(x, t, imatrix, out, stream):
+            raise error
+        for family in set(_FAMILIES.values()):
+            monkeypatch.setattr(family, "quantize_device", failing)
+    src, _ = tiny_model(tmp_path / "in.gguf", "F32")
+    out = tmp_path / "o.gguf"
+    r = CliRunner().invoke(main, ["quantize", str(src), str(out), "Q4_0", "--backend", "cupy", "-q"])
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 1 and len(lines) == 1 and message in lines[0], r.output
+    assert "unexpected" not in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf"]
+
+
+def test_a_memory_setting_above_the_device_is_reduced_with_a_note(fake, monkeypatch, tmp_path):
+    monkeypatch.setattr(fake, "DEVICE_FREE_BYTES", 1 << 20)  # the device has 1 MiB free
+    monkeypatch.setenv(DEVICE_MEMORY_ENV, "64G")
+    src, _ = tiny_model(tmp_path / "in.gguf", "F32")
+    summary = gpuquant.quantize_file(src, tmp_path / "gpu.gguf", "Q4_0", backend="cupy")
+    note = [w for w in summary.warnings if DEVICE_MEMORY_ENV in w]
+    assert len(note) == 1 and "using 943718" in note[0]
+    gpuquant.quantize_file(src, tmp_path / "cpu.gguf", "Q4_0", backend="numpy")
+    assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()

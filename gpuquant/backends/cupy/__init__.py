@@ -47,6 +47,7 @@ class CupyBackend:
                  stream_slots: int = streaming.DEFAULT_SLOTS) -> None:
         self.device_memory_bytes = streaming.device_memory_setting(device_memory_bytes)
         self.stream_slots = stream_slots
+        self.notes: list[str] = []  # said to the user once a run ends (e.g. a reduced memory bound)
 
     def supports(self, qtype: QType) -> bool:
         return resolve(qtype).name in _FAMILIES
@@ -104,6 +105,15 @@ class CupyBackend:
         return streaming.quantize_chunks(self, chunks, check_finite)
 
     def quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None) -> np.ndarray:
+        try:
+            return self._quantize(x, qtype, imatrix)
+        except Exception as e:
+            error = streaming.gpu_error(e)
+            if error is None:
+                raise
+            raise error from None
+
+    def _quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None) -> np.ndarray:
         import cupy
 
         t = resolve(qtype)

@@ -360,8 +360,54 @@ _idle_engines: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _idle_lock = threading.Lock()
 
 
+class GPUError(ValueError):
+    """A device fault (out of memory, a failed launch or compile), in one line for the user."""
+
+
+def gpu_error(e: BaseException) -> GPUError | None:
+    """The user's words for a CuPy / CUDA exception, or None when e is no device fault. By class
+    name, as CuPy's classes live in modules that need a GPU to import (and the tests' fake has its own)."""
+    names = {c.__name__ for c in type(e).__mro__}
+    detail = " ".join(str(e).split())[:300] or type(e).__name__
+    if "OutOfMemoryError" in names:
+        return GPUError(f"the GPU ran out of memory ({detail}); lower {DEVICE_MEMORY_ENV} or use --backend native")
+    if "CompileException" in names:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return GPUError(f"the CUDA kernels did not compile with NVRTC ({first[:300]})")
+    if names & {"CUDADriverError", "CUDARuntimeError", "CUDAError"}:
+        return GPUError(f"a CUDA call failed ({detail}); the GPU run stopped, no output written")
+    return None
+
+
+def effective_device_memory(cupy, requested: int, notes: list[str] | None = None) -> int:
+    """The memory bound actually used: the setting, reduced to 90% of the device's free memory when it
+    asks for more than that (with a note), so that the setting never becomes an allocation error."""
+    try:
+        free, _total = cupy.cuda.runtime.memGetInfo()
+    except Exception:  # a runtime that cannot say: the setting as it is
+        return requested
+    usable = int(free * 0.9)
+    if requested <= usable:
+        return requested
+    if notes is not None:
+        notes.append(f"{DEVICE_MEMORY_ENV}: {requested} bytes asked for, the device has {free} free; "
+                     f"using {usable}")
+    return usable
+
+
 def quantize_chunks(backend, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
-    """The Backend protocol's quantize_chunks for CupyBackend (see the module docstring)."""
+    """The Backend protocol's quantize_chunks for CupyBackend (see the module docstring); device
+    faults come out as GPUError."""
+    try:
+        yield from _quantize_chunks(backend, chunks, check_finite)
+    except Exception as e:
+        error = gpu_error(e)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _quantize_chunks(backend, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
     import cupy
 
     with _idle_lock:
@@ -370,7 +416,8 @@ def quantize_chunks(backend, chunks: Iterable[Chunk], check_finite: bool) -> Ite
         engine.close()
         engine = None
     if engine is None:
-        engine = StreamEngine(backend, backend.device_memory_bytes, backend.stream_slots)
+        memory = effective_device_memory(cupy, backend.device_memory_bytes, backend.notes)
+        engine = StreamEngine(backend, memory, backend.stream_slots)
     try:
         yield from engine.run(chunks, check_finite)
     finally:
