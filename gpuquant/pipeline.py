@@ -14,7 +14,7 @@ import numpy as np
 from .backends import NonFiniteError, get_backend
 from .backends.numpy import DEQUANTIZERS
 from .gguf_io import AtomicGGUFWriter, MetadataEntry, PlannedTensor, SourceModel, WriteBehind
-from .imatrix import Imatrix, load_imatrix, select_entries, weights_for
+from .imatrix import Imatrix, check_importances, load_imatrix, select_entries, weights_for
 from .mixes import Mix, find_mix
 from .model_plan import LlamaRequest, ModelPlan, PlannedEntry, plan_model
 from .plan import PlanOptions
@@ -102,6 +102,9 @@ def quantize_file(
         raise ValueError("--include-weights and --exclude-weights cannot be used together")
     if imatrix is not None and not isinstance(imatrix, Imatrix):
         imatrix = load_imatrix(imatrix)
+    elif imatrix is not None:  # a caller's own Imatrix: the checks a loaded file gets
+        for name, values in imatrix.entries.items():
+            check_importances(np.asarray(values), f"imatrix entry {name}")
     if imatrix is not None:
         imatrix = select_entries(imatrix, include_weights, exclude_weights)
     tts_options = PlanOptions(

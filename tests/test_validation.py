@@ -117,3 +117,12 @@ def test_a_type_that_needs_an_imatrix_says_so_before_reading_tensors(tiny, tmp_p
     r = CliRunner().invoke(main, ["quantize", str(tiny), str(tmp_path / "o.gguf"), "IQ2_XXS"])
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
     assert "requires an imatrix (--imatrix)" in r.output
+
+
+def test_an_imatrix_object_gets_the_same_checks(tiny, tmp_path):
+    from gpuquant.imatrix import Imatrix
+
+    bad = Imatrix("mine", {"kokoro.albert.layer.0.q": np.full(256, -1.0, np.float32)}, [], None, "gguf")
+    with pytest.raises(ValueError, match="imatrix entry kokoro.albert.layer.0.q has negative values"):
+        gpuquant.quantize_file(tiny, tmp_path / "o.gguf", "Q4_K", imatrix=bad)
+    assert not (tmp_path / "o.gguf").exists()
