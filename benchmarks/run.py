@@ -91,25 +91,9 @@ def bench_arrays(types: list[str], rows_fast: int, rows_slow: int, rows_grid: in
               f"{c:>9.0f} {mb / s1 / c:>9.2f} {mb / si:>10.0f}")
 
 
-# Runs the CLI in a fresh interpreter that reports its own peak RSS (VmHWM) at exit: rusage's
-# maxrss would count the benchmark's own memory, which a forked child starts out with.
-_CHILD = (
-    "import atexit, sys\n"
-    "atexit.register(lambda: sys.stderr.write(next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))))\n"
-    "sys.argv = ['gpuquant'] + sys.argv[1:]\n"
-    "from gpuquant.cli import main\n"
-    "main()\n"
-)
-
-
 def _run_peak_rss(args: list[str]) -> tuple[float, float]:
-    start = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if p.returncode != 0:
-        raise RuntimeError(f"gpuquant {' '.join(args)} failed: {p.stderr}")
-    kb = int(p.stderr.rsplit("VmHWM:", 1)[1].split()[0])
-    return wall, kb * 1024 / 1e9
+    """Wall seconds and peak RSS (GB) of `gpuquant ARGS` in a fresh interpreter."""
+    return _binary_peak_rss([sys.executable, "-m", "gpuquant", *args])
 
 
 def bench_file(data_dir: Path, types: list[str], threads: int, backend: str = "numpy") -> None:
@@ -141,6 +125,8 @@ def bench_file(data_dir: Path, types: list[str], threads: int, backend: str = "n
     print(f"(TTS.cpp quantize, same file, Q4_0, 2 threads: {TTS_CPP_Q4_0_SECONDS} s, {TTS_CPP_PEAK_GB} GB peak)")
 
 
+# A small parent that runs the command and reports the child's peak RSS: rusage's maxrss of the
+# benchmark itself would count its own memory, which a forked child starts out with.
 _RSS_CHILD = (
     "import resource, subprocess, sys\n"
     "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)\n"

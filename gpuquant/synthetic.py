@@ -107,14 +107,16 @@ def write_synthetic_model(
             values = rng.standard_normal(p.shape_numpy, dtype=np.float32)
             values *= np.float32(t.get("std", 0.02))
             values += np.float32(t.get("mean", 0.0))
-            writer.write(_encode(values, dtype))
+            writer.write(encode_floats(values, dtype))
         writer.commit()
     return Path(path)
 
 
-def _encode(values: np.ndarray, dtype: str) -> np.ndarray:
+def encode_floats(values: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 values as F32, F16 or BF16 tensor data (BF16 rounded to nearest even; finite values)."""
     if dtype == "F32":
         return values
     if dtype == "F16":
         return values.astype(np.float16)
-    return (values.view(np.uint32) >> np.uint32(16)).astype(np.uint16)  # BF16 by truncation is fine here
+    bits = values.view(np.uint32)
+    return ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)

@@ -21,6 +21,7 @@ from gguf import GGUFValueType
 
 from .gguf_io import AtomicGGUFWriter, MetadataEntry, PlannedTensor
 from .qtypes import QTYPES
+from .synthetic import encode_floats
 
 U32, F32, STR, BOOL = GGUFValueType.UINT32, GGUFValueType.FLOAT32, GGUFValueType.STRING, GGUFValueType.BOOL
 
@@ -263,19 +264,9 @@ def write_llama_model(
             values = synthetic_values(seed * 100003 + index, n)
             if p.name.endswith("norm.weight"):
                 values += np.float32(1.0)
-            writer.write(_encode(values, p.qtype.name))
+            writer.write(encode_floats(values, p.qtype.name))
         writer.commit()
     return Path(path)
-
-
-def _encode(values: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "F32":
-        return values
-    if dtype == "F16":
-        return values.astype(np.float16)
-    # BF16 round to nearest even (finite values)
-    bits = values.view(np.uint32)
-    return ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
 
 
 def write_synthetic_imatrix(model_path: str | os.PathLike[str], path: str | os.PathLike[str], seed: int = 7) -> Path:
