@@ -195,6 +195,43 @@ def run() -> None:
 
 
 @main.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--tensors", is_flag=True, help="Also list every tensor.")
+def inspect(path, as_json, tensors) -> None:
+    """What a GGUF file holds: architecture, quantization keys, bytes and bits per weight by type and layer."""
+    import json
+
+    from .inspect import inspect_file, inspect_table
+
+    try:
+        info = inspect_file(path)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    if not tensors:
+        info.pop("tensors")
+    click.echo(json.dumps(info, indent=1, default=str) if as_json else inspect_table(info, tensors))
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def diff(a, b, as_json) -> None:
+    """Whether two GGUF files are identical, and if not where they differ (exit 1 when they differ)."""
+    import json
+
+    from .inspect import diff_files, diff_table
+
+    try:
+        d = diff_files(a, b)
+    except (ValueError, OSError) as e:
+        _fail(str(e), 2)
+    click.echo(json.dumps(d, indent=1, default=str) if as_json else diff_table(d))
+    sys.exit(0 if d["identical"] else 1)
+
+
+@main.command()
 def mixes() -> None:
     """List llama-quantize's mixes (TYPE of the llama-quantize form) with their LLAMA_FTYPE numbers."""
     from .mixes import mixes_table
