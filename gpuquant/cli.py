@@ -73,6 +73,7 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
     `IN [OUT] TYPE [NTHREADS]` (TYPE a mix name or LLAMA_FTYPE number; no OUT: ggml-model-TYPE.gguf
     beside IN)."""
     from . import llama_cli
+    from .mixes import resolve_type_or_mix
     from .model_plan import LlamaRequest
     from .pipeline import quantize_file
 
@@ -94,7 +95,7 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
                 _fail("missing the input model (--model-path/-mp or the first argument)")
             if not quantized_path and not dry_run:
                 _fail("missing the output path (--quantized-model-path/-qp or the second argument)")
-            target = llama_cli.parse_tts_type(qtype or "Q4_0")
+            target = resolve_type_or_mix(qtype or "Q4_0")  # -qt: a ggml type (TTS.cpp's meaning) or a mix
         if n_threads is not None and n_threads < 1:
             _fail(f"--n-threads must be 1 or more, not {n_threads}")
         if include_weights and exclude_weights:

@@ -14,11 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from .gguf_io import RawArray, SourceModel
-from .mixes import MIXES
+from .mixes import CANONICAL
 
 _LAYER = re.compile(r"blk\.(\d+)\.")
-# LLAMA_FTYPE -> the mix's own name (not the aliases Q3_K, Q4_K, Q5_K, nor COPY)
-_FTYPE_NAMES = {m.ftype: m.name for m in MIXES if not m.description.startswith("alias") and not m.is_copy}
+
+
+def _mix_name(file_type: int) -> str | None:
+    """The mix a general.file_type names (1024 marks a type llama.cpp's loader guessed)."""
+    mix = CANONICAL.get(file_type & ~1024)
+    return mix.name if mix else None
 
 
 def _value(v):
@@ -58,7 +62,7 @@ def inspect_file(path: str | os.PathLike[str]) -> dict:
             "files": [str(p) for p in model.paths],
             "architecture": keys.get("general.architecture"),
             "file_type": None if file_type is None else int(file_type),
-            "file_type_name": None if file_type is None else _FTYPE_NAMES.get(int(file_type) & ~1024),
+            "file_type_name": None if file_type is None else _mix_name(int(file_type)),
             "quantization_version": _value(keys.get("general.quantization_version")),
             "quantization_type": _value(keys.get("general.quantization_type")),
             "imatrix": {k: _value(v) for k, v in keys.items() if k.startswith("quantize.imatrix.")},

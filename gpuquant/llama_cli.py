@@ -10,7 +10,7 @@ from gguf import GGUFValueType
 
 from .mixes import Mix, find_mix
 from .model_plan import KVOverride
-from .qtypes import QTYPES, QType, resolve
+from .qtypes import QTYPES, QType
 
 _STOI = re.compile(r"^\s*([+-]?\d+)")
 
@@ -69,17 +69,6 @@ def parse_llama_type(text: str) -> QType | Mix:
     if text.strip().upper() in QTYPES:
         return QTYPES[text.strip().upper()]
     raise ValueError(f"unknown quantization type {text!r} (llama.cpp mixes: `gpuquant mixes`; types: `gpuquant types`)")
-
-
-def parse_tts_type(text: str) -> QType | Mix:
-    """-qt: a ggml type name or id (TTS.cpp's meaning), or else a llama.cpp mix name."""
-    try:
-        return resolve(text)
-    except ValueError:
-        mix = None if text.strip().isdigit() else find_mix(text)
-        if mix is None:
-            raise
-        return mix
 
 
 def parse_ggml_type(text: str) -> QType:

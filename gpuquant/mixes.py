@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .qtypes import QTYPES, QType
+from .qtypes import QTYPES, QType, resolve
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ _BY_UPPER = {m.name: m for m in MIXES}
 _BY_FTYPE: dict[int, Mix] = {}
 for _m in MIXES:
     _BY_FTYPE.setdefault(_m.ftype, _m)
-# Names written as the canonical mix (the aliases Q3_K, Q4_K, Q5_K print their own name).
+# Each LLAMA_FTYPE's own mix (not the aliases Q3_K, Q4_K, Q5_K, nor COPY), as `inspect` names it.
 CANONICAL: dict[int, Mix] = {m.ftype: m for m in MIXES if not m.description.startswith("alias") and not m.is_copy}
 
 
@@ -96,6 +96,19 @@ def parse_mix(text: str) -> Mix:
     if mix is None:
         raise ValueError(f"unknown quantization type {text!r}: see `gpuquant mixes` for llama-quantize's list")
     return mix
+
+
+def resolve_type_or_mix(qtype: str | int | QType | Mix) -> QType | Mix:
+    """A ggml type (a name in any case, or a ggml id: TTS.cpp's form), else a llama-quantize mix name."""
+    if isinstance(qtype, (QType, Mix)):
+        return qtype
+    try:
+        return resolve(qtype)
+    except ValueError:
+        mix = find_mix(qtype) if isinstance(qtype, str) and not qtype.strip().isdigit() else None
+        if mix is None:
+            raise
+        return mix
 
 
 def mix_for_type(qtype: QType) -> Mix | None:

@@ -153,7 +153,7 @@ def _plan_llama(
     if request.keep_split:  # llama-quantize sorts by shard and offset: the input's own order
         order = sorted(order, key=lambda i: (model.tensors[i].split, model.tensors[i].data_offset))
     sources = [model.tensors[i] for i in order]
-    names, new_to_old = llama.prune_names([t.name for t in sources], request.prune_layers)
+    names, new_to_old, block_count = llama.prune_names([t.name for t in sources], request.prune_layers)
     kept = [(t, n) for t, n in zip(sources, names, strict=True) if n is not None]
 
     options = llama.LlamaOptions(
@@ -183,8 +183,7 @@ def _plan_llama(
     # llama-quantize passes the imatrix keys as overrides after the user's own
     plan.add_keys([(o.key, o.value, o.vtype) for o in request.kv_overrides] + imatrix_keys)
     if request.prune_layers:
-        count = llama.new_block_count([t.name for t in sources], request.prune_layers)
-        plan.add_keys([(f"{arch}.block_count", count, GGUFValueType.UINT32)])
+        plan.add_keys([(f"{arch}.block_count", block_count, GGUFValueType.UINT32)])
     return plan
 
 

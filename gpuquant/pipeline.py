@@ -15,11 +15,11 @@ from .backends import NonFiniteError, get_backend
 from .backends.numpy import DEQUANTIZERS
 from .gguf_io import AtomicGGUFWriter, MetadataEntry, PlannedTensor, SourceModel, WriteBehind
 from .imatrix import Imatrix, check_importances, load_imatrix, select_entries, weights_for
-from .mixes import Mix, find_mix
+from .mixes import Mix, resolve_type_or_mix
 from .model_plan import LlamaRequest, ModelPlan, PlannedEntry, plan_model
 from .plan import PlanOptions
 from .progress import Progress
-from .qtypes import QType, resolve
+from .qtypes import QType
 from .summary import Summary, TensorRecord
 
 # float32 input per chunk: big enough to amortize per-call overhead, small enough to bound memory
@@ -46,19 +46,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return b.exists() and os.path.samefile(a, b)
     except OSError:
         return False
-
-
-def resolve_target(qtype: str | int | QType | Mix) -> QType | Mix:
-    """A ggml type (a name in any case, or a ggml id: TTS.cpp's form) or else a llama-quantize mix name."""
-    if isinstance(qtype, (QType, Mix)):
-        return qtype
-    try:
-        return resolve(qtype)
-    except ValueError:
-        mix = find_mix(qtype) if isinstance(qtype, str) and not qtype.strip().isdigit() else None
-        if mix is None:
-            raise
-        return mix
 
 
 def quantize_file(
@@ -97,7 +84,7 @@ def quantize_file(
         if dst is None:
             raise ValueError("missing the output path")
         _check_output_path(src, dst)
-    target = resolve_target(qtype)
+    target = resolve_type_or_mix(qtype)
     if include_weights and exclude_weights:
         raise ValueError("--include-weights and --exclude-weights cannot be used together")
     if imatrix is not None and not isinstance(imatrix, Imatrix):

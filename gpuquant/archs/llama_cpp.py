@@ -137,13 +137,14 @@ _LEADING_BLK = re.compile(r"blk\.\s*([+-]?\d+)")
 _BLK = re.compile(r"blk\.(\d+)\.")
 
 
-def prune_names(names: Sequence[str], prune: Sequence[int]) -> tuple[list[str | None], dict[int, int]]:
-    """--prune-layers: each name renumbered (None: pruned), and {new layer: old layer} for the imatrix.
+def prune_names(names: Sequence[str], prune: Sequence[int]) -> tuple[list[str | None], dict[int, int], int]:
+    """--prune-layers: each name renumbered (None: pruned), {new layer: old layer} for the imatrix,
+    and the block count llama-quantize then writes (its running next layer id).
 
     Names are visited in the given order (llama-quantize's), which decides the new numbers.
     """
     if not prune:
-        return list(names), {}
+        return list(names), {}, 0
     prune = sorted(set(prune))
     mapped: dict[int, int | None] = {}
     next_id = 0
@@ -165,26 +166,7 @@ def prune_names(names: Sequence[str], prune: Sequence[int]) -> tuple[list[str | 
                 next_id += 1
         new = mapped[blk]
         out.append(None if new is None else name[: m.start(1)] + str(new) + name[m.end(1) :])
-    return out, {new: old for old, new in mapped.items() if new is not None}
-
-
-def new_block_count(names: Sequence[str], prune: Sequence[int]) -> int:
-    """The block_count llama-quantize writes after pruning (its running next layer id)."""
-    if not prune:
-        raise ValueError("no layers pruned")
-    prune = sorted(set(prune))
-    seen: set[int] = set()
-    next_id = 0
-    for name in names:
-        m = _BLK.search(name)
-        if not m or int(m.group(1)) in seen:
-            continue
-        blk = int(m.group(1))
-        seen.add(blk)
-        if blk in prune:
-            continue
-        next_id = blk + 1 if blk < prune[0] else next_id + 1
-    return next_id
+    return out, {new: old for old, new in mapped.items() if new is not None}, next_id
 
 
 def allows_quantization(t: TensorView, arch: str, options: LlamaOptions) -> bool:
