@@ -131,7 +131,7 @@ def run_case(src: Path, out: Path, tail: list[str], seconds: int = 10) -> tuple[
     from click.testing import CliRunner
 
     from gpuquant.cli import main
-    from gpuquant.gguf_io import tensor_infos
+    from gpuquant.gguf_header import tensor_infos
 
     def alarm(signum, frame):
         raise _Timeout

@@ -9,7 +9,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from gpuquant.gguf_io import tensor_infos
+from gpuquant.gguf_header import tensor_infos
 from gpuquant.qtypes import BY_ID
 from gpuquant.synthetic_llama import write_llama_model, write_synthetic_imatrix
 

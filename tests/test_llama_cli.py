@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from gpuquant.backends.numpy_backend import NumpyBackend
 from gpuquant.cli import main
-from gpuquant.gguf_io import SourceModel, tensor_infos
+from gpuquant.gguf_header import tensor_infos
+from gpuquant.gguf_io import SourceModel
 from gpuquant.qtypes import BY_ID
 from gpuquant.synthetic_llama import write_llama_model
 
