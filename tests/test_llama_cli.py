@@ -112,18 +112,30 @@ def test_max_buffer_size_bounds_the_chunks_and_never_changes_bytes(tmp_path, mon
     assert a.read_bytes() == b.read_bytes()
 
 
-def test_unknown_architecture_gets_llama_rules_with_a_warning(gqa, tmp_path):
-    reader = gguf.GGUFReader(gqa)
-    w = gguf.GGUFWriter(tmp_path / "m.gguf", arch="mystery")
-    w.add_uint32("mystery.block_count", 8)
-    w.add_uint32("mystery.attention.head_count", 8)
-    w.add_uint32("mystery.attention.head_count_kv", 2)
-    for t in reader.tensors:
-        w.add_tensor(t.name, np.asarray(t.data))
+def write_gguf(path, arch: str, keys: list[tuple], tensors) -> None:
+    """A GGUF with gguf's own writer: (key, value, type[, item type]) entries, then (name, array) tensors."""
+    w = gguf.GGUFWriter(path, arch=arch)
+    for key, value, *types in keys:
+        w.add_key_value(key, value, *types)
+    for name, data in tensors:
+        w.add_tensor(name, data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def tensors_of(path) -> list[tuple[str, np.ndarray]]:
+    return [(t.name, np.asarray(t.data)) for t in gguf.GGUFReader(path).tensors]
+
+
+U32 = gguf.GGUFValueType.UINT32
+
+
+def test_unknown_architecture_gets_llama_rules_with_a_warning(gqa, tmp_path):
+    keys = [("mystery.block_count", 8, U32), ("mystery.attention.head_count", 8, U32),
+            ("mystery.attention.head_count_kv", 2, U32)]
+    write_gguf(tmp_path / "m.gguf", "mystery", keys, tensors_of(gqa))
     r = invoke(str(tmp_path / "m.gguf"), str(tmp_path / "o.gguf"), "Q4_K_M")
     assert r.exit_code == 0, r.output
     assert "unknown to llama.cpp" in r.stderr
@@ -132,12 +144,7 @@ def test_unknown_architecture_gets_llama_rules_with_a_warning(gqa, tmp_path):
 
 
 def test_missing_block_count_is_one_line(tmp_path):
-    w = gguf.GGUFWriter(tmp_path / "m.gguf", arch="llama")
-    w.add_tensor("token_embd.weight", np.zeros((4, 256), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_gguf(tmp_path / "m.gguf", "llama", [], [("token_embd.weight", np.zeros((4, 256), np.float32))])
     r = invoke(str(tmp_path / "m.gguf"), str(tmp_path / "o.gguf"), "Q4_K_M")
     assert r.exit_code == 1 and r.output.strip() == "gpuquant: error: key not found in model: llama.block_count"
     assert not (tmp_path / "o.gguf").exists()
@@ -206,21 +213,13 @@ def test_split_models_are_read_from_their_first_file(gqa, tmp_path):
 
 
 def test_long_metadata_arrays_are_copied_as_they_are(gqa, tmp_path):
-    reader = gguf.GGUFReader(gqa)
-    w = gguf.GGUFWriter(tmp_path / "m.gguf", arch="llama")
-    for f in reader.fields.values():
-        if not f.name.startswith("GGUF.") and f.name != "general.architecture":
-            w.add_key_value(f.name, f.contents(), f.types[0])
+    keys = [(f.name, f.contents(), f.types[0]) for f in gguf.GGUFReader(gqa).fields.values()
+            if not f.name.startswith("GGUF.") and f.name != "general.architecture"]
     tokens = ["", "ä", "<s>", "a b"] * 2000  # 8000 strings: kept encoded, never decoded
     scores = np.linspace(-1, 1, 8000, dtype=np.float32)
-    w.add_key_value("tokenizer.ggml.tokens", tokens, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING)
-    w.add_key_value("tokenizer.ggml.scores", scores.tolist(), gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.FLOAT32)
-    for t in reader.tensors:
-        w.add_tensor(t.name, np.asarray(t.data))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    keys += [("tokenizer.ggml.tokens", tokens, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING),
+             ("tokenizer.ggml.scores", scores.tolist(), gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.FLOAT32)]
+    write_gguf(tmp_path / "m.gguf", "llama", keys, tensors_of(gqa))
     assert invoke("-q", str(tmp_path / "m.gguf"), str(tmp_path / "o.gguf"), "Q8_0").exit_code == 0
     out = gguf.GGUFReader(tmp_path / "o.gguf")
     assert out.fields["tokenizer.ggml.tokens"].contents() == tokens
