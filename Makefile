@@ -11,15 +11,17 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,report,progress]'
 	touch $@
 
-# The main job on a built-in synthetic model with parler-tts-mini's real layout (2 decoder layers).
+# The main job on a built-in synthetic model with parler-tts-mini's real layout (2 decoder layers),
+# with its report (per-tensor error, plots): the summary ends with the report's paths.
 demo: install
 	mkdir -p $(DEMO)
 	$(BIN)/gpuquant synth parler-tts-mini $(DEMO)/parler-tts-mini-2layers-f32.gguf --layers 2
 	$(BIN)/gpuquant quantize -mp $(DEMO)/parler-tts-mini-2layers-f32.gguf \
-		-qp $(DEMO)/parler-tts-mini-2layers-q4_0.gguf -qt Q4_0 -nt 2
+		-qp $(DEMO)/parler-tts-mini-2layers-q4_0.gguf -qt Q4_0 -nt 2 \
+		--report $(DEMO)/parler-tts-mini-2layers-q4_0.html --report $(DEMO)/parler-tts-mini-2layers-q4_0.json
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -242,12 +242,43 @@ def bench_native(harness: Path, types: list[str], rows: dict[str, int]) -> None:
                       f"{n1 / c1:>5.2f} {n2:>9.1f} {c2:>8.1f} {n2 / c2:>5.2f} {n2 / n1:>6.2f}")
 
 
+def bench_error_pass(data_dir: Path, threads: int) -> None:
+    """What the error measurement costs: the same run with and without it, per backend."""
+    from gpuquant.synthetic_llama import wide_llama_layout, write_llama_model
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    src = data_dir / "llama-4096-2layers-f32.gguf"
+    if not src.exists():
+        print(f"writing {src} ...", file=sys.stderr)
+        write_llama_model(wide_llama_layout(), src)
+    size = src.stat().st_size / 1e9
+    subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)
+    print(f"\nF. the error pass, llama 4096-wide F32 {size:.2f} GB, {threads} threads, warm cache (best of 2)")
+    print(f"{'mix':<7} {'backend':<7} {'no error s':>10} {'error s':>8} {'sample s':>9} {'cost':>6} "
+          f"{'cost sampled':>12}")
+    dst = data_dir / "error-pass.gguf"
+    for mix in ("Q4_0", "Q4_K_M", "IQ4_XS"):
+        for backend in ("native", "numpy"):
+            walls = []
+            for extra in (["--no-error"], [], ["--report-sample", "64"]):
+                best = float("inf")
+                for _ in range(2):
+                    dst.unlink(missing_ok=True)
+                    best = min(best, _run_peak_rss(["quantize", str(src), str(dst), mix, str(threads), "--backend",
+                                                    backend, "--quiet", *extra])[0])
+                walls.append(best)
+            print(f"{mix:<7} {backend:<7} {walls[0]:>10.2f} {walls[1]:>8.2f} {walls[2]:>9.2f} "
+                  f"{walls[1] / walls[0] - 1:>6.0%} {walls[2] / walls[0] - 1:>12.0%}")
+    dst.unlink(missing_ok=True)
+    print("(cost: extra wall time of the whole command with the error measured over every row, and over 64 rows)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench")
     ap.add_argument("--skip-file", action="store_true", help="only the array benchmarks")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=["arrays", "tts", "llama", "native"], help="one section")
+    ap.add_argument("--only", choices=["arrays", "tts", "llama", "native", "error"], help="one section")
     ap.add_argument("--llama-quantize", type=Path, default=ROOT / "build" / "reference" / "llama-quantize")
     args = ap.parse_args()
     if args.only in (None, "arrays"):
@@ -259,6 +290,8 @@ def main() -> None:
                      {"float": 2048, "legacy": 2048, "fp4": 1024, "lowbit": 2048, "ternary": 1024})
     if not args.skip_file and args.only in (None, "llama"):
         bench_llama(args.data_dir, args.threads, args.llama_quantize, ("native", "numpy"))
+    if not args.skip_file and args.only in (None, "error"):
+        bench_error_pass(args.data_dir, args.threads)
     if args.only is not None:
         return
     try:

@@ -62,13 +62,18 @@ def main() -> None:
 @click.option("--max-buffer-size", metavar="MiB", help="Largest piece of a tensor held in memory at once.")
 @click.option("--backend", type=click.Choice(["auto", "native", "numpy", "cupy"]), default="auto", show_default=True,
               help="auto: CuPy with a CUDA device, else native (the kernels built for this CPU), else NumPy.")
+@click.option("--report", "reports", multiple=True, metavar="FILE.json|FILE.html",
+              help="Write a report: every tensor's type, size and error; .html adds plots (repeatable).")
+@click.option("--report-sample", type=int, default=None, metavar="N",
+              help="Measure the error on N seeded random rows per tensor instead of every row.")
+@click.option("--no-error", is_flag=True, help="Do not measure the error (saves the dequantize pass).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
 def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_dac_to_f16,
              quantize_output_heads, quantize_text_embedding, quantize_cross_attn_kv,
              convert_non_quantized_to_f16, imatrix, include_weights, exclude_weights, allow_requantize,
              leave_output_tensor, pure, output_tensor_type, token_embedding_type, tensor_types,
              tensor_type_file, prune_layers, keep_split, kv_overrides, dry_run, max_buffer_size,
-             backend, quiet) -> None:
+             backend, reports, report_sample, no_error, quiet) -> None:
     """Quantize a GGUF model: TTS.cpp's `quantize -mp IN -qp OUT -qt TYPE` or llama-quantize's
     `IN [OUT] TYPE [NTHREADS]` (TYPE a mix name or LLAMA_FTYPE number; no OUT: ggml-model-TYPE.gguf
     beside IN)."""
@@ -100,6 +105,10 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
             _fail(f"--n-threads must be 1 or more, not {n_threads}")
         if include_weights and exclude_weights:
             _fail("--include-weights and --exclude-weights cannot be used together")
+        if report_sample is not None and report_sample < 1:
+            _fail(f"--report-sample must be 1 or more, not {report_sample}")
+        if report_sample is not None and no_error:
+            _fail("--report-sample and --no-error cannot be used together")
         patterns = [llama_cli.parse_tensor_type(text) for text in tensor_types]
         if tensor_type_file:
             patterns += llama_cli.read_tensor_type_file(tensor_type_file)
@@ -135,6 +144,9 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
             dry_run=dry_run,
             max_buffer_bytes=buffer_bytes,
             progress=not quiet,
+            measure_error=not no_error,
+            report_sample=report_sample,
+            reports=reports,
         )
     except KeyboardInterrupt:
         _fail("interrupted; no output written", 130)
@@ -218,14 +230,18 @@ def inspect(path, as_json, tensors) -> None:
 @click.argument("a")
 @click.argument("b")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def diff(a, b, as_json) -> None:
-    """Whether two GGUF files are identical, and if not where they differ (exit 1 when they differ)."""
+@click.option("--no-error", is_flag=True, help="Do not measure the error against a float source.")
+@click.option("--sample", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Measure the error on N seeded random rows per tensor (as --report-sample).")
+def diff(a, b, as_json, no_error, sample) -> None:
+    """Whether two GGUF files are identical, and if not where they differ (exit 1 when they differ).
+    When one file is the float source of the other, each tensor's error against it."""
     import json
 
     from .inspect import diff_files, diff_table
 
     try:
-        d = diff_files(a, b)
+        d = diff_files(a, b, errors=not no_error, sample=sample)
     except (ValueError, OSError) as e:
         _fail(str(e), 2)
     click.echo(json.dumps(d, indent=1, default=str) if as_json else diff_table(d))

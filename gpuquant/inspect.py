@@ -1,7 +1,7 @@
 """What a GGUF file holds (`gpuquant inspect`) and how two files differ (`gpuquant diff`).
 
-Both read headers through SourceModel (split models included, long arrays left encoded) and touch
-tensor data only to compare bytes.
+Both read headers through SourceModel (split models included, long arrays left encoded); diff reads
+tensor data to compare bytes, and to measure the error when one file is the float source of the other.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .gguf_io import RawArray, SourceModel
+from .gguf_io import RawArray, SourceModel, SourceTensor
 from .mixes import CANONICAL
+from .quant_error import ErrorFigures, ErrorSums, chunk_sums, exact_figures, sample_rows, weighted_mean
 
 _LAYER = re.compile(r"blk\.(\d+)\.")
 
@@ -115,8 +116,41 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def diff_files(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> dict:
-    """Whether two GGUF files are identical; if not, their key, tensor-set and per-tensor differences."""
+_FLOAT_RANK = {"F32": 3, "BF16": 2, "F16": 2}  # which float type can be another's source
+
+
+def _source_side(pairs: list[tuple[SourceTensor, SourceTensor]]) -> str | None:
+    """"a" or "b" when that file is the float source of the other: for every tensor of another
+    type, its side is a float type above the other's; None otherwise."""
+    sides = set()
+    for x, y in pairs:
+        rx, ry = _FLOAT_RANK.get(x.qtype.name, 0), _FLOAT_RANK.get(y.qtype.name, 0)
+        sides.add("a" if rx > ry else "b" if ry > rx else None)
+    return sides.pop() if len(sides) == 1 else None
+
+
+def _error_figures(src: SourceModel, s: SourceTensor, out: SourceModel, o: SourceTensor,
+                   sample: int | None) -> ErrorFigures:
+    """The error of tensor o (dequantized) against its float source s, as a quantizing run measures it."""
+    rows = sample_rows(s.name, s.n_rows, sample)
+    sums = ErrorSums()
+    step = max(1, (32 << 20) // (4 * s.n_per_row))
+    if rows is None:
+        for r0 in range(0, s.n_rows, step):
+            r1 = min(s.n_rows, r0 + step)
+            sums.add(chunk_sums(src.rows_as_float32(s, r0, r1), out.rows_as_float32(o, r0, r1), None))
+    else:
+        for r in rows:  # a sample is small: row by row
+            sums.add(chunk_sums(src.rows_as_float32(s, int(r), int(r) + 1), out.rows_as_float32(o, int(r), int(r) + 1),
+                                None))
+    return sums.figures(s.n_rows)
+
+
+def diff_files(a: str | os.PathLike[str], b: str | os.PathLike[str], errors: bool = True,
+               sample: int | None = None) -> dict:
+    """Whether two GGUF files are identical; if not, their key, tensor-set and per-tensor differences,
+    and (with `errors`) when one file is the float source of the other, each tensor's error figures
+    against it (over every row, or `sample` seeded rows per tensor)."""
     a, b = Path(a), Path(b)
     identical = os.path.getsize(a) == os.path.getsize(b) and _sha256(a) == _sha256(b)
     ma, mb = SourceModel(a), SourceModel(b)
@@ -134,13 +168,32 @@ def diff_files(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> dict:
         ta = {t.name: t for t in ma.tensors}
         tb = {t.name: t for t in mb.tensors}
         tensors = []
-        for name in [t.name for t in ma.tensors if t.name in tb]:
+        common = [t.name for t in ma.tensors if t.name in tb]
+        for name in common:
             x, y = ta[name], tb[name]
             same_type = x.qtype.name == y.qtype.name and x.shape_gguf == y.shape_gguf
             same_bytes = same_type and np.array_equal(np.asarray(ma.raw_bytes(x)), np.asarray(mb.raw_bytes(y)))
             tensors.append({"name": name, "a": x.qtype.name, "b": y.qtype.name, "same_type": same_type,
-                            "same_bytes": bool(same_bytes)})
+                            "same_bytes": bool(same_bytes), "error": None})
+        converted = [(ta[n], tb[n]) for n in common
+                     if ta[n].shape_gguf == tb[n].shape_gguf and ta[n].qtype.name != tb[n].qtype.name]
+        source = _source_side(converted) if errors and converted else None
+        if source is not None:
+            for t in tensors:
+                x, y = ta[t["name"]], tb[t["name"]]
+                if x.shape_gguf != y.shape_gguf:
+                    continue
+                if t["same_bytes"]:
+                    t["error"] = exact_figures(x.n_rows).as_dict()
+                elif source == "a":
+                    t["error"] = _error_figures(ma, x, mb, y, sample).as_dict()
+                else:
+                    t["error"] = _error_figures(mb, y, ma, x, sample).as_dict()
+        measured = [(t["error"]["rel_rmse"], ta[t["name"]].n_elements) for t in tensors
+                    if t["error"] is not None and not t["same_type"]]
         return {
+            "error_source": source, "error_sample": sample,
+            "rel_rmse": weighted_mean(measured) if source else None,
             "a": str(a), "b": str(b), "identical": identical,
             "keys_only_in_a": sorted(ka.keys() - kb.keys()), "keys_only_in_b": sorted(kb.keys() - ka.keys()),
             "keys_changed": sorted(changed, key=lambda c: c["key"]),
@@ -173,5 +226,20 @@ def diff_table(d: dict) -> str:
     lines.append(f"{len(d['tensors'])} tensors in both: {len(d['tensors']) - len(other_type) - len(other_bytes)} "
                  f"identical, {len(other_type)} of another type or shape, {len(other_bytes)} with other bytes")
     for t in (other_type + other_bytes)[:40]:
-        lines.append(f"  {t['name']}: {t['a']} -> {t['b']}" + ("" if not t["same_type"] else " (bytes differ)"))
+        e = t["error"]
+        figures = "" if e is None else (
+            f"  rel. RMSE {_g(e['rel_rmse'])}, max abs {_g(e['max_abs'])}, SNR {_g(e['snr_db'], 3)} dB")
+        lines.append(f"  {t['name']}: {t['a']} -> {t['b']}" + ("" if not t["same_type"] else " (bytes differ)")
+                     + figures)
+    if len(other_type + other_bytes) > 40:
+        lines.append(f"  ... {len(other_type + other_bytes) - 40} more (--json lists every tensor)")
+    if d["error_source"]:
+        source = d["a"] if d["error_source"] == "a" else d["b"]
+        rows = f"{d['error_sample']} sampled rows per tensor" if d["error_sample"] else "every row"
+        lines.append(f"error against the float source {source}: rel. RMSE {_g(d['rel_rmse'])} "
+                     f"(weighted by tensor size, {rows})")
     return "\n".join(lines)
+
+
+def _g(v, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}g}"

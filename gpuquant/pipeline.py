@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,8 @@ from .model_plan import LlamaRequest, ModelPlan, PlannedEntry, plan_model
 from .plan import PlanOptions
 from .progress import Progress
 from .qtypes import QType
+from .quant_error import ErrorMeter, ErrorSums, exact_figures
+from .report import check_report_path, write_report
 from .summary import Summary, TensorRecord
 
 # float32 input per chunk: big enough to amortize per-call overhead, small enough to bound memory
@@ -68,6 +71,9 @@ def quantize_file(
     dry_run: bool = False,
     max_buffer_bytes: int | None = None,
     progress: bool = False,
+    measure_error: bool = True,
+    report_sample: int | None = None,
+    reports: tuple[str | os.PathLike[str], ...] = (),
 ) -> Summary:
     """Quantize a GGUF file; raises ValueError (one-line message) on bad input, leaving no output.
 
@@ -75,6 +81,10 @@ def quantize_file(
     Mix). `imatrix` is a llama.cpp importance-matrix file (GGUF or legacy .dat) or a loaded Imatrix.
     `llama` holds llama-quantize's options for llama.cpp models. With `dry_run` nothing is written
     and no tensor data is read; `dst` may then be None.
+
+    With `measure_error` every converted tensor's error figures (gpuquant.quant_error) are measured
+    over every row, or over `report_sample` rows per tensor; `reports` are .json or .html paths
+    written after the output (gpuquant.report).
     """
     src = Path(src)
     dst = Path(dst) if dst is not None else None
@@ -84,6 +94,10 @@ def quantize_file(
         if dst is None:
             raise ValueError("missing the output path")
         _check_output_path(src, dst)
+    if report_sample is not None and (isinstance(report_sample, bool) or not isinstance(report_sample, int)
+                                      or report_sample < 1):
+        raise ValueError(f"the report sample must be a row count of 1 or more, not {report_sample!r}")
+    report_paths = [check_report_path(Path(p), src, dst) for p in reports]
     target = resolve_type_or_mix(qtype)
     if include_weights and exclude_weights:
         raise ValueError("--include-weights and --exclude-weights cannot be used together")
@@ -106,14 +120,18 @@ def quantize_file(
     try:
         plan = plan_model(model, target, tts_options, llama, imatrix)
         chunk_bytes = min(CHUNK_BYTES, max_buffer_bytes) if max_buffer_bytes else CHUNK_BYTES
-        return _run(model, dst, plan, backend, n_threads, imatrix, progress, allow_requantize, dry_run,
-                    chunk_bytes, llama or LlamaRequest())
+        summary = _run(model, dst, plan, backend, n_threads, imatrix, progress, allow_requantize, dry_run,
+                       chunk_bytes, llama or LlamaRequest(), measure_error, report_sample)
     finally:
         model.close()
+    for path in report_paths:
+        write_report(summary, path)
+        summary.reports.append(str(path))
+    return summary
 
 
 def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_progress, allow_requantize,
-         dry_run, chunk_bytes, llama_request) -> Summary:
+         dry_run, chunk_bytes, llama_request, measure_error, report_sample) -> Summary:
     start = time.perf_counter()
     needed = {e.decision.qtype for e in plan.entries if e.decision.qtype != e.source.qtype}
     be = get_backend(backend_name, n_threads=n_threads, needed=needed)
@@ -124,6 +142,8 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
     summary.family = plan.family
     summary.backend_reason = getattr(be, "reason", "")
     summary.dry_run = dry_run
+    summary.report_sample = report_sample if measure_error else None
+    summary.error_measured = measure_error and not dry_run
     if imatrix is not None:
         summary.imatrix_file = imatrix.path
     entries = plan.entries
@@ -138,7 +158,7 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
             e.name, e.source.qtype.name, e.decision.qtype.name, e.source.n_elements, e.source.n_bytes,
             _output_bytes(e), e.decision.reason,
             e.decision.fallback_from.name if e.decision.fallback_from else None,
-            imatrix_used=w is not None,
+            imatrix_used=w is not None, shape=tuple(e.source.shape_gguf),
         )
         for e, w in zip(entries, weights, strict=True)
     ]
@@ -152,11 +172,23 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
     # (the GPU engine) overlaps tensors too, not only the chunks of one tensor.
     conversions = [(e, w) for e, w in zip(entries, weights, strict=True) if e.decision.qtype != e.source.qtype]
     chunk_ranges = {id(e): list(_row_chunks(e.source, w, chunk_bytes)) for e, w in conversions}
-    chunks = (
-        (model.rows_as_float32(e.source, r0, r1), e.decision.qtype, wc)
-        for e, _ in conversions for r0, r1, wc in chunk_ranges[id(e)]
-    )
-    outputs = be.quantize_chunks(chunks, check_finite=True)
+    meter = ErrorMeter(be, n_threads, report_sample) if measure_error else None
+    tensor_sums = {id(e): ErrorSums(weighted=w is not None) for e, w in conversions}
+    # The inputs of the chunks handed to the backend and not yet written, oldest first: the
+    # error pass compares each output with its input (only the sampled rows are kept).
+    pending_inputs: deque[tuple[np.ndarray, np.ndarray | None]] = deque()
+
+    def chunks():
+        for e, _ in conversions:
+            measured = meter.rows_to_measure(e.name, e.source.n_rows) if meter else None
+            for r0, r1, wc in chunk_ranges[id(e)]:
+                x = model.rows_as_float32(e.source, r0, r1)
+                if meter:
+                    local = None if measured is None else measured[(measured >= r0) & (measured < r1)] - r0
+                    pending_inputs.append((x if local is None else x[local], local))
+                yield x, e.decision.qtype, wc
+
+    outputs = be.quantize_chunks(chunks(), check_finite=True)
     index = 0
     try:
         with ExitStack() as stack:
@@ -174,8 +206,13 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
                             _copy_tensor(model, t, writer, chunk_bytes)
                             if report:
                                 report.advance(t.n_bytes)
+                            if meter:
+                                record.error = exact_figures(t.n_rows)
                         else:
-                            _write_converted(model, e, chunk_ranges[id(e)], outputs, writer, report)
+                            measured = (pending_inputs, meter, tensor_sums[id(e)]) if meter else None
+                            _write_converted(model, e, chunk_ranges[id(e)], outputs, writer, report, measured)
+                            if meter:
+                                record.error = tensor_sums[id(e)].figures(t.n_rows)
                         summary.records.append(record)
                         index += 1
                     writer.drain()
@@ -185,6 +222,10 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
                 file_writer.commit()
     finally:
         outputs.close()  # stops a backend working ahead (GPU streams, staging threads)
+        if meter:
+            meter.close()
+        if report:
+            report.close()
     summary.outputs = [str(path) for path, _, _ in shards]
     for note in getattr(be, "notes", ()):  # what the backend found out while running
         summary.warnings.append(note)
@@ -332,17 +373,22 @@ def _row_chunks(t, weights: np.ndarray | None, chunk_bytes: int):
 
 
 def _write_converted(model: SourceModel, e: PlannedEntry, ranges, outputs, writer: WriteBehind,
-                     report: Progress | None) -> None:
-    """Writes the outputs of one tensor's chunks, in order, and drops their input pages."""
+                     report: Progress | None, measured) -> None:
+    """Writes the outputs of one tensor's chunks, in order, and drops their input pages; with
+    `measured` (the pending inputs, the meter, the tensor's sums) measures each chunk first."""
     t = e.source
     src_row_bytes = t.n_bytes // t.n_rows
-    for r0, r1, _ in ranges:
+    for r0, r1, wc in ranges:
         try:
             q = next(outputs)
         except NonFiniteError as err:
             raise ValueError(
                 f"tensor {e.name}: NaN or Inf weight in row {r0 + err.row}; refusing to quantize it"
             ) from None
+        if measured:
+            pending, meter, sums = measured
+            x, local = pending.popleft()
+            sums.add(meter.measure(x, q if local is None else q[local], e.decision.qtype, wc))
         writer.write(q, partial(model.release, t, r0 * src_row_bytes, r1 * src_row_bytes), from_backend=True)
         if report:
             report.advance((r1 - r0) * src_row_bytes)

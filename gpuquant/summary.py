@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+from .quant_error import ErrorFigures, weighted_mean
+
+# The layer of a tensor: llama.cpp's blk.N, TTS.cpp's layers.N (encoder and decoder stacks alike).
+_LAYER = re.compile(r"(?:^|\.)(?:blk|layers)\.(\d+)(?=\.|$)")
+
+
+def tensor_layer(name: str) -> tuple[int | None, str]:
+    """(layer number or None, the tensor's kind: its name with the layer number as *)."""
+    m = _LAYER.search(name)
+    if not m:
+        return None, name
+    return int(m.group(1)), name[: m.start(1)] + "*" + name[m.end(1):]
 
 
 @dataclass
@@ -16,6 +30,20 @@ class TensorRecord:
     reason: str
     fallback_from: str | None = None
     imatrix_used: bool = False
+    shape: tuple[int, ...] = ()  # GGUF order: n_per_row first
+    error: ErrorFigures | None = None  # None when not measured (dry run, --no-error)
+
+    @property
+    def layer(self) -> int | None:
+        return tensor_layer(self.name)[0]
+
+    @property
+    def kind(self) -> str:
+        return tensor_layer(self.name)[1]
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.bytes_out * 8 / max(1, self.n_elements)
 
 
 @dataclass
@@ -34,6 +62,26 @@ class Summary:
     family: str = "tts.cpp"  # whose rules planned the tensors: "tts.cpp" or "llama.cpp"
     dry_run: bool = False
     outputs: list[str] = field(default_factory=list)  # the files written (several with --keep-split)
+    error_measured: bool = False
+    report_sample: int | None = None  # rows per tensor measured; None: every row
+    reports: list[str] = field(default_factory=list)  # the report files written
+
+    def _converted(self) -> list[TensorRecord]:
+        return [r for r in self.records if r.error is not None and r.dst_type != r.src_type]
+
+    @property
+    def mean_rel_rmse(self) -> float | None:
+        """Relative RMSE of the converted tensors, averaged weighting each by its element count."""
+        return weighted_mean([(r.error.rel_rmse, r.n_elements) for r in self._converted()])
+
+    @property
+    def mean_weighted_error(self) -> float | None:
+        """The same for the importance-weighted error, over the tensors an imatrix weighted."""
+        return weighted_mean([(r.error.weighted_rel_error, r.n_elements) for r in self._converted()])
+
+    def worst(self, n: int = 1) -> list[TensorRecord]:
+        rated = [r for r in self._converted() if r.error.rel_rmse is not None]
+        return sorted(rated, key=lambda r: -r.error.rel_rmse)[:n]
 
     @property
     def bytes_in(self) -> int:
@@ -85,13 +133,16 @@ class Summary:
             f"backend {self.backend} ({self.n_threads} thread{'s' if self.n_threads != 1 else ''}"
             + (f"; {self.backend_reason}" if self.backend_reason and self.backend_reason != "requested" else "") + ")",
             "",
-            f"{'type':<8} {'tensors':>7} {'MB before':>11} {'MB after':>11} {'bits/weight':>11}",
+            f"{'type':<8} {'tensors':>7} {'MB before':>11} {'MB after':>11} {'bits/weight':>11}"
+            + (f" {'rel. RMSE':>10}" if self.error_measured else ""),
         ]
         for name, row in sorted(self.by_type().items(), key=lambda kv: -kv[1]["bytes_in"]):
             bpw = row["bytes_out"] * 8 / max(1, row["n_elements"])
+            err = weighted_mean([(r.error.rel_rmse, r.n_elements) for r in self.records
+                                 if r.dst_type == name and r.error is not None])
             lines.append(
                 f"{name:<8} {row['tensors']:>7} {row['bytes_in'] / 1e6:>11.2f} "
-                f"{row['bytes_out'] / 1e6:>11.2f} {bpw:>11.3f}"
+                f"{row['bytes_out'] / 1e6:>11.2f} {bpw:>11.3f}" + (f" {_fmt(err):>10}" if self.error_measured else "")
             )
         lines.append(
             f"{'total':<8} {len(self.records):>7} {self.bytes_in / 1e6:>11.2f} {self.bytes_out / 1e6:>11.2f} "
@@ -111,7 +162,24 @@ class Summary:
             f"{self.seconds:.2f} s, {self.gb_per_s:.2f} GB/s of input"
             + (f"; {'; '.join(extra)}" if extra else "")
         )
+        lines.extend(f"report: {path}" for path in self.reports)
+        if self.error_measured:
+            lines.append(self.error_line())
         return "\n".join(lines)
+
+    def error_line(self) -> str:
+        """The overall error: per-tensor relative RMSE averaged by element count, the worst tensor."""
+        mean = self.mean_rel_rmse
+        if mean is None:
+            return "error: no tensor was converted"
+        rows = (f"{self.report_sample} sampled rows per tensor" if self.report_sample else "every row")
+        text = f"error: rel. RMSE {_fmt(mean)} (weighted by tensor size, {rows})"
+        if self.mean_weighted_error is not None:
+            text += f", importance-weighted {_fmt(self.mean_weighted_error)}"
+        worst = self.worst()
+        if worst:
+            text += f"; worst {worst[0].name} {_fmt(worst[0].error.rel_rmse)} ({worst[0].dst_type})"
+        return text
 
     def dry_run_table(self) -> str:
         """--dry-run: each tensor's type and size, then the sizes llama-quantize reports."""
@@ -131,3 +199,7 @@ class Summary:
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"

@@ -111,6 +111,17 @@ class ndarray:  # noqa: N801 (cupy's name)
         return result
 
 
+float32, uint8 = np.float32, np.uint8  # cupy's dtype names are NumPy's
+
+
+def asarray(arr, dtype=None) -> ndarray:
+    """A device copy of a host array (synchronous, as cupy.asarray of a NumPy array is)."""
+    host = np.asarray(arr, dtype=dtype)
+    memory = np.array(host, copy=True)
+    _allocated("device", memory)
+    return ndarray(memory)
+
+
 def empty(shape, dtype=np.float64) -> ndarray:
     memory = np.empty(shape, dtype=dtype)
     memory.reshape(-1).view(np.uint8)[...] = 0xCD
@@ -276,6 +287,20 @@ def _quantize_device(x: ndarray, t, imatrix: ndarray | None, out: ndarray, strea
     stream._queue("quantize", kernel)
 
 
+def _dequantize_device(q: ndarray, t, n_per_row: int, out: ndarray, stream: Stream) -> None:
+    from gpuquant import hostkernels
+
+    src, dst = q._a, out._a.reshape(-1)
+
+    def kernel() -> None:
+        rows = src.size // t.row_bytes(n_per_row)
+        y = src.view(np.float32) if t.name == "F32" else hostkernels.dequantize(
+            src.reshape(rows, -1), t.name, n_per_row)
+        dst[...] = y.reshape(-1)
+
+    stream._queue("dequantize", kernel)
+
+
 def install(monkeypatch) -> types.ModuleType:
     """Make `import cupy` give this module and the CuPy backend's kernels run on the host, for one test."""
     from gpuquant.backends.cupy import _FAMILIES
@@ -285,4 +310,5 @@ def install(monkeypatch) -> types.ModuleType:
     monkeypatch.setitem(sys.modules, "cupy", module)
     for family in set(_FAMILIES.values()):
         monkeypatch.setattr(family, "quantize_device", _quantize_device)
+        monkeypatch.setattr(family, "dequantize_device", _dequantize_device)
     return module

@@ -283,6 +283,11 @@ def test_file_pipeline_matches_numpy(fake, monkeypatch, tmp_path, target, weight
     assert [r.dst_type for r in on_gpu.records] == [r.dst_type for r in on_cpu.records]
     assert sum(r.imatrix_used for r in on_gpu.records) == (2 if weighted else 0)
     assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()
+    # the error pass dequantizes through the CuPy backend: the figures are the numpy backend's
+    for g, c in zip(on_gpu.records, on_cpu.records, strict=True):
+        assert g.error.rows_measured == c.error.rows_measured and g.error.max_abs == c.error.max_abs
+        assert g.error.rel_rmse == pytest.approx(c.error.rel_rmse, rel=1e-6, abs=0)
+    assert fake.STATS["dequantize"] > 0
     chunks = sum(-(-r.n_elements * 4 // (8 << 10)) for r in on_gpu.records if r.src_type != r.dst_type)
     assert fake.STATS["quantize"] > chunks  # the chunks were split into pieces
 
