@@ -163,9 +163,11 @@ GQ_FN int gq_nearest_int(float f) {
 
 // A C cast float -> int as x86-64 compiles it (cvttss2si): truncation toward zero, and INT_MIN for
 // NaN or anything out of range (the device's own conversion would saturate instead).
+// Written as selects, not branches, so that a compiler can vectorize the loops that use it.
 GQ_FN int gq_trunc_to_int(float f) {
-    if (!(f > -2147483648.0f && f < 2147483648.0f)) return (int)0x80000000u;
-    return (int)f;
+    const bool in_range = f > -2147483648.0f && f < 2147483648.0f;
+    const int v = (int)(in_range ? f : 0.0f);
+    return in_range ? v : (int)0x80000000u;
 }
 
 // (int8_t)f and (uint8_t)f as ggml's C code writes them: convert to int, keep the low byte.
@@ -174,9 +176,12 @@ GQ_FN int gq_cast_u8(float f) { return (int)(gq_u8)(gq_u32)gq_trunc_to_int(f); }
 
 // C's roundf (half away from zero), spelled out so that host and device share one exact definition:
 // f - truncf(f) is exact, so no f + 0.5 double rounding (0.49999997f stays 0).
+// The step is a select of 0 or 1 (not a branch: random weights would mispredict half the time);
+// adding a signed zero leaves t as it is, -0 included; NaN stays NaN and Inf stays Inf.
 GQ_FN float gq_roundf(float f) {
     const float t = truncf(f);
-    return fabsf(f - t) >= 0.5f ? t + copysignf(1.0f, f) : t;
+    const float step = fabsf(f - t) >= 0.5f ? 1.0f : 0.0f;
+    return t + copysignf(step, f);
 }
 
 // C's MIN/MAX macros: a < b ? a : b and a > b ? a : b (the comparison order decides ties and NaN).
@@ -370,27 +375,44 @@ GQ_FN float gq_make_qx_quants(int nmax, const float* x, gq_i8* L, int rmse_type,
     float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
     if (return_early) return suml2 > 0.0f ? 0.5f * (scale + 1.0f / iscale) : 1.0f / iscale;
     float best = scale * sumlx;
-    for (int is = -9; is <= 9; ++is) {
-        if (is == 0) continue;
-        iscale = -((float)nmax + 0.1f * (float)is) / max;
-        sumlx = 0.0f;
-        suml2 = 0.0f;
+    // The 18 trial scales is = -9..9 (not 0), as ggml tries them one after another. Their sums are
+    // independent, so they are accumulated side by side (each in ggml's order: the same bits), which
+    // turns one long chain of dependent additions into 18 that a CPU overlaps or vectorizes; then the
+    // trials are judged in ggml's order.
+    float trial_iscale[18], trial_sumlx[18], trial_suml2[18];
+    GQ_UNROLL
+    for (int k = 0; k < 18; ++k) {
+        const int is = k < 9 ? k - 9 : k - 8;
+        trial_iscale[k] = -((float)nmax + 0.1f * (float)is) / max;
+        trial_sumlx[k] = 0.0f;
+        trial_suml2[k] = 0.0f;
+    }
+    GQ_UNROLL
+    for (int i = 0; i < N; ++i) {
+        const float w = qw ? qw[i] : gq_rmse_weight(rmse_type, x[i]);
+        const float wx = w * x[i];
+        GQ_UNROLL
+        for (int k = 0; k < 18; ++k) {
+            const int l = gq_max_i(-nmax, gq_min_i(nmax - 1, gq_nearest_int(trial_iscale[k] * x[i])));
+            const float fl = (float)l;
+            trial_sumlx[k] += wx * fl;
+            trial_suml2[k] += w * fl * fl;
+        }
+    }
+    int winner = -1;
+    for (int k = 0; k < 18; ++k) {
+        if (trial_suml2[k] > 0.0f && trial_sumlx[k] * trial_sumlx[k] > best * trial_suml2[k]) {
+            scale = trial_sumlx[k] / trial_suml2[k];
+            best = scale * trial_sumlx[k];
+            winner = k;
+        }
+    }
+    if (winner >= 0) {  // L of the last trial that won, as ggml's loop leaves it
+        iscale = trial_iscale[winner];
         GQ_UNROLL
         for (int i = 0; i < N; ++i) {
-            const int l = gq_max_i(-nmax, gq_min_i(nmax - 1, gq_nearest_int(iscale * x[i])));
-            const float w = qw ? qw[i] : gq_rmse_weight(rmse_type, x[i]);
-            const float fl = (float)l;
-            sumlx += w * x[i] * fl;
-            suml2 += w * fl * fl;
-        }
-        if (suml2 > 0.0f && sumlx * sumlx > best * suml2) {
-            GQ_UNROLL
-            for (int i = 0; i < N; ++i) {
-                const int l = gq_nearest_int(iscale * x[i]);
-                L[i] = (gq_i8)(nmax + gq_max_i(-nmax, gq_min_i(nmax - 1, l)));
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+            const int l = gq_nearest_int(iscale * x[i]);
+            L[i] = (gq_i8)(nmax + gq_max_i(-nmax, gq_min_i(nmax - 1, l)));
         }
     }
     return scale;

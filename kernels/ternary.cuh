@@ -31,7 +31,9 @@ GQ_FN float gq_tq_amax(const float* x) {
 // v gives the zero trit 1.
 GQ_FN int gq_tq_trit(float v) {
     const float r = gq_roundf(v);
-    const gq_i64 l = (r > -9.2233720e18f && r < 9.2233720e18f) ? (gq_i64)r : (gq_i64)(1ull << 63);
+    const bool in_range = r > -9.2233720e18f && r < 9.2233720e18f;
+    const gq_i64 converted = (gq_i64)(in_range ? r : 0.0f);  // selects, not branches: vectorizable
+    const gq_i64 l = in_range ? converted : (gq_i64)(1ull << 63);
     return (int)(gq_u32)((unsigned long long)l + 1ull);
 }
 
