@@ -418,6 +418,9 @@ GQ_FN float gq_make_qx_quants(int nmax, const float* x, gq_i8* L, int rmse_type,
     return scale;
 }
 
+// Trials of make_qkx3_quants run side by side (see there): 8 fill one AVX2 register.
+#define GQ_QKX_BATCH 8
+
 // ggml's make_qkx3_quants: an asymmetric fit x ~ scale*L + min (min <= 0) on levels 0..nmax.
 // Starts from the min/max grid, then tries nstep+1 inverse scales (rmin + rdelta*is + nmax)/range,
 // each with a least-squares scale and min, keeping the one with the smallest weighted error
@@ -461,46 +464,79 @@ GQ_FN float gq_make_qkx3_quants(int nmax, const float* x, const float* weights, 
         *the_min = -min;
         return scale;
     }
-    for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta * (float)is + (float)nmax) / (max - min);
-        float sum_l = 0.0f;
-        float sum_l2 = 0.0f;
-        float sum_xl = 0.0f;
+    // ggml tries is = 0..nstep one after another, and a trial that wins changes min, which the
+    // trials after it use. So trials are run GQ_QKX_BATCH at a time with the min of the batch's
+    // start, each trial's sums in ggml's order (the same bits; side by side they overlap or
+    // vectorize instead of waiting on one chain of additions), then judged in ggml's order; at a
+    // win the trials after it are dropped and the next batch starts after the winner.
+    int is = 0;
+    while (is <= nstep) {
+        const float batch_min = min;
+        float t_iscale[GQ_QKX_BATCH], t_l[GQ_QKX_BATCH], t_l2[GQ_QKX_BATCH], t_xl[GQ_QKX_BATCH];
+        GQ_UNROLL
+        for (int k = 0; k < GQ_QKX_BATCH; ++k) {
+            t_iscale[k] = (rmin + rdelta * (float)(is + k) + (float)nmax) / (max - batch_min);
+            t_l[k] = 0.0f;
+            t_l2[k] = 0.0f;
+            t_xl[k] = 0.0f;
+        }
         GQ_UNROLL
         for (int i = 0; i < N; ++i) {
-            const int l = gq_max_i(0, gq_min_i(nmax, gq_nearest_int(iscale * (x[i] - min))));
-            Laux[i] = (gq_u8)l;
             const float w = weights ? weights[i] : x[i] * x[i];
-            const float fl = (float)l;
-            sum_l += w * fl;
-            sum_l2 += w * fl * fl;
-            sum_xl += w * fl * x[i];
+            const float xm = x[i] - batch_min;
+            GQ_UNROLL
+            for (int k = 0; k < GQ_QKX_BATCH; ++k) {
+                const float fl = (float)gq_max_i(0, gq_min_i(nmax, gq_nearest_int(t_iscale[k] * xm)));
+                const float wl = w * fl;
+                t_l[k] += wl;
+                t_l2[k] += wl * fl;
+                t_xl[k] += wl * x[i];
+            }
         }
-        const float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0.0f) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+        float t_scale[GQ_QKX_BATCH], t_min[GQ_QKX_BATCH], t_error[GQ_QKX_BATCH];
+        GQ_UNROLL
+        for (int k = 0; k < GQ_QKX_BATCH; ++k) {
+            const float D = sum_w * t_l2[k] - t_l[k] * t_l[k];
+            float this_scale = (sum_w * t_xl[k] - sum_x * t_l[k]) / D;
+            float this_min = (t_l2[k] * sum_x - t_l[k] * t_xl[k]) / D;
             if (this_min > 0.0f) {
                 this_min = 0.0f;
-                this_scale = sum_xl / sum_l2;
+                this_scale = t_xl[k] / t_l2[k];
             }
-            float error = 0.0f;
+            t_scale[k] = this_scale;
+            t_min[k] = this_min;
+            t_error[k] = 0.0f;
+        }
+        GQ_UNROLL
+        for (int i = 0; i < N; ++i) {
+            const float w = weights ? weights[i] : x[i] * x[i];
+            const float xm = x[i] - batch_min;
             GQ_UNROLL
-            for (int i = 0; i < N; ++i) {
-                float diff = this_scale * (float)Laux[i] + this_min - x[i];
+            for (int k = 0; k < GQ_QKX_BATCH; ++k) {
+                const int l = gq_max_i(0, gq_min_i(nmax, gq_nearest_int(t_iscale[k] * xm)));
+                float diff = t_scale[k] * (float)l + t_min[k] - x[i];
                 diff = use_mad ? fabsf(diff) : diff * diff;
-                const float w = weights ? weights[i] : x[i] * x[i];
-                error += w * diff;
-            }
-            if (error < best_error) {
-                GQ_UNROLL
-                for (int i = 0; i < N; ++i) L[i] = Laux[i];
-                best_error = error;
-                scale = this_scale;
-                min = this_min;
+                t_error[k] += w * diff;
             }
         }
+        int next = gq_min_i(nstep + 1, is + GQ_QKX_BATCH);
+        for (int k = 0; k < GQ_QKX_BATCH && is + k <= nstep; ++k) {
+            const float D = sum_w * t_l2[k] - t_l[k] * t_l[k];
+            if (D > 0.0f && t_error[k] < best_error) {
+                GQ_UNROLL
+                for (int i = 0; i < N; ++i) {
+                    L[i] = (gq_u8)gq_max_i(0, gq_min_i(nmax, gq_nearest_int(t_iscale[k] * (x[i] - batch_min))));
+                }
+                best_error = t_error[k];
+                scale = t_scale[k];
+                min = t_min[k];
+                next = is + k + 1;
+                break;
+            }
+        }
+        is = next;
     }
+    (void)Laux;
     *the_min = -min;
     return scale;
 }

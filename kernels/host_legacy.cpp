@@ -6,6 +6,9 @@
 #include "host_loop.h"
 #include "legacy.cuh"
 
+// The F16/BF16 loops store 16-bit words as they are: GGUF is little-endian, and so must the host be.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the host build needs a little-endian CPU");
+
 namespace {
 
 // ggml type ids (ggml.h), the ones this build implements.
@@ -68,9 +71,19 @@ extern "C" {
 // floats) may be null. Returns 0, or a negative GqStatus.
 int gq_legacy_quantize(int type_id, const float* x, const float* imatrix, gq_u8* out, gq_i64 nrows, gq_i64 n_per_row) {
     const gq_i64 n = nrows * n_per_row;
-    if (type_id == GQ_F16 || type_id == GQ_BF16) {
+    // One loop per type, each storing whole 16-bit words, so that the compiler vectorizes them
+    // (the conversions are integer selects: no byte can change).
+    if (type_id == GQ_F16) {
         for (gq_i64 i = 0; i < n; ++i) {
-            gq_store_u16(out + 2 * i, type_id == GQ_F16 ? gq_fp32_to_fp16(x[i]) : gq_fp32_to_bf16(x[i]));
+            const gq_u16 h = gq_fp32_to_fp16(x[i]);
+            memcpy(out + 2 * i, &h, 2);
+        }
+        return GQ_OK;
+    }
+    if (type_id == GQ_BF16) {
+        for (gq_i64 i = 0; i < n; ++i) {
+            const gq_u16 h = gq_fp32_to_bf16(x[i]);
+            memcpy(out + 2 * i, &h, 2);
         }
         return GQ_OK;
     }
