@@ -91,17 +91,21 @@ GQ_FN int gq_lattice_code(const GqLattice& lat, const int* levels) {
 }
 
 // The neighbour of `code` minimizing sum_i w_i (scale q_i - x_i)^2, the first such in list order.
-GQ_FN int gq_lattice_best_neighbour(const GqLattice& lat, int code, const float* x, const float* w, float scale) {
-    const gq_i32* list = lat.neighbours + lat.neighbour_start[code];
-    const int count = lat.neighbour_count[code];
+// The first of `count` grid points in `list` minimizing sum_i w_i (sv[l_i] - x_i)^2, sv[l] being the
+// scaled value of level index l (computed once: scale * level rounds the same each time). DIMS is a
+// constant so that the sums unroll and successive candidates overlap; each sum keeps ggml's order.
+template <int DIMS>
+GQ_FN int gq_first_nearest(const gq_i32* list, int count, const gq_u8* level_index, const float* x,
+                           const float* w, const float* sv) {
     float best_d2 = 3.4028235e38f;
     int best = -1;
     for (int j = 0; j < count; ++j) {
         const int p = list[j];
-        const gq_u8* li = lat.level_index + p * lat.dims;
+        const gq_u8* li = level_index + p * DIMS;
         float d2 = 0.0f;
-        for (int i = 0; i < lat.dims; ++i) {
-            const float diff = scale * (float)(2 * li[i] + 1) - x[i];
+        GQ_UNROLL
+        for (int i = 0; i < DIMS; ++i) {
+            const float diff = sv[li[i]] - x[i];
             d2 += w[i] * diff * diff;
         }
         if (d2 < best_d2) {
@@ -110,6 +114,16 @@ GQ_FN int gq_lattice_best_neighbour(const GqLattice& lat, int code, const float*
         }
     }
     return best;
+}
+
+GQ_FN int gq_lattice_best_neighbour(const GqLattice& lat, int code, const float* x, const float* w, float scale) {
+    const gq_i32* list = lat.neighbours + lat.neighbour_start[code];
+    const int count = lat.neighbour_count[code];
+    float sv[8];  // level index l < 2^bits <= 8: the level 2 l + 1, scaled
+    GQ_UNROLL
+    for (int l = 0; l < 8; ++l) sv[l] = scale * (float)(2 * l + 1);
+    return lat.dims == 8 ? gq_first_nearest<8>(list, count, lat.level_index, x, w, sv)
+                         : gq_first_nearest<4>(list, count, lat.level_index, x, w, sv);
 }
 
 // Snaps the groups of n weights at inverse scale inv_scale (levels clamped to [0, kmax - 1]);
@@ -492,23 +506,9 @@ GQ_FN int gq_iq1_point(const GqLattice& lat, const int* levels, const float* x, 
     const int p = lat.grid_of_code[code];
     *off = p < 0;
     if (p >= 0) return p;
-    const gq_i32* list = lat.neighbours + lat.neighbour_start[code];
-    const int count = lat.neighbour_count[code];
-    float best_d2 = 3.4028235e38f;
-    int best = -1;
-    for (int j = 0; j < count; ++j) {
-        const gq_u8* li = lat.level_index + list[j] * 8;
-        float d2 = 0.0f;
-        for (int i = 0; i < 8; ++i) {
-            const float diff = scale * v[li[i]] - x[i];
-            d2 += w[i] * diff * diff;
-        }
-        if (d2 < best_d2) {
-            best_d2 = d2;
-            best = list[j];
-        }
-    }
-    return best;
+    const float sv[3] = {scale * v[0], scale * v[1], scale * v[2]};
+    return gq_first_nearest<8>(lat.neighbours + lat.neighbour_start[code], lat.neighbour_count[code],
+                               lat.level_index, x, w, sv);
 }
 
 // Snaps the n / 8 groups of levels (down[g]: the group's shift) and, where one was off the grid,
