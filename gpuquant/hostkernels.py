@@ -172,6 +172,11 @@ def library() -> ctypes.CDLL:
         lib.gq_dequantize.argtypes = [
             ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
         ]
+        lib.gq_error_sums.restype = ctypes.c_int
+        lib.gq_error_sums.argtypes = [
+            ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+            ctypes.c_int64, ctypes.c_void_p,
+        ]
         lib.gq_set_lattice.restype = ctypes.c_int
         lib.gq_set_lattice.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_int, ctypes.c_int]
         _library = lib
@@ -257,6 +262,25 @@ def dequantize_into(q: np.ndarray, qtype: QType, n_per_row: int, out: np.ndarray
     status = library().gq_dequantize(qtype.ggml_id, q.ctypes.data, out.ctypes.data, q.shape[0], n_per_row)
     if status != 0:
         raise RuntimeError(f"gq_dequantize({qtype.name}) failed with status {status}")
+
+
+def error_sums(x: np.ndarray, q: np.ndarray, qtype: QType, weights: np.ndarray | None) -> np.ndarray:
+    """float64 [sum x^2, sum (x-y)^2, sum w x^2, sum w (x-y)^2, max |x-y|] of float32 rows x
+    (C-contiguous) against y, the dequantized rows q (uint8, one row per row of x, rows may be a
+    strided view), with column weights w [n_per_row] or None."""
+    _ensure_lattice(qtype)
+    out = np.zeros(5, dtype=np.float64)
+    if x.shape[0] == 0:
+        return out
+    if q.strides[1] != 1:
+        q = np.ascontiguousarray(q)
+    status = library().gq_error_sums(
+        qtype.ggml_id, q.ctypes.data, q.strides[0], x.ctypes.data,
+        None if weights is None else weights.ctypes.data, x.shape[0], x.shape[1], out.ctypes.data,
+    )
+    if status != 0:
+        raise RuntimeError(f"gq_error_sums({qtype.name}) failed with status {status}")
+    return out
 
 
 def quantize(x: np.ndarray, qtype: str | int | QType, imatrix: np.ndarray | None = None) -> np.ndarray:

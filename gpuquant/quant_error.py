@@ -42,7 +42,8 @@ class ErrorSums:
         self.rows += other.rows
         self.sum_sq_x += other.sum_sq_x
         self.sum_sq_err += other.sum_sq_err
-        self.max_abs = max(self.max_abs, other.max_abs)
+        a, b = self.max_abs, other.max_abs
+        self.max_abs = math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
         self.w_sum_sq_x += other.w_sum_sq_x
         self.w_sum_sq_err += other.w_sum_sq_err
         self.weighted = self.weighted or other.weighted
@@ -133,12 +134,14 @@ def sample_rows(name: str, n_rows: int, n_sample: int | None) -> np.ndarray | No
 
 
 class ErrorMeter:
-    """Measures chunks through a backend's dequantize, rows split over threads (numpy releases the GIL)."""
+    """Measures chunks through the backend's own error pass where it has one (native), else through its
+    dequantize and NumPy, rows split over threads (numpy releases the GIL)."""
 
     def __init__(self, backend, n_threads: int = 1, sample: int | None = None) -> None:
         self.backend = backend
         self.sample = sample
-        self._pool = ThreadPoolExecutor(n_threads) if n_threads > 1 else None
+        fused = getattr(backend, "error_sums", None) is not None  # which threads its own pass
+        self._pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and not fused else None
 
     def close(self) -> None:
         if self._pool is not None:
@@ -152,6 +155,9 @@ class ErrorMeter:
         rows, n = x.shape
         if rows == 0:
             return ErrorSums(weighted=w is not None)
+        fused = getattr(self.backend, "error_sums", None)  # the native backend's one-sweep pass
+        if fused is not None:
+            return fused(x, q, qtype, w)
         y = self.backend.dequantize(np.ascontiguousarray(q), qtype, n)
         if self._pool is None or rows < 2:
             return chunk_sums(x, y, w)

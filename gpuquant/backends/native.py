@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import hostkernels
 from ..qtypes import QType
+from ..quant_error import ErrorSums
 from . import Chunk, check_finite_rows
 
 # Rows per task: small enough to balance the threads, big enough to amortize a ctypes call.
@@ -63,6 +64,21 @@ class NativeBackend:
     def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
         for x, qtype, imatrix in chunks:
             yield self.quantize(x, qtype, imatrix, check_finite)
+
+    def error_sums(self, x: np.ndarray, q: np.ndarray, qtype: QType, weights: np.ndarray | None) -> ErrorSums:
+        """The error pass in one sweep (kernels/host_error.cpp): x against dequantize(q), rows over threads."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32).reshape(-1)
+        parts: list[np.ndarray] = []
+
+        def run(a: int, b: int) -> None:
+            parts.append(hostkernels.error_sums(x[a:b], q[a:b], qtype, w))
+
+        self._run(run, self._split(x.shape[0], x.shape[1]))
+        total = ErrorSums(rows=x.shape[0], weighted=w is not None)
+        for p in parts:
+            total.add(ErrorSums(0, float(p[0]), float(p[1]), float(p[4]), float(p[2]), float(p[3]), w is not None))
+        return total
 
     def dequantize(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
         rows = q.shape[0]
