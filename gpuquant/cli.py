@@ -233,7 +233,8 @@ def inspect(path, as_json, tensors) -> None:
 @click.option("--no-error", is_flag=True, help="Do not measure the error against a float source.")
 @click.option("--sample", type=click.IntRange(min=1), default=None, metavar="N",
               help="Measure the error on N seeded random rows per tensor (as --report-sample).")
-def diff(a, b, as_json, no_error, sample) -> None:
+@click.option("--imatrix", metavar="FILE", help="Also the importance-weighted error, with this importance matrix.")
+def diff(a, b, as_json, no_error, sample, imatrix) -> None:
     """Whether two GGUF files are identical, and if not where they differ (exit 1 when they differ).
     When one file is the float source of the other, each tensor's error against it."""
     import json
@@ -241,7 +242,7 @@ def diff(a, b, as_json, no_error, sample) -> None:
     from .inspect import diff_files, diff_table
 
     try:
-        d = diff_files(a, b, errors=not no_error, sample=sample)
+        d = diff_files(a, b, errors=not no_error, sample=sample, imatrix=imatrix)
     except (ValueError, OSError) as e:
         _fail(str(e), 2)
     click.echo(json.dumps(d, indent=1, default=str) if as_json else diff_table(d))

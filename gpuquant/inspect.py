@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .gguf_io import RawArray, SourceModel, SourceTensor
+from .imatrix import load_imatrix, weights_for
 from .mixes import CANONICAL
 from .quant_error import ErrorFigures, ErrorSums, chunk_sums, exact_figures, sample_rows, weighted_mean
 
@@ -130,27 +131,30 @@ def _source_side(pairs: list[tuple[SourceTensor, SourceTensor]]) -> str | None:
 
 
 def _error_figures(src: SourceModel, s: SourceTensor, out: SourceModel, o: SourceTensor,
-                   sample: int | None) -> ErrorFigures:
-    """The error of tensor o (dequantized) against its float source s, as a quantizing run measures it."""
+                   sample: int | None, weights: np.ndarray | None) -> ErrorFigures:
+    """The error of tensor o (dequantized) against its float source s, as a quantizing run measures it
+    (weights: the tensor's imatrix columns, per expert for a 3-D tensor, or None)."""
+    from .pipeline import CHUNK_BYTES, row_chunks
+
     rows = sample_rows(s.name, s.n_rows, sample)
-    sums = ErrorSums()
-    step = max(1, (32 << 20) // (4 * s.n_per_row))
-    if rows is None:
-        for r0 in range(0, s.n_rows, step):
-            r1 = min(s.n_rows, r0 + step)
-            sums.add(chunk_sums(src.rows_as_float32(s, r0, r1), out.rows_as_float32(o, r0, r1), None))
-    else:
-        for r in rows:  # a sample is small: row by row
-            sums.add(chunk_sums(src.rows_as_float32(s, int(r), int(r) + 1), out.rows_as_float32(o, int(r), int(r) + 1),
-                                None))
+    sums = ErrorSums(weighted=weights is not None)
+    for r0, r1, w in row_chunks(s, weights, CHUNK_BYTES):
+        if rows is None:
+            sums.add(chunk_sums(src.rows_as_float32(s, r0, r1), out.rows_as_float32(o, r0, r1), w))
+            continue
+        for r in rows[(rows >= r0) & (rows < r1)]:  # a sample is small: row by row
+            r = int(r)
+            sums.add(chunk_sums(src.rows_as_float32(s, r, r + 1), out.rows_as_float32(o, r, r + 1), w))
     return sums.figures(s.n_rows)
 
 
 def diff_files(a: str | os.PathLike[str], b: str | os.PathLike[str], errors: bool = True,
-               sample: int | None = None) -> dict:
+               sample: int | None = None, imatrix: str | os.PathLike[str] | None = None) -> dict:
     """Whether two GGUF files are identical; if not, their key, tensor-set and per-tensor differences,
     and (with `errors`) when one file is the float source of the other, each tensor's error figures
-    against it (over every row, or `sample` seeded rows per tensor)."""
+    against it (over every row, or `sample` seeded rows per tensor; importance-weighted too with
+    `imatrix`, a llama.cpp importance-matrix file)."""
+    matrix = load_imatrix(imatrix) if imatrix is not None else None
     a, b = Path(a), Path(b)
     identical = os.path.getsize(a) == os.path.getsize(b) and _sha256(a) == _sha256(b)
     ma, mb = SourceModel(a), SourceModel(b)
@@ -185,15 +189,24 @@ def diff_files(a: str | os.PathLike[str], b: str | os.PathLike[str], errors: boo
                     continue
                 if t["same_bytes"]:
                     t["error"] = exact_figures(x.n_rows).as_dict()
-                elif source == "a":
-                    t["error"] = _error_figures(ma, x, mb, y, sample).as_dict()
+                    continue
+                quantized = y if source == "a" else x
+                # as a quantizing run: importance weights for the block types only
+                w = (weights_for(matrix, t["name"], x.shape_gguf)
+                     if matrix is not None and not quantized.qtype.is_float else None)
+                if source == "a":
+                    t["error"] = _error_figures(ma, x, mb, y, sample, w).as_dict()
                 else:
-                    t["error"] = _error_figures(mb, y, ma, x, sample).as_dict()
+                    t["error"] = _error_figures(mb, y, ma, x, sample, w).as_dict()
         measured = [(t["error"]["rel_rmse"], ta[t["name"]].n_elements) for t in tensors
                     if t["error"] is not None and not t["same_type"]]
         return {
             "error_source": source, "error_sample": sample,
             "rel_rmse": weighted_mean(measured) if source else None,
+            "weighted_rel_error": weighted_mean([(t["error"]["weighted_rel_error"], ta[t["name"]].n_elements)
+                                                 for t in tensors if t["error"] is not None
+                                                 and not t["same_type"]]) if source else None,
+            "imatrix": None if matrix is None else str(matrix.path),
             "a": str(a), "b": str(b), "identical": identical,
             "keys_only_in_a": sorted(ka.keys() - kb.keys()), "keys_only_in_b": sorted(kb.keys() - ka.keys()),
             "keys_changed": sorted(changed, key=lambda c: c["key"]),
@@ -237,7 +250,8 @@ def diff_table(d: dict) -> str:
         source = d["a"] if d["error_source"] == "a" else d["b"]
         rows = f"{d['error_sample']} sampled rows per tensor" if d["error_sample"] else "every row"
         lines.append(f"error against the float source {source}: rel. RMSE {_g(d['rel_rmse'])} "
-                     f"(weighted by tensor size, {rows})")
+                     f"(weighted by tensor size, {rows})"
+                     + (f", importance-weighted {_g(d['weighted_rel_error'])}" if d["weighted_rel_error"] else ""))
     return "\n".join(lines)
 
 

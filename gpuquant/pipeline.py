@@ -171,7 +171,7 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
     # One chunk stream for every converted tensor of the file, so that a backend working ahead
     # (the GPU engine) overlaps tensors too, not only the chunks of one tensor.
     conversions = [(e, w) for e, w in zip(entries, weights, strict=True) if e.decision.qtype != e.source.qtype]
-    chunk_ranges = {id(e): list(_row_chunks(e.source, w, chunk_bytes)) for e, w in conversions}
+    chunk_ranges = {id(e): list(row_chunks(e.source, w, chunk_bytes)) for e, w in conversions}
     meter = ErrorMeter(be, n_threads, report_sample) if measure_error else None
     tensor_sums = {id(e): ErrorSums(weighted=w is not None) for e, w in conversions}
     # The inputs of the chunks handed to the backend and not yet written, oldest first: the
@@ -361,7 +361,7 @@ def _copy_tensor(model: SourceModel, t, writer: WriteBehind, chunk_bytes: int) -
         writer.write(model.raw_bytes(t, a, b), partial(model.release, t, a, b))
 
 
-def _row_chunks(t, weights: np.ndarray | None, chunk_bytes: int):
+def row_chunks(t, weights: np.ndarray | None, chunk_bytes: int):
     """(first row, last row + 1, weights) chunks; with per-expert weights a chunk never spans two experts."""
     rows_per_chunk = max(1, chunk_bytes // (4 * t.n_per_row))
     per_expert = weights is not None and weights.ndim == 2

@@ -314,3 +314,24 @@ def test_nan_survives_merging_sums():
     a, b = ErrorSums(max_abs=1.0), ErrorSums(max_abs=float("nan"))
     a.add(b)
     assert a.figures(1).max_abs is None
+
+
+@pytest.mark.parametrize("layout", ["llama-gqa", "qwen3moe"])
+def test_diff_with_imatrix_gives_the_runs_weighted_figures(tmp_path, layout):
+    src = write_llama_model(layout, tmp_path / "f32.gguf")
+    imatrix = write_synthetic_imatrix(src, tmp_path / "imatrix.gguf")
+    out, rep = tmp_path / "o.gguf", tmp_path / "r.json"
+    _run([src, out, "Q4_K_M", "--imatrix", imatrix, "--report", rep, "-q"])
+    report = {t["name"]: t["error"] for t in json.loads(rep.read_text())["tensors"]}
+    r = CliRunner().invoke(main, ["diff", "--json", "--imatrix", str(imatrix), str(src), str(out)])
+    d = json.loads(r.output)
+    weighted = [t for t in d["tensors"] if t["error"] and t["error"]["weighted_rel_error"] is not None]
+    assert weighted and d["weighted_rel_error"] is not None and d["imatrix"] == str(imatrix)
+    for t in d["tensors"]:
+        want = report[t["name"]]["weighted_rel_error"]
+        got = t["error"]["weighted_rel_error"]
+        assert (got is None) == (want is None), t["name"]
+        if want is not None:
+            assert got == pytest.approx(want, rel=1e-6), t["name"]
+    text = CliRunner().invoke(main, ["diff", "--imatrix", str(imatrix), str(src), str(out)]).output
+    assert "importance-weighted" in text
