@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import NonFiniteError, get_backend
+from .backends import NonFiniteError, get_backend, native_backend
 from .backends.numpy import DEQUANTIZERS
 from .gguf_io import AtomicGGUFWriter, MetadataEntry, PlannedTensor, SourceModel, WriteBehind
 from .imatrix import Imatrix, check_importances, load_imatrix, select_entries, weights_for
@@ -172,7 +172,7 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
     # (the GPU engine) overlaps tensors too, not only the chunks of one tensor.
     conversions = [(e, w) for e, w in zip(entries, weights, strict=True) if e.decision.qtype != e.source.qtype]
     chunk_ranges = {id(e): list(row_chunks(e.source, w, chunk_bytes)) for e, w in conversions}
-    meter = ErrorMeter(be, n_threads, report_sample) if measure_error else None
+    meter = ErrorMeter(_error_backend(be, n_threads), n_threads, report_sample) if measure_error else None
     tensor_sums = {id(e): ErrorSums(weighted=w is not None) for e, w in conversions}
     # The inputs of the chunks handed to the backend and not yet written, oldest first: the
     # error pass compares each output with its input (only the sampled rows are kept).
@@ -233,6 +233,17 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
             report.warn(note)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _error_backend(be, n_threads: int):
+    """The backend whose pass measures the error: the running one, except that a GPU run measures on
+    the host with the native build where there is one (the inputs are on the host anyway, and the
+    device memory belongs to the streaming engine)."""
+    if getattr(be, "runs_on_device", False):
+        native, _ = native_backend(n_threads)
+        if native is not None:
+            return native
+    return be
 
 
 def _output_bytes(e: PlannedEntry) -> int:

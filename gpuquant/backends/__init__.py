@@ -83,7 +83,7 @@ def get_backend(name: str = "auto", n_threads: int = 1, needed: Iterable[QType] 
             be.reason = "requested" if name == "cupy" else "a CUDA device is there"
             return be
     if name in ("native", "auto"):
-        be, why_not = _native(n_threads)
+        be, why_not = native_backend(n_threads)
         if be is not None:
             missing = [t.name for t in needed if not be.supports(t)]
             if name == "native" or not missing:
@@ -99,8 +99,8 @@ def get_backend(name: str = "auto", n_threads: int = 1, needed: Iterable[QType] 
     return be
 
 
-def _native(n_threads: int):
-    """(NativeBackend, None), or (None, why not)."""
+def native_backend(n_threads: int):
+    """(NativeBackend, None), or (None, why not): the kernels built for this CPU, if they can be."""
     from .. import hostkernels
 
     if hostkernels.find_compiler() is None and not hostkernels.is_built():

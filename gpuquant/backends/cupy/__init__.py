@@ -42,6 +42,7 @@ class CupyBackend:
     else 2 GiB; strings such as "4G" work); `stream_slots` is how many pieces it keeps in flight."""
 
     name = "cupy"
+    runs_on_device = True  # its inputs stay on the host too: host work (the error pass) can run there
 
     def __init__(self, device_memory_bytes: int | str | None = None,
                  stream_slots: int = streaming.DEFAULT_SLOTS) -> None:
