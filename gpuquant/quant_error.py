@@ -141,6 +141,7 @@ class ErrorMeter:
         self.backend = backend
         self.sample = sample
         fused = getattr(backend, "error_sums", None) is not None  # which threads its own pass
+        self._n_threads = n_threads
         self._pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and not fused else None
 
     def close(self) -> None:
@@ -161,7 +162,7 @@ class ErrorMeter:
         y = self.backend.dequantize(np.ascontiguousarray(q), qtype, n)
         if self._pool is None or rows < 2:
             return chunk_sums(x, y, w)
-        bounds = np.linspace(0, rows, min(rows, 4 * self._pool._max_workers) + 1).astype(int)
+        bounds = np.linspace(0, rows, min(rows, 4 * self._n_threads) + 1).astype(int)
         parts = self._pool.map(lambda ab: chunk_sums(x[ab[0]:ab[1]], y[ab[0]:ab[1]], w),
                                [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
         total = ErrorSums(weighted=w is not None)
