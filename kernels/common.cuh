@@ -425,10 +425,10 @@ GQ_FN float gq_make_qx_quants(int nmax, const float* x, gq_i8* L, int rmse_type,
 // Starts from the min/max grid, then tries nstep+1 inverse scales (rmin + rdelta*is + nmax)/range,
 // each with a least-squares scale and min, keeping the one with the smallest weighted error
 // (squared, or absolute when use_mad). weights may be null (then x*x). Writes -min to *the_min and
-// returns the scale; Laux is scratch of N bytes.
+// returns the scale.
 template <int N>
 GQ_FN float gq_make_qkx3_quants(int nmax, const float* x, const float* weights, gq_u8* L, float* the_min,
-                                gq_u8* Laux, float rmin, float rdelta, int nstep, bool use_mad) {
+                                float rmin, float rdelta, int nstep, bool use_mad) {
     float min = x[0];
     float max = x[0];
     float sum_w = weights ? weights[0] : x[0] * x[0];
@@ -493,10 +493,11 @@ GQ_FN float gq_make_qkx3_quants(int nmax, const float* x, const float* weights, 
                 t_xl[k] += wl * x[i];
             }
         }
-        float t_scale[GQ_QKX_BATCH], t_min[GQ_QKX_BATCH], t_error[GQ_QKX_BATCH];
+        float t_D[GQ_QKX_BATCH], t_scale[GQ_QKX_BATCH], t_min[GQ_QKX_BATCH], t_error[GQ_QKX_BATCH];
         GQ_UNROLL
         for (int k = 0; k < GQ_QKX_BATCH; ++k) {
             const float D = sum_w * t_l2[k] - t_l[k] * t_l[k];
+            t_D[k] = D;
             float this_scale = (sum_w * t_xl[k] - sum_x * t_l[k]) / D;
             float this_min = (t_l2[k] * sum_x - t_l[k] * t_xl[k]) / D;
             if (this_min > 0.0f) {
@@ -521,8 +522,7 @@ GQ_FN float gq_make_qkx3_quants(int nmax, const float* x, const float* weights, 
         }
         int next = gq_min_i(nstep + 1, is + GQ_QKX_BATCH);
         for (int k = 0; k < GQ_QKX_BATCH && is + k <= nstep; ++k) {
-            const float D = sum_w * t_l2[k] - t_l[k] * t_l[k];
-            if (D > 0.0f && t_error[k] < best_error) {
+            if (t_D[k] > 0.0f && t_error[k] < best_error) {
                 GQ_UNROLL
                 for (int i = 0; i < N; ++i) {
                     L[i] = (gq_u8)gq_max_i(0, gq_min_i(nmax, gq_nearest_int(t_iscale[k] * (x[i] - batch_min))));
@@ -536,7 +536,6 @@ GQ_FN float gq_make_qkx3_quants(int nmax, const float* x, const float* weights, 
         }
         is = next;
     }
-    (void)Laux;
     *the_min = -min;
     return scale;
 }

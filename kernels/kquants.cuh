@@ -68,8 +68,8 @@ GQ_FN float gq_imatrix_weights(const float* xs, const float* qw, float sigma2, f
 // `max <= min`, cannot differ because max >= min always holds there (or both are NaN).
 template <int N>
 GQ_FN float gq_make_qkx2_quants(int nmax, const float* x, const float* weights, gq_u8* L, float* the_min,
-                                gq_u8* Laux, float rmin, float rdelta, int nstep, bool use_mad) {
-    return gq_make_qkx3_quants<N>(nmax, x, weights, L, the_min, Laux, rmin, rdelta, nstep, use_mad);
+                                float rmin, float rdelta, int nstep, bool use_mad) {
+    return gq_make_qkx3_quants<N>(nmax, x, weights, L, the_min, rmin, rdelta, nstep, use_mad);
 }
 
 // ggml's make_q3_quants with do_rmse: symmetric levels -nmax..nmax-1 from -nmax/max (max being the
@@ -296,11 +296,10 @@ GQ_FN void gq_quantize_superblock_q2_k(const float* x, gq_u8* out) {
     for (int j = 0; j < 16; ++j) {
         float xs[16];
         float w[16];
-        gq_u8 Laux[16];
         gq_load_floats<16>(x + 16 * j, xs);
         GQ_UNROLL
         for (int l = 0; l < 16; ++l) w[l] = fabsf(xs[l]);
-        scales[j] = gq_make_qkx2_quants<16>(3, xs, w, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true);
+        scales[j] = gq_make_qkx2_quants<16>(3, xs, w, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, true);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -333,10 +332,9 @@ GQ_FN void gq_quantize_superblock_q2_k_weighted(const float* x, const float* qw,
     for (int j = 0; j < 16; ++j) {
         float xs[16];
         float w[16];
-        gq_u8 Laux[16];
         gq_load_floats<16>(x + 16 * j, xs);
         sw[j] = gq_imatrix_weights<16>(xs, qw + 16 * j, sigma2, w);
-        scales[j] = gq_make_qkx3_quants<16>(3, xs, w, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
+        scales[j] = gq_make_qkx3_quants<16>(3, xs, w, L + 16 * j, &mins[j], -0.9f, 0.05f, 36, false);
     }
     gq_u8 Ls[16];
     gq_u8 Lm[16];
@@ -509,7 +507,6 @@ GQ_FN void gq_k4_plain(const float* x, float rmin, float rdelta, int nstep, gq_u
     for (int j = 0; j < 8; ++j) {
         float xs[32];
         float w[32];
-        gq_u8 Laux[32];
         gq_load_floats<32>(x + 32 * j, xs);
         float sum_x2 = 0.0f;
         GQ_UNROLL
@@ -517,7 +514,7 @@ GQ_FN void gq_k4_plain(const float* x, float rmin, float rdelta, int nstep, gq_u
         const float av_x = sqrtf(sum_x2 / 32.0f);
         GQ_UNROLL
         for (int l = 0; l < 32; ++l) w[l] = av_x + fabsf(xs[l]);
-        scales[j] = gq_make_qkx2_quants<32>(NMAX, xs, w, L + 32 * j, &mins[j], Laux, rmin, rdelta, nstep, false);
+        scales[j] = gq_make_qkx2_quants<32>(NMAX, xs, w, L + 32 * j, &mins[j], rmin, rdelta, nstep, false);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -548,10 +545,9 @@ GQ_FN void gq_k4_weighted(const float* x, const float* qw, bool clamp_to_63, gq_
     for (int j = 0; j < 8; ++j) {
         float xs[32];
         float w[32];
-        gq_u8 Laux[32];
         gq_load_floats<32>(x + 32 * j, xs);
         sw[j] = gq_imatrix_weights<32>(xs, qw + 32 * j, sigma2, w);
-        scales[j] = gq_make_qkx3_quants<32>(NMAX, xs, w, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
+        scales[j] = gq_make_qkx3_quants<32>(NMAX, xs, w, L + 32 * j, &mins[j], -0.9f, 0.05f, 36, false);
     }
     gq_u8 ls[8];
     gq_u8 lm[8];

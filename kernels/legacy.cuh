@@ -144,10 +144,9 @@ GQ_FN void gq_quantize_block_q4_0_weighted(const float* x, const float* qw, floa
 GQ_FN void gq_quantize_block_q4_1_weighted(const float* x, const float* qw, float sigma2, gq_u8* out) {
     float weight[GQ_QK];
     gq_u8 L[GQ_QK];
-    gq_u8 Laux[GQ_QK];
     float the_min;
     gq_legacy_weights(x, qw, sigma2, weight);
-    const float d = gq_make_qkx3_quants<GQ_QK>(15, x, weight, L, &the_min, Laux, -0.9f, 0.05f, 36, false);
+    const float d = gq_make_qkx3_quants<GQ_QK>(15, x, weight, L, &the_min, -0.9f, 0.05f, 36, false);
     gq_store_u16(out, gq_fp32_to_fp16(d));
     gq_store_u16(out + 2, gq_fp32_to_fp16(-the_min));
     int q[GQ_QK];
@@ -172,10 +171,9 @@ GQ_FN void gq_quantize_block_q5_0_weighted(const float* x, const float* qw, floa
 GQ_FN void gq_quantize_block_q5_1_weighted(const float* x, const float* qw, float sigma2, gq_u8* out) {
     float weight[GQ_QK];
     gq_u8 L[GQ_QK];
-    gq_u8 Laux[GQ_QK];
     float the_min;
     gq_legacy_weights(x, qw, sigma2, weight);
-    const float d = gq_make_qkx3_quants<GQ_QK>(31, x, weight, L, &the_min, Laux, -0.9f, 0.05f, 36, false);
+    const float d = gq_make_qkx3_quants<GQ_QK>(31, x, weight, L, &the_min, -0.9f, 0.05f, 36, false);
     gq_store_u16(out, gq_fp32_to_fp16(d));
     gq_store_u16(out + 2, gq_fp32_to_fp16(-the_min));
     int q[GQ_QK];
