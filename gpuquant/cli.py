@@ -105,8 +105,6 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
             _fail(f"--n-threads must be 1 or more, not {n_threads}")
         if include_weights and exclude_weights:
             _fail("--include-weights and --exclude-weights cannot be used together")
-        if report_sample is not None and report_sample < 1:
-            _fail(f"--report-sample must be 1 or more, not {report_sample}")
         if report_sample is not None and no_error:
             _fail("--report-sample and --no-error cannot be used together")
         patterns = [llama_cli.parse_tensor_type(text) for text in tensor_types]

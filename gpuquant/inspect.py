@@ -16,7 +16,15 @@ import numpy as np
 from .gguf_io import RawArray, SourceModel, SourceTensor
 from .imatrix import load_imatrix, weights_for
 from .mixes import CANONICAL
-from .quant_error import ErrorFigures, ErrorSums, chunk_sums, exact_figures, sample_rows, weighted_mean
+from .quant_error import (
+    ErrorFigures,
+    ErrorSums,
+    chunk_sums,
+    exact_figures,
+    format_figure,
+    sample_rows,
+    weighted_mean,
+)
 
 _LAYER = re.compile(r"blk\.(\d+)\.")
 
@@ -182,30 +190,28 @@ def diff_files(a: str | os.PathLike[str], b: str | os.PathLike[str], errors: boo
         converted = [(ta[n], tb[n]) for n in common
                      if ta[n].shape_gguf == tb[n].shape_gguf and ta[n].qtype.name != tb[n].qtype.name]
         source = _source_side(converted) if errors and converted else None
+        rel, weighted = [], []  # (figure, elements) of the converted tensors, for the means
         if source is not None:
+            (src_model, src_tensors), (out_model, out_tensors) = ((ma, ta), (mb, tb)) if source == "a" \
+                else ((mb, tb), (ma, ta))
             for t in tensors:
-                x, y = ta[t["name"]], tb[t["name"]]
-                if x.shape_gguf != y.shape_gguf:
+                s, o = src_tensors[t["name"]], out_tensors[t["name"]]
+                if s.shape_gguf != o.shape_gguf:
                     continue
                 if t["same_bytes"]:
-                    t["error"] = exact_figures(x.n_rows).as_dict()
+                    t["error"] = exact_figures(s.n_rows).as_dict()
                     continue
-                quantized = y if source == "a" else x
                 # as a quantizing run: importance weights for the block types only
-                w = (weights_for(matrix, t["name"], x.shape_gguf)
-                     if matrix is not None and not quantized.qtype.is_float else None)
-                if source == "a":
-                    t["error"] = _error_figures(ma, x, mb, y, sample, w).as_dict()
-                else:
-                    t["error"] = _error_figures(mb, y, ma, x, sample, w).as_dict()
-        measured = [(t["error"]["rel_rmse"], ta[t["name"]].n_elements) for t in tensors
-                    if t["error"] is not None and not t["same_type"]]
+                w = weights_for(matrix, t["name"], s.shape_gguf) if matrix is not None and not o.qtype.is_float \
+                    else None
+                t["error"] = _error_figures(src_model, s, out_model, o, sample, w).as_dict()
+                if not t["same_type"]:
+                    rel.append((t["error"]["rel_rmse"], s.n_elements))
+                    weighted.append((t["error"]["weighted_rel_error"], s.n_elements))
         return {
             "error_source": source, "error_sample": sample,
-            "rel_rmse": weighted_mean(measured) if source else None,
-            "weighted_rel_error": weighted_mean([(t["error"]["weighted_rel_error"], ta[t["name"]].n_elements)
-                                                 for t in tensors if t["error"] is not None
-                                                 and not t["same_type"]]) if source else None,
+            "rel_rmse": weighted_mean(rel) if source else None,
+            "weighted_rel_error": weighted_mean(weighted) if source else None,
             "imatrix": None if matrix is None else str(matrix.path),
             "a": str(a), "b": str(b), "identical": identical,
             "keys_only_in_a": sorted(ka.keys() - kb.keys()), "keys_only_in_b": sorted(kb.keys() - ka.keys()),
@@ -240,8 +246,8 @@ def diff_table(d: dict) -> str:
                  f"identical, {len(other_type)} of another type or shape, {len(other_bytes)} with other bytes")
     for t in (other_type + other_bytes)[:40]:
         e = t["error"]
-        figures = "" if e is None else (
-            f"  rel. RMSE {_g(e['rel_rmse'])}, max abs {_g(e['max_abs'])}, SNR {_g(e['snr_db'], 3)} dB")
+        figures = "" if e is None else (f"  rel. RMSE {format_figure(e['rel_rmse'])}, max abs "
+                                        f"{format_figure(e['max_abs'])}, SNR {format_figure(e['snr_db'], 3)} dB")
         lines.append(f"  {t['name']}: {t['a']} -> {t['b']}" + ("" if not t["same_type"] else " (bytes differ)")
                      + figures)
     if len(other_type + other_bytes) > 40:
@@ -249,11 +255,9 @@ def diff_table(d: dict) -> str:
     if d["error_source"]:
         source = d["a"] if d["error_source"] == "a" else d["b"]
         rows = f"{d['error_sample']} sampled rows per tensor" if d["error_sample"] else "every row"
-        lines.append(f"error against the float source {source}: rel. RMSE {_g(d['rel_rmse'])} "
+        lines.append(f"error against the float source {source}: rel. RMSE {format_figure(d['rel_rmse'])} "
                      f"(weighted by tensor size, {rows})"
-                     + (f", importance-weighted {_g(d['weighted_rel_error'])}" if d["weighted_rel_error"] else ""))
+                     + (f", importance-weighted {format_figure(d['weighted_rel_error'])}"
+                        if d["weighted_rel_error"] else ""))
     return "\n".join(lines)
 
-
-def _g(v, digits: int = 4) -> str:
-    return "-" if v is None else f"{v:.{digits}g}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -18,6 +17,7 @@ from .gguf_io import AtomicGGUFWriter, MetadataEntry, PlannedTensor, SourceModel
 from .imatrix import Imatrix, check_importances, load_imatrix, select_entries, weights_for
 from .mixes import Mix, resolve_type_or_mix
 from .model_plan import LlamaRequest, ModelPlan, PlannedEntry, plan_model
+from .output_paths import check_new_file, same_file
 from .plan import PlanOptions
 from .progress import Progress
 from .qtypes import QType
@@ -31,24 +31,9 @@ CHUNK_BYTES = 32 << 20
 
 def _check_output_path(src: Path, dst: Path) -> None:
     """Refuse an output that cannot be written before any work is done."""
-    if _same_file(src, dst):
+    if same_file(src, dst):
         raise ValueError(f"output path {dst} is the input file; choose another")
-    if dst.is_dir():
-        raise ValueError(f"output path {dst} is a directory")
-    parent = dst.parent
-    if not parent.is_dir():
-        raise ValueError(f"output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"output directory {parent} is not writable")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
+    check_new_file(dst, "output")
 
 
 def quantize_file(
@@ -173,10 +158,6 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
     conversions = [(e, w) for e, w in zip(entries, weights, strict=True) if e.decision.qtype != e.source.qtype]
     chunk_ranges = {id(e): list(row_chunks(e.source, w, chunk_bytes)) for e, w in conversions}
     meter = ErrorMeter(_error_backend(be, n_threads), n_threads, report_sample) if measure_error else None
-    tensor_sums = {id(e): ErrorSums(weighted=w is not None) for e, w in conversions}
-    # The inputs of the chunks handed to the backend and not yet written, oldest first: the
-    # error pass compares each output with its input (only the sampled rows are kept).
-    pending_inputs: deque[tuple[np.ndarray, np.ndarray | None]] = deque()
 
     def chunks():
         for e, _ in conversions:
@@ -184,8 +165,7 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
             for r0, r1, wc in chunk_ranges[id(e)]:
                 x = model.rows_as_float32(e.source, r0, r1)
                 if meter:
-                    local = None if measured is None else measured[(measured >= r0) & (measured < r1)] - r0
-                    pending_inputs.append((x if local is None else x[local], local))
+                    meter.remember(x, r0, measured)
                 yield x, e.decision.qtype, wc
 
     outputs = be.quantize_chunks(chunks(), check_finite=True)
@@ -209,10 +189,9 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
                             if meter:
                                 record.error = exact_figures(t.n_rows)
                         else:
-                            measured = (pending_inputs, meter, tensor_sums[id(e)]) if meter else None
-                            _write_converted(model, e, chunk_ranges[id(e)], outputs, writer, report, measured)
-                            if meter:
-                                record.error = tensor_sums[id(e)].figures(t.n_rows)
+                            sums = _write_converted(model, e, chunk_ranges[id(e)], outputs, writer, report, meter)
+                            if sums is not None:
+                                record.error = sums.figures(t.n_rows)
                         summary.records.append(record)
                         index += 1
                     writer.drain()
@@ -384,11 +363,12 @@ def row_chunks(t, weights: np.ndarray | None, chunk_bytes: int):
 
 
 def _write_converted(model: SourceModel, e: PlannedEntry, ranges, outputs, writer: WriteBehind,
-                     report: Progress | None, measured) -> None:
-    """Writes the outputs of one tensor's chunks, in order, and drops their input pages; with
-    `measured` (the pending inputs, the meter, the tensor's sums) measures each chunk first."""
+                     report: Progress | None, meter: ErrorMeter | None) -> ErrorSums | None:
+    """Writes the outputs of one tensor's chunks, in order, and drops their input pages; with a
+    meter, measures each chunk first and returns the tensor's error sums."""
     t = e.source
     src_row_bytes = t.n_bytes // t.n_rows
+    sums = ErrorSums(weighted=bool(ranges) and ranges[0][2] is not None) if meter else None
     for r0, r1, wc in ranges:
         try:
             q = next(outputs)
@@ -396,10 +376,9 @@ def _write_converted(model: SourceModel, e: PlannedEntry, ranges, outputs, write
             raise ValueError(
                 f"tensor {e.name}: NaN or Inf weight in row {r0 + err.row}; refusing to quantize it"
             ) from None
-        if measured:
-            pending, meter, sums = measured
-            x, local = pending.popleft()
-            sums.add(meter.measure(x, q if local is None else q[local], e.decision.qtype, wc))
+        if sums is not None:
+            sums.add(meter.measure_next(q, e.decision.qtype, wc))
         writer.write(q, partial(model.release, t, r0 * src_row_bytes, r1 * src_row_bytes), from_backend=True)
         if report:
             report.advance((r1 - r0) * src_row_bytes)
+    return sums

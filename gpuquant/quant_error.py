@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -134,15 +135,19 @@ def sample_rows(name: str, n_rows: int, n_sample: int | None) -> np.ndarray | No
 
 
 class ErrorMeter:
-    """Measures chunks through the backend's own error pass where it has one (native), else through its
+    """Measures each chunk's output against its input, in the order the chunks were handed to the
+    backend: `remember` an input when it goes in, `measure_next` its output when it comes out. The
+    measuring goes through the backend's own error pass where it has one (native), else through its
     dequantize and NumPy, rows split over threads (numpy releases the GIL)."""
 
     def __init__(self, backend, n_threads: int = 1, sample: int | None = None) -> None:
         self.backend = backend
         self.sample = sample
-        fused = getattr(backend, "error_sums", None) is not None  # which threads its own pass
         self._n_threads = n_threads
-        self._pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and not fused else None
+        self._fused = getattr(backend, "error_sums", None)  # the native backend's one-sweep pass
+        self._pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and self._fused is None else None
+        # inputs handed to the backend and not yet measured, oldest first (only the sampled rows)
+        self._pending: deque[tuple[np.ndarray, np.ndarray | None]] = deque()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -151,14 +156,26 @@ class ErrorMeter:
     def rows_to_measure(self, name: str, n_rows: int) -> np.ndarray | None:
         return sample_rows(name, n_rows, self.sample)
 
+    def remember(self, x: np.ndarray, r0: int, measured_rows: np.ndarray | None) -> None:
+        """x: rows r0.. of a tensor whose measured rows (None: all) are `measured_rows`."""
+        if measured_rows is None:
+            self._pending.append((x, None))
+            return
+        local = measured_rows[(measured_rows >= r0) & (measured_rows < r0 + x.shape[0])] - r0
+        self._pending.append((x[local], local))
+
+    def measure_next(self, q: np.ndarray, qtype: QType, w: np.ndarray | None) -> ErrorSums:
+        """The oldest remembered input against q, its quantized rows."""
+        x, local = self._pending.popleft()
+        return self.measure(x, q if local is None else q[local], qtype, w)
+
     def measure(self, x: np.ndarray, q: np.ndarray, qtype: QType, w: np.ndarray | None) -> ErrorSums:
         """x float32 [rows, n] and its quantized rows q [rows, row_bytes]."""
         rows, n = x.shape
         if rows == 0:
             return ErrorSums(weighted=w is not None)
-        fused = getattr(self.backend, "error_sums", None)  # the native backend's one-sweep pass
-        if fused is not None:
-            return fused(x, q, qtype, w)
+        if self._fused is not None:
+            return self._fused(x, q, qtype, w)
         y = self.backend.dequantize(np.ascontiguousarray(q), qtype, n)
         if self._pool is None or rows < 2:
             return chunk_sums(x, y, w)
@@ -176,3 +193,8 @@ def weighted_mean(values: list[tuple[float | None, int]]) -> float | None:
     pairs = [(v, n) for v, n in values if v is not None]
     total = sum(n for _, n in pairs)
     return sum(v * n for v, n in pairs) / total if total else None
+
+
+def format_figure(v: float | None, digits: int = 4) -> str:
+    """A figure for a table: `digits` significant digits, "-" where it does not exist."""
+    return "-" if v is None else f"{v:.{digits}g}"

@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
-from .quant_error import SAMPLE_SEED_DOC, weighted_mean
+from .output_paths import check_new_file, same_file
+from .quant_error import SAMPLE_SEED_DOC
 from .summary import Summary, TensorRecord
 
 REPORT_SUFFIXES = (".json", ".html", ".htm")
@@ -23,16 +24,10 @@ def check_report_path(path: Path, src: Path, dst: Path | None) -> Path:
     """The report path, or a one-line ValueError before any work is done."""
     if path.suffix.lower() not in REPORT_SUFFIXES:
         raise ValueError(f"report {path}: the name must end in .json or .html")
-    for other in (src, dst):
-        if other is not None and path.resolve() == other.resolve():
-            raise ValueError(f"report {path} would overwrite the model file {other}")
-    if path.is_dir():
-        raise ValueError(f"report {path} is a directory")
-    parent = path.parent
-    if not parent.is_dir():
-        raise ValueError(f"report directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"report directory {parent} is not writable")
+    for model in (src, dst):
+        if model is not None and same_file(model, path):
+            raise ValueError(f"report {path} would overwrite the model file {model}")
+    check_new_file(path, "report")
     return path
 
 
@@ -53,8 +48,7 @@ def report_dict(s: Summary) -> dict:
     for name, row in s.by_type().items():
         types[name] = {
             **row, "bits_per_weight": row["bytes_out"] * 8 / max(1, row["n_elements"]),
-            "rel_rmse": weighted_mean([(r.error.rel_rmse, r.n_elements) for r in s.records
-                                       if r.dst_type == name and r.error is not None]),
+            "rel_rmse": s.rel_rmse_of_type(name),
         }
     return {
         "gpuquant": __version__,

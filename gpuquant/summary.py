@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .quant_error import ErrorFigures, weighted_mean
+from .quant_error import ErrorFigures, format_figure, weighted_mean
 
 # The layer of a tensor: llama.cpp's blk.N, TTS.cpp's layers.N (encoder and decoder stacks alike).
 _LAYER = re.compile(r"(?:^|\.)(?:blk|layers)\.(\d+)(?=\.|$)")
@@ -79,6 +79,11 @@ class Summary:
         """The same for the importance-weighted error, over the tensors an imatrix weighted."""
         return weighted_mean([(r.error.weighted_rel_error, r.n_elements) for r in self._converted()])
 
+    def rel_rmse_of_type(self, dst_type: str) -> float | None:
+        """The tensors written as dst_type (copies count as exact): relative RMSE by element count."""
+        return weighted_mean([(r.error.rel_rmse, r.n_elements) for r in self.records
+                              if r.dst_type == dst_type and r.error is not None])
+
     def worst(self, n: int = 1) -> list[TensorRecord]:
         rated = [r for r in self._converted() if r.error.rel_rmse is not None]
         return sorted(rated, key=lambda r: -r.error.rel_rmse)[:n]
@@ -138,11 +143,11 @@ class Summary:
         ]
         for name, row in sorted(self.by_type().items(), key=lambda kv: -kv[1]["bytes_in"]):
             bpw = row["bytes_out"] * 8 / max(1, row["n_elements"])
-            err = weighted_mean([(r.error.rel_rmse, r.n_elements) for r in self.records
-                                 if r.dst_type == name and r.error is not None])
+            err = self.rel_rmse_of_type(name)
             lines.append(
                 f"{name:<8} {row['tensors']:>7} {row['bytes_in'] / 1e6:>11.2f} "
-                f"{row['bytes_out'] / 1e6:>11.2f} {bpw:>11.3f}" + (f" {_fmt(err):>10}" if self.error_measured else "")
+                f"{row['bytes_out'] / 1e6:>11.2f} {bpw:>11.3f}"
+                + (f" {format_figure(err):>10}" if self.error_measured else "")
             )
         lines.append(
             f"{'total':<8} {len(self.records):>7} {self.bytes_in / 1e6:>11.2f} {self.bytes_out / 1e6:>11.2f} "
@@ -173,12 +178,12 @@ class Summary:
         if mean is None:
             return "error: no tensor was converted"
         rows = (f"{self.report_sample} sampled rows per tensor" if self.report_sample else "every row")
-        text = f"error: rel. RMSE {_fmt(mean)} (weighted by tensor size, {rows})"
+        text = f"error: rel. RMSE {format_figure(mean)} (weighted by tensor size, {rows})"
         if self.mean_weighted_error is not None:
-            text += f", importance-weighted {_fmt(self.mean_weighted_error)}"
+            text += f", importance-weighted {format_figure(self.mean_weighted_error)}"
         worst = self.worst()
         if worst:
-            text += f"; worst {worst[0].name} {_fmt(worst[0].error.rel_rmse)} ({worst[0].dst_type})"
+            text += f"; worst {worst[0].name} {format_figure(worst[0].error.rel_rmse)} ({worst[0].dst_type})"
         return text
 
     def dry_run_table(self) -> str:
@@ -198,8 +203,3 @@ class Summary:
         lines.append(f"quant size = {self.bytes_out / 2**20:.2f} MiB ({self.bytes_out * 8 / n:.2f} BPW)")
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
-
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4g}"

@@ -77,7 +77,8 @@ class NativeBackend:
         self._run(run, self._split(x.shape[0], x.shape[1]))
         total = ErrorSums(rows=x.shape[0], weighted=w is not None)
         for p in parts:
-            total.add(ErrorSums(0, float(p[0]), float(p[1]), float(p[4]), float(p[2]), float(p[3]), w is not None))
+            total.add(ErrorSums(sum_sq_x=float(p[0]), sum_sq_err=float(p[1]), w_sum_sq_x=float(p[2]),
+                                w_sum_sq_err=float(p[3]), max_abs=float(p[4]), weighted=w is not None))
         return total
 
     def dequantize(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
