@@ -39,8 +39,21 @@ def test_the_record_covers_what_the_suite_claims():
             assert any(n.startswith(option) for n in names), (model, option)
 
 
+def _native_or_skip() -> None:
+    from gpuquant.backends import native_backend
+
+    be, why_not = native_backend(1)
+    if be is None:
+        pytest.skip(why_not)
+
+
+# NumPy is the independent implementation; the native backend is the kernels' host build, which
+# must write the same whole files.
+@pytest.mark.parametrize("backend", ["numpy", "native"])
 @pytest.mark.parametrize("run", RUNS, ids=[r["name"] for r in RUNS])
-def test_run_equals_llama_quantize(run, work, monkeypatch):
+def test_run_equals_llama_quantize(run, backend, work, monkeypatch):
+    if backend == "native":
+        _native_or_skip()
     monkeypatch.chdir(work)  # the recorded runs name their files relative to their folder
     values = build_inputs(work, run)
     src = work / values["{model}"]
@@ -48,7 +61,7 @@ def test_run_equals_llama_quantize(run, work, monkeypatch):
     out = work / "out.gguf"
     values["{out}"] = out.name
     args = [values.get(a, a) for a in run["args"]]
-    result = CliRunner().invoke(main, ["quantize", "--backend", "numpy", "-q", *args])
+    result = CliRunner().invoke(main, ["quantize", "--backend", backend, "-q", *args])
     expected = run["expected"]
     files = output_files(out, run["files"])
     if "error" in expected:
