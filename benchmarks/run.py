@@ -11,7 +11,10 @@ D. llama.cpp models file to file, 2 threads, next to llama-quantize in the same 
    'gpuquant[bench]'`, dequantized to F32) and a synthetic 4096-wide Llama of 2.8 GB, to Q4_0,
    Q8_0, Q4_K_M and Q6_K: wall seconds and peak RSS as ratios, and whether the files are equal.
 E. Native backend (the kernels built for this CPU) at 1 and 2 threads next to ggml's C
-   quantizers at the same thread counts, every type, with and without an importance matrix.
+   quantizers at the same thread counts, every type, with and without an importance matrix;
+   1 and 2 threads are timed in alternating pairs, 2t/1t is the median of the pairs' ratios.
+F. What the error measurement costs: the same llama file run with and without it.
+G. NumPy's lattice quantizers (IQ1_S..IQ3_S) at 1 thread next to ggml's C at 1 thread.
 C. With a CUDA device: kernel-only GB/s per type (benchmarks/gpu_kernels.py), and full-size
    parler-tts-mini and dia file to file with the cupy and the numpy backend side by side
    (benchmarks/gpu_file.py).
@@ -49,6 +52,23 @@ def _time(fn, min_seconds: float = 0.5) -> float:
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
             return elapsed / n
+
+
+def _paired(first, second, min_seconds: float = 2.0, min_pairs: int = 7) -> tuple[float, float, float]:
+    """first and second called alternately, a pair at a time, so that both see the same moments of
+    a noisy machine: (median seconds of first, of second, median of the pairs' first/second)."""
+    import statistics
+
+    first()
+    second()
+    a, b, start = [], [], time.perf_counter()
+    while len(a) < min_pairs or time.perf_counter() - start < min_seconds:
+        for fn, times in ((first, a), (second, b)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    ratios = [x / y for x, y in zip(a, b, strict=True)]
+    return statistics.median(a), statistics.median(b), statistics.median(ratios)
 
 
 def _gguf_py_quantizer(name: str):
@@ -245,10 +265,41 @@ def bench_native(harness: Path, types: list[str], rows: dict[str, int]) -> None:
                 c1 = float(subprocess.run(args + ["1", "1"], capture_output=True, text=True, check=True).stdout)
                 c2 = float(subprocess.run(args + ["2", "1"], capture_output=True, text=True, check=True).stdout)
                 mb = x.nbytes / 1e6
-                n1 = mb / _time(partial(one.quantize, x, t, im), 1.0)
-                n2 = mb / _time(partial(two.quantize, x, t, im), 1.0)
+                s1, s2, scaling = _paired(partial(one.quantize, x, t, im), partial(two.quantize, x, t, im))
+                n1, n2 = mb / s1, mb / s2
                 print(f"{name:<8} {'yes' if im is not None else 'no':<7} {n_rows:>5} {n1:>9.1f} {c1:>8.1f} "
-                      f"{n1 / c1:>5.2f} {n2:>9.1f} {c2:>8.1f} {n2 / c2:>5.2f} {n2 / n1:>6.2f}")
+                      f"{n1 / c1:>5.2f} {n2:>9.1f} {c2:>8.1f} {n2 / c2:>5.2f} {scaling:>6.2f}")
+
+
+def bench_numpy_lattice(harness: Path, rows: int) -> None:
+    """The NumPy lattice quantizers (the cross-check, not the fast path) at 1 thread next to
+    ggml's C at 1 thread, the same rows, in the same run."""
+    import tempfile
+
+    print("\nG. NumPy lattice quantizers vs ggml C, 1 thread, 4096-wide rows, MB/s of float32 input")
+    if not harness.exists():
+        print(f"(skipped: no {harness}; `make reference` builds it)")
+        return
+    print(f"{'type':<8} {'imatrix':<7} {'rows':>5} {'numpy 1t':>9} {'ggml 1t':>8} {'x':>5}")
+    rng = np.random.default_rng(0)
+    one = NumpyBackend(1)
+    x = (rng.standard_normal((rows, 4096)) * 0.02).astype(np.float32)
+    w = rng.random(4096).astype(np.float32)
+    mb = x.nbytes / 1e6
+    with tempfile.TemporaryDirectory() as tmp:
+        x_path, w_path = Path(tmp) / "x.f32", Path(tmp) / "w.f32"
+        x.tofile(x_path)
+        w.tofile(w_path)
+        for name, t in QTYPES.items():
+            if t.family != "iq-grid":
+                continue
+            for im in [w] if t.requires_imatrix else [None, w]:
+                args = [str(harness), "-b", str(t.ggml_id), str(rows), "4096", str(x_path),
+                        str(w_path) if im is not None else "-", "1", "1"]
+                c1 = float(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+                n1 = mb / _time(partial(one.quantize, x, t, im), 1.0)
+                print(f"{name:<8} {'yes' if im is not None else 'no':<7} {rows:>5} {n1:>9.2f} {c1:>8.2f} "
+                      f"{n1 / c1:>5.2f}")
 
 
 def bench_error_pass(data_dir: Path, threads: int) -> None:
@@ -287,7 +338,8 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench")
     ap.add_argument("--skip-file", action="store_true", help="only the array benchmarks")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=["arrays", "tts", "llama", "native", "error"], help="one section")
+    ap.add_argument("--only", choices=["arrays", "tts", "llama", "native", "numpy-lattice", "error"],
+                    help="one section")
     ap.add_argument("--llama-quantize", type=Path, default=ROOT / "build" / "reference" / "llama-quantize")
     args = ap.parse_args()
     if args.only in (None, "arrays"):
@@ -297,6 +349,8 @@ def main() -> None:
     if args.only in (None, "native"):
         bench_native(ROOT / "build" / "reference" / "ggml-harness", list(QTYPES),
                      {"float": 2048, "legacy": 2048, "fp4": 1024, "lowbit": 2048, "ternary": 1024})
+    if args.only in (None, "numpy-lattice"):
+        bench_numpy_lattice(ROOT / "build" / "reference" / "ggml-harness", rows=32)
     if not args.skip_file and args.only in (None, "llama"):
         bench_llama(args.data_dir, args.threads, args.llama_quantize, ("native", "numpy"))
     if not args.skip_file and args.only in (None, "error"):

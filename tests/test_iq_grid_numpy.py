@@ -26,3 +26,49 @@ def test_golden_dequantize(type_name: str) -> None:
 
 def test_every_type_registered_both_ways() -> None:
     assert set(iq_grid.QUANTIZERS) == set(iq_grid.DEQUANTIZERS)
+
+
+def _best_neighbour_by_loop(lattice, code, xval, weight, scale, values) -> int:
+    """ggml's search written out: each candidate's distance summed term by term in float32, the
+    first strict minimum kept."""
+    start = lattice.neighbour_start[code]
+    best, best_d2 = -1, np.float32(np.inf)
+    for candidate in lattice.neighbours[start : start + lattice.neighbour_count[code]]:
+        d2 = np.float32(0)
+        for i in range(lattice.dims):
+            diff = scale * values[lattice.level_index[candidate, i]] - xval[i]
+            d2 = np.float32(d2 + weight[i] * diff * diff)
+        if d2 < best_d2:
+            best, best_d2 = int(candidate), d2
+    return best
+
+
+@pytest.mark.parametrize(
+    "lattice_of", [lambda: iq_grid._iq3_lattice(256), lambda: iq_grid._iq3_lattice(512),
+                   lambda: iq_grid._iq2_lattice(256), lambda: iq_grid._iq2_lattice(1024), iq_grid._iq1_lattice],
+    ids=["iq3-256", "iq3-512", "iq2-256", "iq2-1024", "iq1-2048"],
+)
+def test_best_neighbours_match_a_plain_loop(lattice_of) -> None:
+    """The term-table search picks exactly the candidate of the term-by-term loop, ties included
+    (zero weights, repeated values, integer-valued inputs where many distances coincide)."""
+    lattice = lattice_of()
+    rng = np.random.default_rng(7)
+    off_codes = np.flatnonzero((lattice.grid_of_code < 0) & (lattice.neighbour_count > 0))
+    m = 300
+    codes = rng.choice(off_codes, m)
+    xval = (rng.standard_normal((m, lattice.dims)) * 3).astype(np.float32)
+    xval[:50] = np.round(xval[:50])  # integer inputs: equal distances are common
+    weight = rng.random((m, lattice.dims)).astype(np.float32)
+    weight[50:100] = 0  # every distance 0: the first candidate wins
+    weight[100:150, ::2] = 0
+    scale = rng.uniform(0.5, 2, m).astype(np.float32)
+    scale[:50] = 1
+    if lattice is iq_grid._iq1_lattice():  # IQ1: the shifted level values of each query
+        down = rng.random(m) < 0.5
+        values = np.where(down[:, None], iq_grid._IQ1_DOWN, iq_grid._IQ1_UP)
+        got = lattice.best_neighbours(codes, xval, weight, scale, values)
+    else:
+        values = np.broadcast_to(lattice.odd_level_values, (m, lattice.n_levels))
+        got = lattice.best_neighbours(codes, xval, weight, scale)
+    want = [_best_neighbour_by_loop(lattice, codes[j], xval[j], weight[j], scale[j], values[j]) for j in range(m)]
+    np.testing.assert_array_equal(got, want)

@@ -47,6 +47,10 @@ class Lattice:
         self.bits = bits
         self.levels = odd_levels.astype(np.float32)  # [grid, dims]
         self.level_index = level_index  # [grid, dims]
+        self.n_levels = int(level_index.max()) + 1  # levels the grid uses (3 of the 4 2-bit ones)
+        self.odd_level_values = (2 * np.arange(self.n_levels) + 1).astype(np.float32)
+        # Distances share the running sum of the first dims (n_levels**prefix_dims combinations).
+        self.prefix_dims = 3 if dims == 8 else 1
         self.grid_of_code = np.full(kmap_size, -1, dtype=np.int32)
         self.grid_of_code[(level_index << shifts).sum(axis=1)] = np.arange(len(kgrid), dtype=np.int32)
 
@@ -86,6 +90,18 @@ class Lattice:
             code |= levels[..., i, :].astype(np.int64) << (self.bits * i)
         return code
 
+    @functools.cached_property
+    def _term_offsets(self) -> np.ndarray:
+        """For each neighbour-list entry, where its distance terms lie in a query's term row
+        (see best_neighbours): [1 + dims - PREFIX_DIMS, list entries], uint8."""
+        n_levels, pre = self.n_levels, self.prefix_dims
+        levels = self.level_index[self.neighbours]  # [entries, dims]
+        prefix = np.zeros(self.neighbours.size, dtype=np.int64)
+        for i in range(pre):
+            prefix = prefix * n_levels + levels[:, i]
+        rest = [n_levels**pre + (i - pre) * n_levels + levels[:, i] for i in range(pre, self.dims)]
+        return np.stack([prefix] + rest).astype(np.uint8)
+
     def best_neighbours(
         self,
         codes: np.ndarray,
@@ -96,28 +112,39 @@ class Lattice:
     ) -> np.ndarray:
         """Grid index minimizing sum_i weight_i (scale q_i - xval_i)^2 over each code's neighbour
         list, the first such in list order. codes [m]; xval, weight [m, dims]; scale [m]; q the
-        odd levels, or level_values[query, level index] where given ([m, 2**bits])."""
+        odd levels, or level_values[query, level index] where given ([m, n_levels]).
+
+        Each term weight_i (scale q - xval_i)^2 depends on the query, i and q's level only, so
+        each query gets a row of its terms (dims x n_levels) and of the running sums of its first
+        PREFIX_DIMS terms over all their level combinations; a candidate's distance is then its
+        prefix sum plus its remaining terms, added in ggml's order: the same floats, bit for bit."""
         m = codes.size
         if m == 0:
             return np.zeros(0, dtype=np.int32)
+        pre = self.prefix_dims
+        if level_values is None:
+            level_values = self.odd_level_values[None, :]
+        diff = scale[:, None, None] * level_values[:, None, :] - xval[:, :, None]  # [m, dims, levels]
+        terms = weight[:, :, None] * diff * diff
+        prefix = terms[:, 0, :]
+        for i in range(1, pre):
+            prefix = (prefix[:, :, None] + terms[:, i, None, :]).reshape(m, -1)
+        rows = np.concatenate([prefix, terms[:, pre:, :].reshape(m, -1)], axis=1)  # [m, row]
+
         count = self.neighbour_count[codes]
         seg_start = np.cumsum(count) - count
         total = int(seg_start[-1] + count[-1])
-        owner = np.repeat(np.arange(m), count)
-        position = np.arange(total)
-        candidates = self.neighbours[position - seg_start[owner] + self.neighbour_start[codes][owner]]
-        if level_values is None:
-            q = self.levels[candidates]
-        else:
-            q = level_values[owner[:, None], self.level_index[candidates]]
-        owner_scale = scale[owner]
-        dist2 = np.zeros(total, dtype=np.float32)
-        for i in range(self.dims):
-            diff = owner_scale * q[:, i] - xval[owner, i]
-            dist2 += weight[owner, i] * diff * diff
+        entry = np.arange(total) + np.repeat(self.neighbour_start[codes] - seg_start, count)
+        row_base = np.repeat(np.arange(0, m * rows.shape[1], rows.shape[1]), count)
+        at = np.take(self._term_offsets, entry, axis=1) + row_base[None, :]
+        parts = np.take(rows, at)  # [1 + dims - pre, total]
+        dist2 = parts[0]
+        for part in parts[1:]:
+            dist2 += part
         best = np.minimum.reduceat(dist2, seg_start)
-        first = np.minimum.reduceat(np.where(dist2 == best[owner], position, total), seg_start)
-        return candidates[first]
+        hits = np.flatnonzero(dist2 == np.repeat(best, count))
+        first = hits[np.searchsorted(hits, seg_start)]  # each query's first hit
+        return self.neighbours[entry[first]]
 
 
 @functools.cache
