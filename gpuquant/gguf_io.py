@@ -315,9 +315,10 @@ class AtomicGGUFWriter:
     """Writes a GGUF file that appears at `dst` only when `commit()` succeeds.
 
     On Linux the file is written unnamed (O_TMPFILE) in dst's folder and linked into place at the
-    end, so nothing at all remains when a run dies, SIGKILL and power cuts included. Where the file
-    system cannot do that, it is written to `.NAME.PID.partial` next to dst, removed on any exit
-    Python sees, and removed by the next run for the same output once its process is gone.
+    end, so nothing at all remains when a run dies, SIGKILL and power cuts included (where the
+    system refuses the link, the finished file is copied to a named one then). Where the file
+    system has no unnamed files, it is written to `.NAME.PID.partial` next to dst, removed on any
+    exit Python sees, and removed by the next run for the same output once its process is gone.
     """
 
     def __init__(
@@ -367,9 +368,9 @@ class AtomicGGUFWriter:
 
         fd = None
         flag = getattr(os, "O_TMPFILE", None)
-        if flag is not None and _can_link_unnamed(self.dst.parent, self.tmp):
+        if flag is not None:
             try:
-                fd = os.open(self.dst.parent, flag | os.O_WRONLY, 0o666)
+                fd = os.open(self.dst.parent, flag | os.O_RDWR, 0o666)  # read back if it must be copied
                 self._unnamed = True
             except OSError:  # e.g. a file system without O_TMPFILE: a named temporary file
                 fd = None
@@ -435,7 +436,12 @@ class AtomicGGUFWriter:
                 # link the unnamed file under the temporary name, then rename it over dst (a link
                 # cannot replace an existing file); no fsync: like llama-quantize, durability is
                 # left to the OS
-                _link_unnamed(self._out.fileno(), self.tmp)
+                try:
+                    _link_unnamed(self._out.fileno(), self.tmp)
+                except OSError as e:
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    _copy_to(self._out.fileno(), self.tmp)
             self._writer.close()
             os.replace(self.tmp, self.dst)
         except OSError as e:
@@ -474,21 +480,26 @@ def _link_unnamed(fd: int, path: Path) -> None:
     os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
 
 
-def _can_link_unnamed(folder: Path, probe: Path) -> bool:
-    """Whether an unnamed file in `folder` can be linked into place here (probed with an empty one,
-    linked under `probe`, a name the stale-file cleanup knows, and removed at once)."""
+def _copy_to(fd: int, path: Path) -> None:
+    """Copies the whole file `fd` to a new file `path`: for an unnamed file the system will not link
+    (found only at the end: probing earlier would leave a name behind if the run were killed)."""
+    size = os.fstat(fd).st_size
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o600)
-    except OSError:
-        return False
-    try:
-        _link_unnamed(fd, probe)
-        probe.unlink()
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+        offset = 0
+        while offset < size:
+            piece = os.pread(fd, min(64 << 20, size - offset), offset)
+            if not piece:
+                raise OSError(errno.EIO, f"the output shrank while it was copied to {path}")
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(out, view):]
+            offset += len(piece)
+    except BaseException:
+        os.close(out)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(out)
 
 
 def remove_stale_partials(dst: Path) -> None:

@@ -359,11 +359,10 @@ def writing_output(pid: int, folder) -> bool:
     return False
 
 
-def test_named_temporary_file_where_unnamed_files_cannot_be_linked(tiny, tmp_path, monkeypatch):
-    from gpuquant import gguf_io
+def test_named_temporary_file_where_unnamed_files_do_not_exist(tiny, tmp_path, monkeypatch):
     from gpuquant.backends.numpy_backend import NumpyBackend
 
-    monkeypatch.setattr(gguf_io, "_can_link_unnamed", lambda folder, probe: False)
+    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
     seen = []
     real = NumpyBackend.quantize_chunks
 
@@ -376,6 +375,26 @@ def test_named_temporary_file_where_unnamed_files_cannot_be_linked(tiny, tmp_pat
     r = CliRunner().invoke(main, ["quantize", str(tiny), str(out), "-q", "--backend", "numpy"])
     assert r.exit_code == 0 and out.exists() and not leftovers(tmp_path)
     assert seen == [f".o.gguf.{os.getpid()}.partial"]
+
+
+def test_unnamed_file_the_system_will_not_link_is_copied_into_place(tiny, tmp_path, monkeypatch):
+    """No probe link at the start (a SIGKILL right after it would leave the probe's name behind):
+    a refused link is found at the end, and the finished file is copied instead, byte for byte."""
+    import errno
+
+    from gpuquant import gguf_io
+
+    want = tmp_path / "want.gguf"
+    assert CliRunner().invoke(main, ["quantize", str(tiny), str(want), "-q", "--backend", "numpy"]).exit_code == 0
+
+    def refuse(fd, path):
+        raise OSError(errno.EPERM, "linkat refused")
+
+    monkeypatch.setattr(gguf_io, "_link_unnamed", refuse)
+    out = tmp_path / "o.gguf"
+    r = CliRunner().invoke(main, ["quantize", str(tiny), str(out), "-q", "--backend", "numpy"])
+    assert r.exit_code == 0 and not leftovers(tmp_path)
+    assert out.read_bytes() == want.read_bytes()
 
 
 def test_disk_full_names_the_output_and_the_bytes_needed(tiny, tmp_path, monkeypatch):
