@@ -322,12 +322,39 @@ template <int N>
 GQ_FN float gq_first_max_abs(const float* x, float* amax = nullptr) {
     float max = 0.0f;
     float largest = 0.0f;
-    GQ_UNROLL
-    for (int i = 0; i < N; ++i) {
-        const float ax = fabsf(x[i]);
-        if (ax > largest) {
-            largest = ax;
-            max = x[i];
+    if (N >= 32 && N % 8 == 0) {
+        // The largest magnitude in 8 lanes side by side (order does not change a maximum, and each
+        // lane skips NaN as ggml's chain does), then the first value of that magnitude: the value
+        // ggml's chain of N dependent compares ends on.
+        float lane[8];
+        GQ_UNROLL
+        for (int k = 0; k < 8; ++k) lane[k] = 0.0f;
+        GQ_UNROLL
+        for (int i = 0; i < N; i += 8) {
+            GQ_UNROLL
+            for (int k = 0; k < 8; ++k) {
+                const float ax = fabsf(x[i + k]);
+                lane[k] = ax > lane[k] ? ax : lane[k];
+            }
+        }
+        GQ_UNROLL
+        for (int k = 0; k < 8; ++k) largest = lane[k] > largest ? lane[k] : largest;
+        if (largest > 0.0f) {
+            for (int i = 0; i < N; ++i) {
+                if (fabsf(x[i]) == largest) {
+                    max = x[i];
+                    break;
+                }
+            }
+        }
+    } else {  // the 16-value groups of Q3_K and Q6_K: the chain
+        GQ_UNROLL
+        for (int i = 0; i < N; ++i) {
+            const float ax = fabsf(x[i]);
+            if (ax > largest) {
+                largest = ax;
+                max = x[i];
+            }
         }
     }
     if (amax) *amax = largest;

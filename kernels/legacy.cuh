@@ -27,14 +27,41 @@
 
 // ---------------------------------------------------------------- shared pieces
 
-GQ_FN void gq_min_max(const float* x, float* min_out, float* max_out) {
-    float min = 3.402823466e+38f;
-    float max = -3.402823466e+38f;
-    GQ_UNROLL
+// ggml's `if (x[j] < min) min = x[j]; if (x[j] > max) max = x[j];` from +-FLT_MAX. The extremes
+// are found in 8 lanes side by side (order does not change an extreme, and each lane skips NaN as
+// the chain does); only a zero extreme needs the chain's choice between -0 and +0, the first zero.
+GQ_FN float gq_first_zero(const float* x) {
     for (int j = 0; j < GQ_QK; ++j) {
-        if (x[j] < min) min = x[j];
-        if (x[j] > max) max = x[j];
+        if (x[j] == 0.0f) return x[j];
     }
+    return 0.0f;
+}
+
+GQ_FN void gq_min_max(const float* x, float* min_out, float* max_out) {
+    float lo[8];
+    float hi[8];
+    GQ_UNROLL
+    for (int k = 0; k < 8; ++k) {
+        lo[k] = 3.402823466e+38f;
+        hi[k] = -3.402823466e+38f;
+    }
+    GQ_UNROLL
+    for (int j = 0; j < GQ_QK; j += 8) {
+        GQ_UNROLL
+        for (int k = 0; k < 8; ++k) {
+            lo[k] = x[j + k] < lo[k] ? x[j + k] : lo[k];
+            hi[k] = x[j + k] > hi[k] ? x[j + k] : hi[k];
+        }
+    }
+    float min = lo[0];
+    float max = hi[0];
+    GQ_UNROLL
+    for (int k = 1; k < 8; ++k) {
+        min = lo[k] < min ? lo[k] : min;
+        max = hi[k] > max ? hi[k] : max;
+    }
+    if (min == 0.0f) min = gq_first_zero(x);
+    if (max == 0.0f) max = gq_first_zero(x);
     *min_out = min;
     *max_out = max;
 }

@@ -19,6 +19,7 @@ from kernel_inputs import KINDS, random_imatrix, random_rows
 
 from gpuquant import hostkernels
 from gpuquant.backends.numpy.floats import bf16_bits
+from gpuquant.backends.numpy_backend import NumpyBackend
 from gpuquant.qtypes import QTYPES
 
 TYPES = hostkernels.HOST_TYPES
@@ -126,3 +127,30 @@ def test_rejects_types_it_does_not_build():
         pytest.skip("the host build has every block type")
     with pytest.raises(ValueError, match=f"host kernel build has no {missing}"):
         hostkernels.quantize(np.zeros((1, 256), np.float32), missing)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_1", "Q5_1"])
+def test_zero_minimum_keeps_the_sign_of_the_first_zero(type_name):
+    """ggml's chain `if (x < min) min = x` keeps the first of -0 and +0; the kernels find the
+    minimum in lanes and must still store that zero's sign in the block's fp16 min (bytes 2-3)."""
+    first_negative = np.full(32, 0.25, np.float32)
+    first_negative[[3, 9]] = [-0.0, 0.0]
+    first_positive = first_negative.copy()
+    first_positive[[3, 9]] = [0.0, -0.0]
+    x = np.stack([first_negative, first_positive])
+    q = hostkernels.quantize(x, type_name)
+    assert q[:, 2:4].copy().view("<u2")[:, 0].tolist() == [0x8000, 0x0000]
+    assert_same_bytes(q, NumpyBackend(1).quantize(x, QTYPES[type_name], None), type_name)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q5_0"])
+def test_largest_magnitude_tie_takes_the_first(type_name):
+    """The first value of largest magnitude sets the scale's sign (ggml's strict `>` chain); the
+    kernels find the magnitude in lanes and then the first value that has it."""
+    x = np.tile(np.linspace(-0.4, 0.4, 32, dtype=np.float32), (2, 1))
+    x[0, [5, 20]] = [0.5, -0.5]
+    x[1, [5, 20]] = [-0.5, 0.5]
+    q = hostkernels.quantize(x, type_name)
+    sign_bits = q[:, 0:2].copy().view("<u2")[:, 0] >> 15
+    assert sign_bits.tolist() == [1, 0]  # d = max / -8 (Q5_0: / -16)
+    assert_same_bytes(q, NumpyBackend(1).quantize(x, QTYPES[type_name], None), type_name)
