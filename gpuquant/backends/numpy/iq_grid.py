@@ -95,7 +95,7 @@ class Lattice:
     @functools.cached_property
     def _term_offsets(self) -> np.ndarray:
         """For each neighbour-list entry, where its distance terms lie in a query's term row
-        (see best_neighbours): [1 + dims - PREFIX_DIMS, list entries], uint8."""
+        (see best_neighbours): [1 + dims - prefix_dims, list entries], uint8."""
         n_levels, pre = self.n_levels, self.prefix_dims
         levels = self.level_index[self.neighbours]  # [entries, dims]
         prefix = np.zeros(self.neighbours.size, dtype=np.int64)
@@ -117,8 +117,8 @@ class Lattice:
         odd levels, or level_values[query, level index] where given ([m, n_levels]).
 
         Each term weight_i (scale q - xval_i)^2 depends on the query, i and q's level only, so
-        each query gets a row of its terms (dims x n_levels) and of the running sums of its first
-        PREFIX_DIMS terms over all their level combinations; a candidate's distance is then its
+        each query gets a row of the running sums of its first prefix_dims terms over all their
+        level combinations, then its remaining terms (a level each); a candidate's distance is then its
         prefix sum plus its remaining terms, added in ggml's order: the same floats, bit for bit."""
         m = codes.size
         if m == 0:
@@ -128,10 +128,13 @@ class Lattice:
             level_values = self.odd_level_values[None, :]
         diff = scale[:, None, None] * level_values[:, None, :] - xval[:, :, None]  # [m, dims, levels]
         terms = weight[:, :, None] * diff * diff
-        prefix = terms[:, 0, :]
-        for i in range(1, pre):
-            prefix = (prefix[:, :, None] + terms[:, i, None, :]).reshape(m, -1)
-        rows = np.concatenate([prefix, terms[:, pre:, :].reshape(m, -1)], axis=1)  # [m, row]
+        if pre == 1:  # the first term is its own running sum: the row is the terms as they are
+            rows = terms.reshape(m, -1)
+        else:
+            prefix = terms[:, 0, :]
+            for i in range(1, pre):
+                prefix = (prefix[:, :, None] + terms[:, i, None, :]).reshape(m, -1)
+            rows = np.concatenate([prefix, terms[:, pre:, :].reshape(m, -1)], axis=1)  # [m, row]
 
         count = self.neighbour_count[codes]
         seg_start = np.cumsum(count) - count
