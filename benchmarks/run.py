@@ -232,6 +232,13 @@ def bench_llama(data_dir: Path, threads: int, llama_quantize: Path, backends: tu
     print("(x ref > 1: gpuquant faster; RSS x < 1: gpuquant uses less memory)")
 
 
+def _ggml_mbps(harness: Path, t, rows: int, x_path: Path, w_path: Path | None, threads: int) -> float:
+    """ggml_quantize_chunk's MB/s of float32 input through the harness, rows of 4096, about 1 s."""
+    args = [str(harness), "-b", str(t.ggml_id), str(rows), "4096", str(x_path),
+            str(w_path) if w_path is not None else "-", str(threads), "1"]
+    return float(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+
+
 def bench_native(harness: Path, types: list[str], rows: dict[str, int]) -> None:
     """Native backend at 1 and 2 threads next to ggml's C (ggml_quantize_chunk through the harness
     built by `make reference`, the same rows, the same thread split) in the same run."""
@@ -260,10 +267,9 @@ def bench_native(harness: Path, types: list[str], rows: dict[str, int]) -> None:
             w.tofile(w_path)
             variants = [w] if t.requires_imatrix else [None] if t.imatrix_use == "ignored" else [None, w]
             for im in variants:
-                args = [str(harness), "-b", str(t.ggml_id), str(n_rows), "4096", str(x_path),
-                        str(w_path) if im is not None else "-"]
-                c1 = float(subprocess.run(args + ["1", "1"], capture_output=True, text=True, check=True).stdout)
-                c2 = float(subprocess.run(args + ["2", "1"], capture_output=True, text=True, check=True).stdout)
+                im_path = w_path if im is not None else None
+                c1 = _ggml_mbps(harness, t, n_rows, x_path, im_path, 1)
+                c2 = _ggml_mbps(harness, t, n_rows, x_path, im_path, 2)
                 mb = x.nbytes / 1e6
                 s1, s2, scaling = _paired(partial(one.quantize, x, t, im), partial(two.quantize, x, t, im))
                 n1, n2 = mb / s1, mb / s2
@@ -294,9 +300,7 @@ def bench_numpy_lattice(harness: Path, rows: int) -> None:
             if t.family != "iq-grid":
                 continue
             for im in [w] if t.requires_imatrix else [None, w]:
-                args = [str(harness), "-b", str(t.ggml_id), str(rows), "4096", str(x_path),
-                        str(w_path) if im is not None else "-", "1", "1"]
-                c1 = float(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+                c1 = _ggml_mbps(harness, t, rows, x_path, w_path if im is not None else None, 1)
                 n1 = mb / _time(partial(one.quantize, x, t, im), 1.0)
                 print(f"{name:<8} {'yes' if im is not None else 'no':<7} {rows:>5} {n1:>9.2f} {c1:>8.2f} "
                       f"{n1 / c1:>5.2f}")
