@@ -347,7 +347,7 @@ GQ_FN float gq_first_max_abs(const float* x, float* amax = nullptr) {
                 }
             }
         }
-    } else {  // the 16-value groups of Q3_K and Q6_K: the chain
+    } else {  // short groups (Q3_K's and Q6_K's 16 values, the sub-block scales): the chain was faster
         GQ_UNROLL
         for (int i = 0; i < N; ++i) {
             const float ax = fabsf(x[i]);

@@ -27,9 +27,7 @@
 
 // ---------------------------------------------------------------- shared pieces
 
-// ggml's `if (x[j] < min) min = x[j]; if (x[j] > max) max = x[j];` from +-FLT_MAX. The extremes
-// are found in 8 lanes side by side (order does not change an extreme, and each lane skips NaN as
-// the chain does); only a zero extreme needs the chain's choice between -0 and +0, the first zero.
+// The block's first zero, -0 or +0 as it is stored (+0 if there is none).
 GQ_FN float gq_first_zero(const float* x) {
     for (int j = 0; j < GQ_QK; ++j) {
         if (x[j] == 0.0f) return x[j];
@@ -37,6 +35,9 @@ GQ_FN float gq_first_zero(const float* x) {
     return 0.0f;
 }
 
+// ggml's `if (x[j] < min) min = x[j]; if (x[j] > max) max = x[j];` from +-FLT_MAX. The extremes
+// are found in 8 lanes side by side (order does not change an extreme, and each lane skips NaN as
+// the chain does); only a zero extreme needs the chain's choice between -0 and +0, the first zero.
 GQ_FN void gq_min_max(const float* x, float* min_out, float* max_out) {
     float lo[8];
     float hi[8];
