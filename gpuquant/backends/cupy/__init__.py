@@ -18,6 +18,7 @@ from ...qtypes import QType, resolve
 from .. import Chunk
 from . import kquants, lattice, legacy, more_types
 from . import stream as streaming  # the file pipeline's engine ("stream" names CUDA streams here)
+from .device import cupy_module
 
 # type name -> the module whose quantize_device / dequantize_device handle it
 _FAMILIES = {name: legacy for name in legacy.TYPES}
@@ -27,7 +28,7 @@ _FAMILIES.update({name: lattice for name in lattice.TYPES})
 
 
 def _check_c_contiguous(name: str, a, dtype) -> None:
-    import cupy
+    cupy = cupy_module()
 
     if not isinstance(a, cupy.ndarray):
         raise TypeError(f"{name} must be a cupy.ndarray, got {type(a).__name__}")
@@ -65,7 +66,7 @@ class CupyBackend:
         """Quantize device float32 [rows, n_per_row] into the device uint8 buffer `out` (rows *
         row_bytes bytes), on `stream` (default: the current stream). Asynchronous: nothing is
         copied to the host and nothing waits for the kernels."""
-        import cupy
+        cupy = cupy_module()
 
         t, family = self._family(qtype)
         _check_c_contiguous("x", x, np.float32)
@@ -86,7 +87,7 @@ class CupyBackend:
     def dequantize_device(self, q, qtype: str | int | QType, n_per_row: int, out, stream=None) -> None:
         """Dequantize the device uint8 buffer `q` (whole rows) into device float32 `out` (rows *
         n_per_row values), on `stream` (default: the current stream). Asynchronous."""
-        import cupy
+        cupy = cupy_module()
 
         t, family = self._family(qtype)
         _check_c_contiguous("q", q, np.uint8)
@@ -115,7 +116,7 @@ class CupyBackend:
             raise error from None
 
     def _quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None) -> np.ndarray:
-        import cupy
+        cupy = cupy_module()
 
         t = resolve(qtype)
         rows, n_per_row = x.shape
@@ -129,7 +130,7 @@ class CupyBackend:
         return out.get(stream=stream)
 
     def dequantize(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
-        import cupy
+        cupy = cupy_module()
 
         t = resolve(qtype)
         rows = q.shape[0]

@@ -15,6 +15,7 @@ import numpy as np
 from ...hostkernels import lattice_tables
 from ...qtypes import QType
 from .compile import get_kernel
+from .device import cupy_module
 
 SOURCE = "lattice.cu"
 # Threads per CUDA block: each thread holds a super-block's weights and search state (~2 KB of
@@ -30,7 +31,7 @@ _device_tables: dict[tuple[int, str], tuple] = {}
 
 def device_tables(type_name: str) -> tuple:
     """The kernel arguments that carry a type's lattice, on the current device (uploaded once)."""
-    import cupy
+    cupy = cupy_module()
 
     key = (cupy.cuda.Device().id, type_name)
     with _lock:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ...qtypes import QType
 from .compile import get_kernel
+from .device import cupy_module
 
 SOURCE = "legacy.cu"
 THREADS = 128  # per CUDA block; the weighted kernels need ~200 registers a thread
@@ -28,7 +29,7 @@ def _grid(n_threads: int) -> tuple[int]:
 
 
 def quantize_device(x, t: QType, imatrix, out, stream) -> None:
-    import cupy
+    cupy = cupy_module()
 
     n = x.size
     if n == 0:

@@ -47,6 +47,7 @@ import numpy as np
 
 from ...qtypes import QType, resolve
 from .. import Chunk, NonFiniteError
+from .device import cupy_module
 
 DEVICE_MEMORY_ENV = "GPUQUANT_GPU_MEMORY"
 DEFAULT_DEVICE_MEMORY = 2 << 30
@@ -197,7 +198,7 @@ class StreamEngine:
 
     def __init__(self, backend, device_memory_bytes: int, slots: int = DEFAULT_SLOTS,
                  copy_threads: int | None = None) -> None:
-        import cupy
+        cupy = cupy_module()
 
         if slots < 2:
             raise ValueError(f"the GPU pipeline needs at least 2 slots, got {slots}")
@@ -408,7 +409,7 @@ def quantize_chunks(backend, chunks: Iterable[Chunk], check_finite: bool) -> Ite
 
 
 def _quantize_chunks(backend, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
-    import cupy
+    cupy = cupy_module()
 
     with _idle_lock:
         engine = _idle_engines.pop(backend, None)

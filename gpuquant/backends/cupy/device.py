@@ -1,0 +1,28 @@
+"""Which CuPy the backend talks to: the real one, or the CUDA simulator's stand-in for it.
+
+With GPUQUANT_CUDA_SIM=1 (a debugging mode, as Numba's NUMBA_ENABLE_CUDASIM) every `cupy` the
+backend uses is gpuquant.cudasim.cupy: the same launchers and the same kernels/*.cu, built for the
+CPU and run block by block, thread by thread, with no GPU and no CuPy installed.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+SIMULATOR_ENV = "GPUQUANT_CUDA_SIM"
+
+
+def simulator_enabled() -> bool:
+    return os.environ.get(SIMULATOR_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def cupy_module() -> ModuleType:
+    """`cupy`, or the simulator's module of the same surface when GPUQUANT_CUDA_SIM is set."""
+    if simulator_enabled():
+        from ...cudasim import cupy as simulated
+
+        return simulated
+    import cupy
+
+    return cupy
