@@ -26,3 +26,23 @@ def cupy_module() -> ModuleType:
     import cupy
 
     return cupy
+
+
+_sim_functions: dict[tuple[str, str], object] = {}
+
+
+def get_kernel(source_name: str, kernel_name: str):
+    """The kernel `kernel_name` of kernels/<source_name> as a cupy.cuda.function.Function, called as
+    fn(grid, block, args, stream=stream): compiled by NVRTC for the GPU (compile.py), or the
+    simulator's build of the same source."""
+    if simulator_enabled():
+        key = (source_name, kernel_name)
+        fn = _sim_functions.get(key)
+        if fn is None:
+            from ...cudasim import cupy as simulated
+
+            fn = _sim_functions[key] = simulated.load_module(source_name).get_function(kernel_name)
+        return fn
+    from .compile import get_kernel as compiled
+
+    return compiled(source_name, kernel_name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...qtypes import QType
-from .compile import get_kernel
+from .device import get_kernel
 
 SOURCE = "kquants.cu"
 # Threads per CUDA block. The quantize kernels need 72 to 255 registers a thread; small blocks

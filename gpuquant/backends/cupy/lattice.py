@@ -14,8 +14,7 @@ import numpy as np
 
 from ...hostkernels import lattice_tables
 from ...qtypes import QType
-from .compile import get_kernel
-from .device import cupy_module
+from .device import cupy_module, get_kernel
 
 SOURCE = "lattice.cu"
 # Threads per CUDA block: each thread holds a super-block's weights and search state (~2 KB of

@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...qtypes import QType
-from .compile import get_kernel
-from .device import cupy_module
+from .device import cupy_module, get_kernel
 
 SOURCE = "legacy.cu"
 THREADS = 128  # per CUDA block; the weighted kernels need ~200 registers a thread

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...qtypes import QType
-from .compile import get_kernel
+from .device import get_kernel
 
 SOURCE = "more_types.cu"
 # Threads per CUDA block: the IQ4 searches need ~100-150 registers a thread, and IQ4_XS shuffles
