@@ -126,6 +126,7 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
                       be.name, n_threads)
     summary.family = plan.family
     summary.backend_reason = getattr(be, "reason", "")
+    summary.backend_description = getattr(be, "description", "")
     summary.dry_run = dry_run
     summary.report_sample = report_sample if measure_error else None
     summary.error_measured = measure_error and not dry_run

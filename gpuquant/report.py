@@ -54,7 +54,8 @@ def report_dict(s: Summary) -> dict:
         "gpuquant": __version__,
         "input": s.src, "outputs": s.outputs, "requested_type": s.requested_type,
         "architecture": s.architecture, "rules": s.family,
-        "backend": s.backend, "backend_reason": s.backend_reason, "threads": s.n_threads,
+        "backend": s.backend, "backend_description": s.backend_description, "backend_reason": s.backend_reason,
+        "threads": s.n_threads,
         "seconds": s.seconds, "dry_run": s.dry_run, "imatrix": s.imatrix_file,
         "error_measured": s.error_measured,
         "error_rows": ({"sample_rows_per_tensor": s.report_sample, "sample": SAMPLE_SEED_DOC}
@@ -115,7 +116,8 @@ def report_html(data: dict) -> str:
         f"<h1>{html.escape(Path(data['input']).name)} &rarr; {html.escape(data['requested_type'])}</h1>",
         f"<p>{html.escape(data['input'])} &rarr; {html.escape(', '.join(data['outputs']) or '(nothing written)')}"
         f"<br>architecture {html.escape(str(data['architecture']))} ({html.escape(data['rules'])} rules), "
-        f"backend {html.escape(data['backend'])} ({data['threads']} threads), {data['seconds']:.2f} s, "
+        f"backend {html.escape(data.get('backend_description') or data['backend'])} ({data['threads']} threads), "
+        f"{data['seconds']:.2f} s, "
         f"gpuquant {html.escape(data['gpuquant'])}"
         + (f"<br>importance matrix {html.escape(data['imatrix'])}" if data["imatrix"] else "") + "</p>",
         "<h2>Summary</h2><table><tr><th>type</th><th>tensors</th><th>MB before</th><th>MB after</th>"

@@ -59,6 +59,7 @@ class Summary:
     seconds: float = 0.0
     imatrix_file: str | None = None
     backend_reason: str = ""  # why this backend ran (auto's choice)
+    backend_description: str = ""  # what the backend is, when its name does not say: "CuPy (CUDA simulator)"
     family: str = "tts.cpp"  # whose rules planned the tensors: "tts.cpp" or "llama.cpp"
     dry_run: bool = False
     outputs: list[str] = field(default_factory=list)  # the files written (several with --keep-split)
@@ -135,7 +136,8 @@ class Summary:
         lines = [
             f"{self.src} -> {self.dst}",
             f"architecture {self.architecture} ({self.family} rules), requested {self.requested_type}, "
-            f"backend {self.backend} ({self.n_threads} thread{'s' if self.n_threads != 1 else ''}"
+            f"backend {self.backend_description or self.backend} "
+            f"({self.n_threads} thread{'s' if self.n_threads != 1 else ''}"
             + (f"; {self.backend_reason}" if self.backend_reason and self.backend_reason != "requested" else "") + ")",
             "",
             f"{'type':<8} {'tensors':>7} {'MB before':>11} {'MB after':>11} {'bits/weight':>11}"

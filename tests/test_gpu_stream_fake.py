@@ -1,13 +1,13 @@
 """The GPU file pipeline's streaming engine (gpuquant/backends/cupy/stream.py), run without a GPU.
 
-tests/fake_cupy.py stands in for CuPy: work queued on a stream runs only when the host waits for
-it, as on a GPU, and the kernels are their own per-block code built for the host. Every output must
-equal the numpy backend's, byte for byte, whatever the chunk shapes, slot sizes and types.
+The CUDA simulator (gpuquant/cudasim, GPUQUANT_CUDA_SIM=1) stands in for CuPy and the device: work
+queued on a stream runs only when the host waits for it, as on a GPU, and the launchers launch the
+real kernels/*.cu, built for the CPU. Every output must equal the numpy backend's, byte for byte,
+whatever the chunk shapes, slot sizes and types.
 """
 
 from __future__ import annotations
 
-import fake_cupy
 import numpy as np
 import pytest
 from kernel_inputs import random_imatrix, random_rows
@@ -17,6 +17,7 @@ import gpuquant
 from gpuquant import hostkernels, pipeline
 from gpuquant.backends import NonFiniteError, get_backend
 from gpuquant.backends.cupy import CupyBackend
+from gpuquant.backends.cupy.device import SIMULATOR_ENV
 from gpuquant.backends.cupy.stream import (
     DEFAULT_DEVICE_MEMORY,
     DEVICE_MEMORY_ENV,
@@ -25,10 +26,11 @@ from gpuquant.backends.cupy.stream import (
     slot_input_bytes,
 )
 from gpuquant.backends.numpy_backend import NumpyBackend
+from gpuquant.cudasim import cupy as simulated_cupy
 from gpuquant.imatrix import Imatrix
 
 pytestmark = pytest.mark.skipif(hostkernels.find_compiler() is None,
-                                reason="the fake GPU runs the kernels' host build: needs a C++ compiler")
+                                reason="the CUDA simulator builds the kernels for the CPU: needs a C++ compiler")
 
 # A slot of this budget with 4 slots takes 3 rows of 256 float32 (or 1 row of 512) a piece.
 TINY_MEMORY = int(4 * 3.5 * 3 * 1024)
@@ -36,8 +38,11 @@ TINY_MEMORY = int(4 * 3.5 * 3 * 1024)
 
 @pytest.fixture
 def fake(monkeypatch):
+    """The CUDA simulator in place of CuPy and a GPU, for one test; its counters start at zero."""
     monkeypatch.delenv(DEVICE_MEMORY_ENV, raising=False)
-    return fake_cupy.install(monkeypatch)
+    monkeypatch.setenv(SIMULATOR_ENV, "1")
+    simulated_cupy.reset()
+    return simulated_cupy
 
 
 def rows(seed: int, n_rows: int, n_per_row: int) -> np.ndarray:
@@ -132,8 +137,9 @@ def test_chunks_match_numpy_backend(fake, memory, slots):
     budget = memory or DEFAULT_DEVICE_MEMORY
     n_pieces = pieces(chunks, budget, slots)
     n_checked = pieces(chunks, budget, slots, block_types_only=True)  # F16/BF16 carry NaN as values
-    assert 0 < n_checked < n_pieces
-    assert fake.STATS["quantize"] == n_pieces
+    n_copied = pieces([c for c in chunks if c[1].name == "F32"], budget, slots)  # F32: a device copy
+    assert 0 < n_checked < n_pieces and n_copied > 0
+    assert fake.STATS["quantize"] == n_pieces - n_copied and fake.STATS["d2d"] == n_copied
     assert fake.STATS["h2d"] >= n_pieces and fake.STATS["d2h"] == n_pieces + n_checked  # outputs, finite flags
     assert fake.STATS["elementwise"] == n_checked  # the finite checks
     assert 0 < fake.STATS["device_peak"] <= budget
@@ -146,10 +152,15 @@ def test_outputs_without_finite_check_and_a_second_run(fake):
     backend = CupyBackend(device_memory_bytes=TINY_MEMORY)
     assert_same_outputs(run(backend, chunks, check_finite=False), expected(chunks, check_finite=False))
     assert fake.STATS["elementwise"] == 0
-    # the same backend again: its engine and buffers are reused, nothing is allocated anew
+    # the same backend again: its engine and buffers are reused; only the finite checks' results and
+    # the row statistics of the weighted legacy kernels are allocated anew
     allocations = fake.STATS["device_allocs"] + fake.STATS["pinned_allocs"]
+    sigma2_before = fake.STATS["kernel:gq_row_sigma2"]
     assert_same_outputs(run(backend, chunks), expected(chunks))
-    assert fake.STATS["device_allocs"] + fake.STATS["pinned_allocs"] - allocations == fake.STATS["elementwise"] * 2
+    sigma2 = fake.STATS["kernel:gq_row_sigma2"] - sigma2_before
+    assert sigma2 > 0
+    assert fake.STATS["device_allocs"] + fake.STATS["pinned_allocs"] - allocations == \
+        fake.STATS["elementwise"] * 2 + sigma2
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])

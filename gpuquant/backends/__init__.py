@@ -1,4 +1,5 @@
-"""The Backend interface and its registry: `numpy` (CPU, always there) and `cupy` (NVIDIA GPU)."""
+"""The Backend interface and its registry: `numpy` (CPU, always there), `native` (the kernels built for
+this CPU) and `cupy` (NVIDIA GPU, or the CUDA simulator with GPUQUANT_CUDA_SIM=1)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,12 @@ BACKEND_NAMES = ("auto", "native", "numpy", "cupy")
 
 
 def cupy_available() -> bool:
-    """True when cupy imports and sees a CUDA device; never imports cupy unless asked."""
+    """True when cupy imports and sees a CUDA device, or the CUDA simulator is on (GPUQUANT_CUDA_SIM);
+    never imports cupy unless asked."""
+    from .cupy.device import simulator_enabled
+
+    if simulator_enabled():
+        return True
     try:
         import cupy  # noqa: F401
 
@@ -67,15 +73,19 @@ def cupy_available() -> bool:
 
 
 def get_backend(name: str = "auto", n_threads: int = 1, needed: Iterable[QType] = ()) -> Backend:
-    """The backend called `name`; `auto` picks CuPy with a CUDA device, else native (the kernels
+    """The backend called `name`; `auto` picks CuPy with a CUDA device (never the slow CUDA simulator,
+    which runs only when asked for by name), else native (the kernels
     built for this CPU) when a compiler is there or the library is already built, else NumPy, each
     only if it has every type in `needed`. The backend's `reason` says why it was picked."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKEND_NAMES)}")
+    from .cupy.device import simulator_enabled
+
     needed = list(needed)
-    if name == "cupy" or (name == "auto" and cupy_available()):
+    if name == "cupy" or (name == "auto" and cupy_available() and not simulator_enabled()):
         if not cupy_available():
-            raise ValueError("backend 'cupy' needs CuPy and a CUDA device; neither was found")
+            raise ValueError("backend 'cupy' needs CuPy and a CUDA device; neither was found "
+                             "(GPUQUANT_CUDA_SIM=1 runs it on the CUDA simulator, slowly)")
         from .cupy import CupyBackend
 
         be = CupyBackend()

@@ -18,7 +18,7 @@ from ...qtypes import QType, resolve
 from .. import Chunk
 from . import kquants, lattice, legacy, more_types
 from . import stream as streaming  # the file pipeline's engine ("stream" names CUDA streams here)
-from .device import cupy_module
+from .device import cupy_module, simulator_enabled
 
 # type name -> the module whose quantize_device / dequantize_device handle it
 _FAMILIES = {name: legacy for name in legacy.TYPES}
@@ -50,6 +50,8 @@ class CupyBackend:
         self.device_memory_bytes = streaming.device_memory_setting(device_memory_bytes)
         self.stream_slots = stream_slots
         self.notes: list[str] = []  # said to the user once a run ends (e.g. a reduced memory bound)
+        # The summary's words for it: the simulator is a debugging mode, never mistaken for a GPU run.
+        self.description = "CuPy (CUDA simulator)" if simulator_enabled() else "CuPy"
 
     def supports(self, qtype: QType) -> bool:
         return resolve(qtype).name in _FAMILIES
