@@ -196,7 +196,7 @@ class ndarray:  # noqa: N801 (cupy's name)
         return result
 
 
-float32, uint8, int32, int64, bool_ = np.float32, np.uint8, np.int32, np.int64, np.bool_  # NumPy's dtypes
+float32, float64, uint8, int32, int64, bool_ = np.float32, np.float64, np.uint8, np.int32, np.int64, np.bool_
 
 
 def empty(shape, dtype=np.float64) -> ndarray:
