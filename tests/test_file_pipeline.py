@@ -216,3 +216,25 @@ def test_whole_file_equals_tts_cpp_quantize(models, tmp_path, run):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert hashlib.sha256(out.read_bytes()).hexdigest() == run["sha256"]
+
+
+@pytest.mark.parametrize("run", [r for r in TTS_RECORD["runs"] if r["model"] == "parler"],
+                         ids=lambda r: f"{r['model']}-{r['type']}{''.join(r['flags'])}")
+def test_gpu_engine_on_the_cuda_simulator_equals_tts_cpp_quantize(models, tmp_path, monkeypatch, run):
+    """The CuPy backend's streaming engine, launchers and kernels/*.cu, run by the CUDA simulator,
+    write TTS.cpp's own bytes."""
+    from click.testing import CliRunner
+
+    from gpuquant import hostkernels
+    from gpuquant.cli import main
+
+    if hostkernels.find_compiler() is None:
+        pytest.skip("the CUDA simulator builds the kernels with the host C++ compiler")
+    monkeypatch.setenv("GPUQUANT_CUDA_SIM", "1")
+    out = tmp_path / "out.gguf"
+    args = ["quantize", "-mp", str(models["parler-tts-mini"]), "-qp", str(out), "-qt", run["type"],
+            "--backend", "cupy", *run["flags"]]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "backend CuPy (CUDA simulator)" in result.output
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == run["sha256"]

@@ -47,13 +47,42 @@ def _native_or_skip() -> None:
         pytest.skip(why_not)
 
 
-# NumPy is the independent implementation; the native backend is the kernels' host build, which
-# must write the same whole files.
-@pytest.mark.parametrize("backend", ["numpy", "native"])
-@pytest.mark.parametrize("run", RUNS, ids=[r["name"] for r in RUNS])
+# The GPU engine on the CUDA simulator (the real launchers and kernels/*.cu, streamed): a sample of
+# runs that covers K-quants, lattice and IQ4 types, the legacy, float and MXFP4 ones, MoE experts,
+# importance matrices, F16, BF16 and quantized sources, and per-tensor overrides.
+SIMULATOR_RUNS = (
+    "llama-gqa/F32: Q4_K_M 2",
+    "llama-gqa/F32: --tensor-type attn_v=q8_0 --tensor-type ffn_.*=q5_k --tensor-type blk\\.1\\.=iq4_nl Q4_K_M 2",
+    "llama-gqa/F16: Q4_K_M 2",
+    "llama-gqa/BF16: F16 2",
+    "llama-gqa/Q8_0: --allow-requantize Q4_K_M 2",
+    "llama-gqa/F32: Q5_1 2",
+    "llama-gqa/F32: TQ1_0 2",
+    "qwen3moe/F32: --imatrix IQ2_M 2 +imatrix",
+    "qwen3moe/F32: MXFP4_MOE 2",
+    "gemma3/F32: --imatrix Q2_K_S 2 +imatrix",
+    "gemma3/F32: --imatrix IQ3_XXS 2 +imatrix",
+    "deepseek2/F32: IQ4_XS 2",
+)
+CASES = [pytest.param(run, backend, id=f"{run['name']}-{backend}")
+         for run in RUNS for backend in ("numpy", "native", "cupy-simulator")
+         if backend != "cupy-simulator" or run["name"] in SIMULATOR_RUNS]
+
+
+def test_the_simulator_sample_is_recorded():
+    assert set(SIMULATOR_RUNS) <= {r["name"] for r in RUNS}
+
+
+# NumPy is the independent implementation; the native backend is the kernels' host build, and the
+# CuPy backend on the simulator the kernels' device build: all must write the same whole files.
+@pytest.mark.parametrize("run, backend", CASES)
 def test_run_equals_llama_quantize(run, backend, work, monkeypatch):
     if backend == "native":
         _native_or_skip()
+    if backend == "cupy-simulator":
+        _native_or_skip()  # the simulator builds the kernels with the same C++ compiler
+        monkeypatch.setenv("GPUQUANT_CUDA_SIM", "1")
+        backend = "cupy"
     monkeypatch.chdir(work)  # the recorded runs name their files relative to their folder
     values = build_inputs(work, run)
     src = work / values["{model}"]
