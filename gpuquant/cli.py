@@ -21,7 +21,10 @@ def _fail(message: str, code: int = 1) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gpuquant")
 def main() -> None:
-    """GGUF quantizer for TTS.cpp models, byte-identical to ggml (CuPy GPU or NumPy CPU)."""
+    """GGUF quantizer for llama.cpp and TTS.cpp models, byte-identical to llama-quantize, TTS.cpp's
+    quantize and ggml's C quantizers: CuPy kernels on an NVIDIA GPU, the same kernels built for this
+    CPU (native), or NumPy. GPUQUANT_CUDA_SIM=1 runs --backend cupy on a CUDA simulator (slow, for
+    debugging)."""
 
 
 @main.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,7 +37,7 @@ def main() -> None:
          "or a llama.cpp mix name (Q4_K_M). Default Q4_0.",
 )
 @click.option("--n-threads", "-nt", "n_threads", type=int, default=None,
-              help="CPU threads for the NumPy backend (default: all cores).")
+              help="CPU threads for the native and NumPy backends (default: all cores); never changes bytes.")
 @click.option("--convert-dac-to-f16", "-df", is_flag=True, help="Store the audio codec (audio_encoder.*) as F16.")
 @click.option("--quantize-output-heads", "-qh", is_flag=True, help="Also quantize the output heads.")
 @click.option("--quantize-text-embedding", "-qe", is_flag=True, help="Also quantize the text embeddings.")
@@ -61,7 +64,8 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Show each tensor's type and the final size; write nothing.")
 @click.option("--max-buffer-size", metavar="MiB", help="Largest piece of a tensor held in memory at once.")
 @click.option("--backend", type=click.Choice(["auto", "native", "numpy", "cupy"]), default="auto", show_default=True,
-              help="auto: CuPy with a CUDA device, else native (the kernels built for this CPU), else NumPy.")
+              help="auto: CuPy with a CUDA device, else native (the kernels built for this CPU), else NumPy. "
+                   "cupy with GPUQUANT_CUDA_SIM=1: the CUDA simulator.")
 @click.option("--report", "reports", multiple=True, metavar="FILE.json|FILE.html",
               help="Write a report: every tensor's type, size and error; .html adds plots (repeatable).")
 @click.option("--report-sample", type=int, default=None, metavar="N",
