@@ -115,6 +115,11 @@ def test_writes_out_of_bounds_are_caught_by_the_guards(probe):
         launch(probe, "write_past_the_end", (1,), (128,), (y, np.int64(100), np.int64(1)))
 
 
+def test_writes_through_a_pointer_to_const_are_caught(probe):
+    with pytest.raises(sim.SimulatorError, match="wrote through const float\\* x, a pointer to const"):
+        launch(probe, "write_through_const", (1,), (4,), (sim.zeros(4, dtype=np.float32),))
+
+
 def test_allocations_start_aligned_like_cupy():
     for n in (1, 3, 100, 4097):
         assert sim.empty(n, dtype=np.uint8).data.ptr % sim.ALIGNMENT == 0

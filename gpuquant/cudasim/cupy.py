@@ -12,7 +12,8 @@ What it checks that a GPU run would only get wrong silently:
   pointer, a NumPy scalar of exactly the declared width and kind for a scalar (a Python int where
   the kernel takes gq_i64, or a float64 where it takes float, is an error, not a silent cast).
 - Every kernel runs twice, its threads (and blocks) in opposite orders, from the same device memory;
-  the two results must be the same bytes, or a race or a missing barrier is reported.
+  the two results must be the same bytes, or a race or a missing barrier is reported. Memory that
+  the kernel reaches only through pointers to const must come out unchanged.
 - Device allocations carry guard bytes on both sides, checked after every launch: a kernel that
   writes out of bounds fails.
 
@@ -477,9 +478,15 @@ class Function:
         # All device memory the kernel can reach: run it in one thread order, keep the result,
         # restore, run it in the other, compare.
         reachable = {id(v._allocation): v._allocation for p, v in values if p.kind == "pointer"}
+        writable = {id(v._allocation) for p, v in values if p.kind == "pointer" and not p.const}
         before = {k: a.whole.copy() for k, a in reachable.items()}
         self._run(grid3, block3, argv, reverse=False)
         forward = {k: a.whole.copy() for k, a in reachable.items()}
+        for p, v in values:  # memory reached only through pointers to const must come out unchanged
+            if p.kind != "pointer" or id(v._allocation) in writable:
+                continue
+            if not np.array_equal(forward[id(v._allocation)], before[id(v._allocation)]):
+                raise SimulatorError(f"{name} wrote through {p.c_type} {p.name}, a pointer to const")
         for k, a in reachable.items():
             a.whole[...] = before[k]
         self._run(grid3, block3, argv, reverse=True)

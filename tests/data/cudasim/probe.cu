@@ -71,6 +71,9 @@ __global__ void write_past_the_end(float* y, long long n, long long extra) {
     if (i < n + extra) y[i] = 1.0f;
 }
 
+// Writes through a pointer declared const (a cast away from const: undefined behaviour in CUDA).
+__global__ void write_through_const(const float* x) { const_cast<float*>(x)[threadIdx.x] = 2.0f; }
+
 // The bit intrinsics the kernels' device branches call.
 __global__ void intrinsics(const float* f, const int* v, unsigned int* bits, int* clz, int n) {
     const int i = threadIdx.x;
