@@ -8,7 +8,9 @@ The figures (all over the rows measured, every row unless a sample was asked for
   sqrt(sum_j w_j sum_i (x_ij - y_ij)^2 / sum_j w_j sum_i x_ij^2): each column weighted by its
   imatrix value, the per-column weight ggml's quantizers scale their error terms by.
 
-Sums are per column in float32 within a chunk (rows of one chunk), then float64 across chunks.
+Sums are per column in float32 within a part of a chunk, then float64 across parts and chunks, in
+row order. A part is a fixed number of rows (error_parts), whatever the thread count, so the same
+input always gives the same figures, bit for bit.
 """
 
 from __future__ import annotations
@@ -126,6 +128,25 @@ def chunk_sums(x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> ErrorSums:
     return out
 
 
+# Rows per part of the error sums: about this many weights, at least one row.
+ERROR_PART_WEIGHTS = 1 << 16
+
+
+def error_parts(rows: int, n_per_row: int) -> list[tuple[int, int]]:
+    """The row ranges [a, b) whose sums are taken apart and then added in order: fixed by the shape
+    alone (never by the thread count), so the figures are the same on every run."""
+    per_part = max(1, ERROR_PART_WEIGHTS // max(1, n_per_row))
+    return [(a, min(rows, a + per_part)) for a in range(0, rows, per_part)]
+
+
+def sum_in_order(parts, weighted: bool) -> ErrorSums:
+    """ErrorSums of parts listed in row order, added in that order."""
+    total = ErrorSums(weighted=weighted)
+    for part in parts:
+        total.add(part)
+    return total
+
+
 def sample_rows(name: str, n_rows: int, n_sample: int | None) -> np.ndarray | None:
     """The sorted rows measured of a tensor: None for every row."""
     if n_sample is None or n_sample >= n_rows:
@@ -177,15 +198,13 @@ class ErrorMeter:
         if self._fused is not None:
             return self._fused(x, q, qtype, w)
         y = self.backend.dequantize(np.ascontiguousarray(q), qtype, n)
-        if self._pool is None or rows < 2:
-            return chunk_sums(x, y, w)
-        bounds = np.linspace(0, rows, min(rows, 4 * self._n_threads) + 1).astype(int)
-        parts = self._pool.map(lambda ab: chunk_sums(x[ab[0]:ab[1]], y[ab[0]:ab[1]], w),
-                               [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
-        total = ErrorSums(weighted=w is not None)
-        for part in parts:
-            total.add(part)
-        return total
+
+        def part(ab: tuple[int, int]) -> ErrorSums:
+            return chunk_sums(x[ab[0]:ab[1]], y[ab[0]:ab[1]], w)
+
+        ranges = error_parts(rows, n)
+        parts = map(part, ranges) if self._pool is None else self._pool.map(part, ranges)  # map keeps order
+        return sum_in_order(parts, w is not None)
 
 
 def weighted_mean(values: list[tuple[float | None, int]]) -> float | None:

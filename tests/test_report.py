@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import gpuquant
+from gpuquant.backends.numpy_backend import NumpyBackend
 from gpuquant.cli import main
 from gpuquant.quant_error import ErrorMeter, chunk_sums, sample_rows
 from gpuquant.synthetic_llama import write_llama_model, write_synthetic_imatrix
@@ -335,3 +337,44 @@ def test_diff_with_imatrix_gives_the_runs_weighted_figures(tmp_path, layout):
             assert got == pytest.approx(want, rel=1e-6), t["name"]
     text = CliRunner().invoke(main, ["diff", "--imatrix", str(imatrix), str(src), str(out)]).output
     assert "importance-weighted" in text
+
+
+def test_error_sums_are_the_same_bits_whatever_the_threads():
+    # Parts of fixed row ranges added in row order: neither the thread count nor which thread
+    # finishes first changes a bit (they did when parts were added as threads finished).
+    from gpuquant.backends.native import NativeBackend
+
+    rng = np.random.default_rng(17)
+    x = (rng.standard_normal((1024, 4096)) * 0.02).astype(np.float32)
+    w = rng.random(4096).astype(np.float32)
+    t = gpuquant.resolve("Q4_0")
+    q = NativeBackend(1).quantize(x, t, None)
+    seen = set()
+    for threads in (1, 2, 3, 8):
+        backend = NativeBackend(threads)
+        for _ in range(5 if threads == 8 else 1):
+            s = backend.error_sums(x, q, t, w)
+            seen.add((s.rows, s.sum_sq_x, s.sum_sq_err, s.w_sum_sq_x, s.w_sum_sq_err, s.max_abs))
+    assert len(seen) == 1
+    numpy_meters = set()
+    for threads in (1, 3):
+        meter = ErrorMeter(NumpyBackend(), threads)
+        s = meter.measure(x[:300], q[:300], t, w)
+        meter.close()
+        numpy_meters.add((s.rows, s.sum_sq_x, s.sum_sq_err, s.w_sum_sq_x, s.w_sum_sq_err, s.max_abs))
+    assert len(numpy_meters) == 1
+
+
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+def test_report_is_the_same_whatever_the_threads(model, tmp_path, backend):
+    # The same input, type and options: the same report, timings and the thread count aside.
+    reports = []
+    for i, threads in enumerate((1, 2, 3, 8, 8)):
+        rep = tmp_path / f"r{i}.json"
+        _run([model["src"], tmp_path / f"o{i}.gguf", "Q4_K_M", threads, "--imatrix", model["imatrix"],
+              "--backend", backend, "--report", rep, "-q"])
+        data = json.loads(rep.read_text())
+        for key in ("seconds", "threads", "outputs"):
+            data.pop(key)
+        reports.append(json.dumps(data, sort_keys=True))
+    assert len(set(reports)) == 1

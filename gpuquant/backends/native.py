@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import hostkernels
 from ..qtypes import QType
-from ..quant_error import ErrorSums
+from ..quant_error import ErrorSums, error_parts, sum_in_order
 from . import Chunk, check_finite_rows
 
 # Rows per task: small enough to balance the threads, big enough to amortize a ctypes call.
@@ -40,7 +40,7 @@ class NativeBackend:
         bounds = np.linspace(0, rows, n_tasks + 1).astype(int)
         return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
-    def _run(self, fn, ranges: list[tuple[int, int]]) -> None:
+    def _run(self, fn, ranges: list[tuple[int, ...]]) -> None:
         if self._pool is None or len(ranges) == 1:
             for r in ranges:
                 fn(*r)
@@ -69,17 +69,18 @@ class NativeBackend:
         """The error pass in one sweep (kernels/host_error.cpp): x against dequantize(q), rows over threads."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32).reshape(-1)
-        parts: list[np.ndarray] = []
+        ranges = error_parts(x.shape[0], x.shape[1])
+        parts: list[ErrorSums | None] = [None] * len(ranges)
 
-        def run(a: int, b: int) -> None:
-            parts.append(hostkernels.error_sums(x[a:b], q[a:b], qtype, w))
+        def run(i: int) -> None:
+            a, b = ranges[i]
+            p = hostkernels.error_sums(x[a:b], q[a:b], qtype, w)
+            parts[i] = ErrorSums(rows=b - a, sum_sq_x=float(p[0]), sum_sq_err=float(p[1]), w_sum_sq_x=float(p[2]),
+                                 w_sum_sq_err=float(p[3]), max_abs=float(p[4]), weighted=w is not None)
 
-        self._run(run, self._split(x.shape[0], x.shape[1]))
-        total = ErrorSums(rows=x.shape[0], weighted=w is not None)
-        for p in parts:
-            total.add(ErrorSums(sum_sq_x=float(p[0]), sum_sq_err=float(p[1]), w_sum_sq_x=float(p[2]),
-                                w_sum_sq_err=float(p[3]), max_abs=float(p[4]), weighted=w is not None))
-        return total
+        # Parts in row order whatever thread finished first: the figures never depend on the threads.
+        self._run(run, [(i,) for i in range(len(ranges))])
+        return sum_in_order(parts, w is not None)
 
     def dequantize(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
         rows = q.shape[0]
