@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := build/demo
 
-.PHONY: install demo test lint bench fuzz gpu-test reference reference-record clean
+.PHONY: install demo test lint bench fuzz gpu-test gpu-test-sim reference reference-record clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,11 @@ reference-record: install
 # no install step, no downloads.
 gpu-test:
 	PYTHONPATH=$(CURDIR):$$PYTHONPATH $(PYTHON) benchmarks/gpu_test.py
+
+# The same script end to end on the CUDA simulator (no GPU, no CuPy; a C++ compiler): small sizes,
+# the simulator's speeds. CI runs it too (tests/test_gpu_test_rehearsal.py).
+gpu-test-sim: install
+	$(BIN)/python benchmarks/gpu_test.py --simulator
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache
