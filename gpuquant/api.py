@@ -50,7 +50,7 @@ def check_input(x: np.ndarray, t: QType, imatrix: np.ndarray | None) -> tuple[np
         check_importances(imatrix, "imatrix")
     elif t.requires_imatrix:
         raise ValueError(f"type {t.name} requires an importance matrix")
-    if t.family == "iq-grid" and not np.all(np.isfinite(x)):
+    if t.family == "lattice" and not np.all(np.isfinite(x)):
         # ggml's lattice searches have no defined result for NaN or Inf (they index out of tables)
         row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise ValueError(f"{t.name} cannot quantize NaN or Inf (row {row})")

@@ -198,13 +198,6 @@ def _imatrix_name(name: str, new_to_old: dict[int, int]) -> str:
     return name[: m.start(1)] + str(old) + name[m.end(1) :]
 
 
-# llama_model_loader's guess of a file's type from its most common tensor type
-_GUESSED_FTYPE = {
-    "F32": 0, "F16": 1, "BF16": 32, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q8_0": 7, "Q2_K": 10,
-    "Q3_K": 12, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "TQ1_0": 36, "TQ2_0": 37, "IQ2_XXS": 19, "IQ2_XS": 20,
-    "IQ2_S": 28, "IQ3_XXS": 23, "IQ1_S": 24, "IQ1_M": 31, "IQ4_NL": 25, "IQ4_XS": 30, "IQ3_S": 26,
-    "NVFP4": 39, "Q1_0": 40, "Q2_0": 41,
-}
 _FTYPE_GUESSED = 1024
 
 
@@ -222,4 +215,6 @@ def _file_type(model: SourceModel, mix: Mix) -> int:
         counts[name] = counts.get(name, 0) + 1
         if counts[name] > best_count:
             best, best_count = name, counts[name]
-    return _GUESSED_FTYPE.get(best, 0) | _FTYPE_GUESSED
+    # llama_model_loader's guess of a file's type from its most common tensor type
+    guessed = QTYPES[best].llama_ftype if best in QTYPES else None
+    return (guessed or 0) | _FTYPE_GUESSED

@@ -24,32 +24,6 @@ F32 = QTYPES["F32"]
 # TTS.cpp: "only parler-tts gguf files should lack an explicit architecture"
 DEFAULT_ARCHITECTURE = "parler-tts"
 
-# llama.cpp's tensor_type_fallback (src/llama-quant.cpp): a type whose block does not divide the
-# row falls back to a 32-block type of as many bits per weight or more. Q1_0 and NVFP4 are not
-# in llama.cpp's table: Q1_0 goes where Q2_0 goes; NVFP4 goes to Q4_0, as many bits per weight
-# (MXFP4 would lose a quarter bit, and llama.cpp's fallbacks never lose bits).
-# The 32-block types (Q4_0 ... Q8_0, IQ4_NL, MXFP4) have nowhere smaller to go.
-_ROW_FALLBACK: dict[str, str] = {
-    "IQ1_S": "IQ4_NL",
-    "IQ1_M": "IQ4_NL",
-    "IQ2_XXS": "IQ4_NL",
-    "IQ2_XS": "IQ4_NL",
-    "IQ2_S": "IQ4_NL",
-    "IQ3_XXS": "IQ4_NL",
-    "IQ3_S": "IQ4_NL",
-    "IQ4_XS": "IQ4_NL",
-    "Q1_0": "Q4_0",
-    "Q2_0": "Q4_0",
-    "Q2_K": "Q4_0",
-    "Q3_K": "Q4_0",
-    "TQ1_0": "Q4_0",
-    "TQ2_0": "Q4_0",
-    "Q4_K": "Q5_0",
-    "Q5_K": "Q5_1",
-    "Q6_K": "Q8_0",
-    "NVFP4": "Q4_0",
-}
-
 
 class UnknownArchitecture(ValueError):
     """A `general.architecture` that no rule set covers."""
@@ -87,7 +61,7 @@ def row_fallback(qtype: QType, n_per_row: int) -> QType | None:
     """The type that can hold rows of n_per_row: qtype itself, its fallback, or None (keep as it is)."""
     current = qtype
     while n_per_row % current.block_size:
-        next_name = _ROW_FALLBACK.get(current.name)
+        next_name = current.fallback("tts.cpp")
         if next_name is None:
             return None
         current = QTYPES[next_name]

@@ -14,7 +14,7 @@ import gpuquant
 from gpuquant.cli import main
 from gpuquant.qtypes import QTYPES
 
-LATTICE = [n for n, t in QTYPES.items() if t.family == "iq-grid"]
+LATTICE = [n for n, t in QTYPES.items() if t.family == "lattice"]
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_no_numpy_warnings_on_extreme_inputs():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for name, t in QTYPES.items():
-            if t.family == "iq-grid" or not (512 % t.block_size == 0):
+            if t.family == "lattice" or not (512 % t.block_size == 0):
                 continue
             gpuquant.quantize(x, name, backend="numpy")
 

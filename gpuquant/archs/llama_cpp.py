@@ -237,22 +237,12 @@ def requires_imatrix(name: str, qtype: QType, mix: Mix) -> bool:
     return qtype.name == "Q2_K" and mix.name == "Q2_K_S"
 
 
-# tensor_type_fallback: a type whose block does not divide the row
-_FALLBACK = {
-    **dict.fromkeys(("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS"), "IQ4_NL"),
-    **dict.fromkeys(("Q2_0", "Q2_K", "Q3_K", "TQ1_0", "TQ2_0"), "Q4_0"),
-    "Q4_K": "Q5_0",
-    "Q5_K": "Q5_1",
-    "Q6_K": "Q8_0",
-}
-
-
 def row_fallback(t: TensorView, qtype: QType) -> QType:
     """The type llama-quantize stores when qtype's block does not divide the rows (F16 as a last resort)."""
     ncols = t.ne(0)
     if ncols % qtype.block_size == 0:
         return qtype
-    name = _FALLBACK.get(qtype.name)
+    name = qtype.fallback("llama.cpp")  # tensor_type_fallback
     if name is None:
         if qtype.block_size > 32:
             raise LlamaModelError(f"no tensor type fallback is defined for type {qtype.name} (tensor {t.name})")
