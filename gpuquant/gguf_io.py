@@ -14,7 +14,7 @@ import queue
 import re
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFValueType, GGUFWriter
 
 from .gguf_header import describe_damage
-from .qtypes import BY_ID, QType, copy_only_type
+from .qtypes import BY_ID, FAMILIES, QType, copy_only_type
 
 
 @dataclass(frozen=True)
@@ -184,11 +184,14 @@ class SourceModel:
         stop = t.n_bytes if stop is None else stop
         return self._maps[t.split][t.data_offset + start : t.data_offset + stop]
 
-    def rows_as_float32(self, t: SourceTensor, row_start: int, row_stop: int) -> np.ndarray:
-        """Rows [row_start, row_stop) of a float tensor, widened exactly to float32 [rows, n_per_row]."""
+    def rows_as_float32(self, t: SourceTensor, row_start: int, row_stop: int,
+                        dequantize: Callable[[np.ndarray, QType, int], np.ndarray] | None = None) -> np.ndarray:
+        """Rows [row_start, row_stop) of a tensor as float32 [rows, n_per_row]: a float tensor widened
+        exactly, a quantized one through `dequantize(rows, qtype, n_per_row)` (a backend's
+        dequantize_rows: the running backend's own, when requantizing)."""
         dtype = _NUMPY_SOURCE_DTYPES.get(t.qtype.name)
         if dtype is None:
-            return self._dequantized(t, row_start, row_stop)
+            return self._dequantized(t, row_start, row_stop, dequantize)
         row_bytes = t.n_per_row * t.qtype.type_size
         raw = self.raw_bytes(t, row_start * row_bytes, row_stop * row_bytes).view(dtype)
         raw = raw.reshape(row_stop - row_start, t.n_per_row)
@@ -198,15 +201,13 @@ class SourceModel:
             return raw.astype(np.float32)
         return (raw.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
-    def _dequantized(self, t: SourceTensor, row_start: int, row_stop: int) -> np.ndarray:
+    def _dequantized(self, t: SourceTensor, row_start: int, row_stop: int, dequantize) -> np.ndarray:
         """Rows of a quantized tensor as ggml's to_float gives them (for --allow-requantize)."""
-        from .backends.numpy import DEQUANTIZERS
-
-        if t.qtype.name not in DEQUANTIZERS:
+        if dequantize is None or t.qtype.family not in FAMILIES:
             raise GGUFInputError(f"tensor {t.name}: source type {t.qtype.name} cannot be converted")
         row_bytes = t.qtype.row_bytes(t.n_per_row)
         raw = self.raw_bytes(t, row_start * row_bytes, row_stop * row_bytes).reshape(row_stop - row_start, row_bytes)
-        return DEQUANTIZERS[t.qtype.name](np.ascontiguousarray(raw), t.n_per_row)
+        return dequantize(np.ascontiguousarray(raw), t.qtype, t.n_per_row)
 
     def release(self, t: SourceTensor, start: int = 0, stop: int | None = None) -> None:
         """Drop the mapped pages of a processed range so resident memory stays bounded (page cache stays)."""

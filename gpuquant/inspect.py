@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends import get_backend
 from .gguf_io import RawArray, SourceModel, SourceTensor
 from .imatrix import load_imatrix, weights_for
 from .mixes import CANONICAL
@@ -139,20 +140,22 @@ def _source_side(pairs: list[tuple[SourceTensor, SourceTensor]]) -> str | None:
 
 
 def _error_figures(src: SourceModel, s: SourceTensor, out: SourceModel, o: SourceTensor,
-                   sample: int | None, weights: np.ndarray | None) -> ErrorFigures:
-    """The error of tensor o (dequantized) against its float source s, as a quantizing run measures it
-    (weights: the tensor's imatrix columns, per expert for a 3-D tensor, or None)."""
+                   sample: int | None, weights: np.ndarray | None, dequantize) -> ErrorFigures:
+    """The error of tensor o (dequantized by `dequantize`, a backend's dequantize_rows) against its float
+    source s, as a quantizing run measures it (weights: the tensor's imatrix columns, per expert for a
+    3-D tensor, or None)."""
     from .pipeline import CHUNK_BYTES, row_chunks
 
     rows = sample_rows(s.name, s.n_rows, sample)
     sums = ErrorSums(weighted=weights is not None)
     for r0, r1, w in row_chunks(s, weights, CHUNK_BYTES):
         if rows is None:
-            sums.add(chunk_sums(src.rows_as_float32(s, r0, r1), out.rows_as_float32(o, r0, r1), w))
+            sums.add(chunk_sums(src.rows_as_float32(s, r0, r1), out.rows_as_float32(o, r0, r1, dequantize), w))
             continue
         for r in rows[(rows >= r0) & (rows < r1)]:  # a sample is small: row by row
             r = int(r)
-            sums.add(chunk_sums(src.rows_as_float32(s, r, r + 1), out.rows_as_float32(o, r, r + 1), w))
+            sums.add(chunk_sums(src.rows_as_float32(s, r, r + 1), out.rows_as_float32(o, r, r + 1, dequantize),
+                                  w))
     return sums.figures(s.n_rows)
 
 
@@ -194,6 +197,8 @@ def diff_files(a: str | os.PathLike[str], b: str | os.PathLike[str], errors: boo
         if source is not None:
             (src_model, src_tensors), (out_model, out_tensors) = ((ma, ta), (mb, tb)) if source == "a" \
                 else ((mb, tb), (ma, ta))
+            # the quantized side dequantized as on this machine's quantizing runs (native, else NumPy)
+            dequantize = get_backend("auto", n_threads=os.cpu_count() or 1).dequantize_rows
             for t in tensors:
                 s, o = src_tensors[t["name"]], out_tensors[t["name"]]
                 if s.shape_gguf != o.shape_gguf:
@@ -204,7 +209,7 @@ def diff_files(a: str | os.PathLike[str], b: str | os.PathLike[str], errors: boo
                 # as a quantizing run: importance weights for the block types only
                 w = weights_for(matrix, t["name"], s.shape_gguf) if matrix is not None and not o.qtype.is_float \
                     else None
-                t["error"] = _error_figures(src_model, s, out_model, o, sample, w).as_dict()
+                t["error"] = _error_figures(src_model, s, out_model, o, sample, w, dequantize).as_dict()
                 if not t["same_type"]:
                     rel.append((t["error"]["rel_rmse"], s.n_elements))
                     weighted.append((t["error"]["weighted_rel_error"], s.n_elements))

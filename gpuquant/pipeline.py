@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from .backends import NonFiniteError, get_backend, native_backend
-from .backends.numpy import DEQUANTIZERS
 from .gguf_io import AtomicGGUFWriter, MetadataEntry, PlannedTensor, SourceModel, WriteBehind
 from .imatrix import Imatrix, check_importances, load_imatrix, select_entries, weights_for
 from .mixes import Mix, resolve_type_or_mix
@@ -125,8 +124,8 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
     summary = Summary(str(model.path), str(dst) if dst else "(dry run)", plan.requested, plan.architecture,
                       be.name, n_threads)
     summary.family = plan.family
-    summary.backend_reason = getattr(be, "reason", "")
-    summary.backend_description = getattr(be, "description", "")
+    summary.backend_reason = be.reason
+    summary.backend_description = be.description
     summary.dry_run = dry_run
     summary.report_sample = report_sample if measure_error else None
     summary.error_measured = measure_error and not dry_run
@@ -158,13 +157,13 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
     # (the GPU engine) overlaps tensors too, not only the chunks of one tensor.
     conversions = [(e, w) for e, w in zip(entries, weights, strict=True) if e.decision.qtype != e.source.qtype]
     chunk_ranges = {id(e): list(row_chunks(e.source, w, chunk_bytes)) for e, w in conversions}
-    meter = ErrorMeter(_error_backend(be, n_threads), n_threads, report_sample) if measure_error else None
+    meter = ErrorMeter(_error_backend(be, n_threads), report_sample) if measure_error else None
 
     def chunks():
         for e, _ in conversions:
             measured = meter.rows_to_measure(e.name, e.source.n_rows) if meter else None
             for r0, r1, wc in chunk_ranges[id(e)]:
-                x = model.rows_as_float32(e.source, r0, r1)
+                x = model.rows_as_float32(e.source, r0, r1, be.dequantize_rows)  # requantizing: be's own
                 if meter:
                     meter.remember(x, r0, measured)
                 yield x, e.decision.qtype, wc
@@ -176,7 +175,7 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
             writers = [stack.enter_context(AtomicGGUFWriter(path, metadata, planned, model.alignment))
                        for path, metadata, planned in shards]
             for file_writer, (_, _, planned) in zip(writers, shards, strict=True):
-                writer = WriteBehind(file_writer, outputs_owned=getattr(be, "outputs_owned", False))
+                writer = WriteBehind(file_writer, outputs_owned=be.outputs_owned)
                 try:
                     for _ in planned:
                         e, record = entries[index], records[index]
@@ -202,12 +201,10 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
                 file_writer.commit()
     finally:
         outputs.close()  # stops a backend working ahead (GPU streams, staging threads)
-        if meter:
-            meter.close()
         if report:
             report.close()
     summary.outputs = [str(path) for path, _, _ in shards]
-    for note in getattr(be, "notes", ()):  # what the backend found out while running
+    for note in be.notes:  # what the backend found out while running
         summary.warnings.append(note)
         if report:
             report.warn(note)
@@ -219,7 +216,7 @@ def _error_backend(be, n_threads: int):
     """The backend whose pass measures the error: the running one, except that a GPU run measures on
     the host with the native build where there is one (the inputs are on the host anyway, and the
     device memory belongs to the streaming engine)."""
-    if getattr(be, "runs_on_device", False):
+    if be.runs_on_device:
         native, _ = native_backend(n_threads)
         if native is not None:
             return native
@@ -284,7 +281,7 @@ def _check_plan(plan: ModelPlan, be, imatrix, allow_requantize: bool, dry_run: b
                 )
             if not be.supports(d.qtype):
                 raise ValueError(f"type {d.qtype.name} is not supported yet by the {be.name} backend")
-            if not t.qtype.is_float and t.qtype.name not in DEQUANTIZERS:
+            if not t.qtype.is_float and not be.supports(t.qtype):
                 raise ValueError(f"tensor {e.name}: cannot dequantize its type {t.qtype.name}")
             if imatrix is not None and not d.qtype.is_float:
                 w = weights_for(imatrix, e.imatrix_name, t.shape_gguf)

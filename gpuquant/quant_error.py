@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import zlib
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,21 +157,14 @@ def sample_rows(name: str, n_rows: int, n_sample: int | None) -> np.ndarray | No
 class ErrorMeter:
     """Measures each chunk's output against its input, in the order the chunks were handed to the
     backend: `remember` an input when it goes in, `measure_next` its output when it comes out. The
-    measuring goes through the backend's own error pass where it has one (native), else through its
-    dequantize and NumPy, rows split over threads (numpy releases the GIL)."""
+    measuring is the backend's own error pass (Backend.error_sums: native's one sweep, NumPy's over
+    its threads, or dequantize and compare)."""
 
-    def __init__(self, backend, n_threads: int = 1, sample: int | None = None) -> None:
+    def __init__(self, backend, sample: int | None = None) -> None:
         self.backend = backend
         self.sample = sample
-        self._n_threads = n_threads
-        self._fused = getattr(backend, "error_sums", None)  # the native backend's one-sweep pass
-        self._pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and self._fused is None else None
         # inputs handed to the backend and not yet measured, oldest first (only the sampled rows)
         self._pending: deque[tuple[np.ndarray, np.ndarray | None]] = deque()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
 
     def rows_to_measure(self, name: str, n_rows: int) -> np.ndarray | None:
         return sample_rows(name, n_rows, self.sample)
@@ -192,19 +184,9 @@ class ErrorMeter:
 
     def measure(self, x: np.ndarray, q: np.ndarray, qtype: QType, w: np.ndarray | None) -> ErrorSums:
         """x float32 [rows, n] and its quantized rows q [rows, row_bytes]."""
-        rows, n = x.shape
-        if rows == 0:
+        if x.shape[0] == 0:
             return ErrorSums(weighted=w is not None)
-        if self._fused is not None:
-            return self._fused(x, q, qtype, w)
-        y = self.backend.dequantize(np.ascontiguousarray(q), qtype, n)
-
-        def part(ab: tuple[int, int]) -> ErrorSums:
-            return chunk_sums(x[ab[0]:ab[1]], y[ab[0]:ab[1]], w)
-
-        ranges = error_parts(rows, n)
-        parts = map(part, ranges) if self._pool is None else self._pool.map(part, ranges)  # map keeps order
-        return sum_in_order(parts, w is not None)
+        return self.backend.error_sums(x, q, qtype, w)
 
 
 def weighted_mean(values: list[tuple[float | None, int]]) -> float | None:

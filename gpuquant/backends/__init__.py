@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from ..qtypes import QType
+from ..quant_error import ErrorSums, chunk_sums, error_parts, sum_in_order
 
 # One piece of work for the file pipeline: float32 rows [rows, n_per_row], the type, the imatrix.
 Chunk = tuple[np.ndarray, QType, "np.ndarray | None"]
@@ -31,7 +32,15 @@ def check_finite_rows(x: np.ndarray, first_row: int, enabled: bool) -> None:
 
 
 class Backend(Protocol):
-    name: str
+    """Everything the pipeline, the error meter and the API use of a backend (BackendBase gives the
+    defaults)."""
+
+    name: str  # "numpy", "native", "cupy"
+    description: str  # the summary's words for it, e.g. "CuPy (CUDA simulator)"
+    reason: str  # why it was picked (get_backend sets it)
+    notes: list[str]  # what it found out while running, told to the user once a run ends
+    outputs_owned: bool  # quantize_chunks yields arrays it never reuses: a writer may keep them
+    runs_on_device: bool  # computes on a GPU (its inputs stay on the host too)
 
     def supports(self, qtype: QType) -> bool: ...
 
@@ -43,6 +52,10 @@ class Backend(Protocol):
         """uint8 [rows, row_bytes] -> float32 [rows, n_per_row], on the host."""
         ...
 
+    def dequantize_rows(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
+        """A quantized source's stored rows as ggml's to_float gives them (requantizing)."""
+        ...
+
     def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
         """The file pipeline's entry: quantize each chunk, yielding host uint8 outputs in order.
 
@@ -52,6 +65,38 @@ class Backend(Protocol):
         as values) that holds NaN or Inf raises NonFiniteError when its output is due.
         """
         ...
+
+    def error_sums(self, x: np.ndarray, q: np.ndarray, qtype: QType, weights: np.ndarray | None) -> ErrorSums:
+        """The error sums of float32 rows x against q, their quantized rows (quant_error.py)."""
+        ...
+
+
+class BackendBase:
+    """The defaults of the Backend protocol; each backend overrides what it does its own way."""
+
+    name = ""
+    reason = ""
+    outputs_owned = False
+    runs_on_device = False
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    @property
+    def description(self) -> str:
+        return self.name
+
+    def dequantize(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def dequantize_rows(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
+        return self.dequantize(np.ascontiguousarray(q), qtype, n_per_row)
+
+    def error_sums(self, x: np.ndarray, q: np.ndarray, qtype: QType, weights: np.ndarray | None) -> ErrorSums:
+        """Through the backend's own dequantize: parts of fixed row ranges, added in order."""
+        y = self.dequantize(np.ascontiguousarray(q), qtype, x.shape[1])
+        parts = (chunk_sums(x[a:b], y[a:b], weights) for a, b in error_parts(*x.shape))
+        return sum_in_order(parts, weights is not None)
 
 
 BACKEND_NAMES = ("auto", "native", "numpy", "cupy")

@@ -16,17 +16,18 @@ import numpy as np
 from .. import hostkernels
 from ..qtypes import QType
 from ..quant_error import ErrorSums, error_parts, sum_in_order
-from . import Chunk, check_finite_rows
+from . import BackendBase, Chunk, check_finite_rows
 
 # Rows per task: small enough to balance the threads, big enough to amortize a ctypes call.
 _MIN_WEIGHTS_PER_TASK = 1 << 16
 
 
-class NativeBackend:
+class NativeBackend(BackendBase):
     name = "native"
     outputs_owned = True  # quantize_chunks yields fresh arrays
 
     def __init__(self, n_threads: int = 1) -> None:
+        super().__init__()
         self.n_threads = max(1, int(n_threads))
         hostkernels.library()  # compiles on first use; RuntimeError without a compiler
         self._pool = ThreadPoolExecutor(self.n_threads) if self.n_threads > 1 else None
