@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..qtypes import QType
-from . import Chunk, check_finite_rows
+from ..quant_error import ErrorSums, chunk_sums, error_parts, sum_in_order
+from . import BackendBase, Chunk, check_finite_rows
 from .numpy import DEQUANTIZERS, QUANTIZERS
 
 # Weights per task: the K and IQ quantizers run many small numpy steps per call, and tasks
@@ -16,11 +17,12 @@ from .numpy import DEQUANTIZERS, QUANTIZERS
 _MIN_WEIGHTS_PER_TASK = 1 << 18
 
 
-class NumpyBackend:
+class NumpyBackend(BackendBase):
     name = "numpy"
     outputs_owned = True  # quantize_chunks yields fresh arrays: a writer may keep them
 
     def __init__(self, n_threads: int = 1) -> None:
+        super().__init__()
         self.n_threads = max(1, int(n_threads))
         self._pool = ThreadPoolExecutor(self.n_threads) if self.n_threads > 1 else None
 
@@ -64,3 +66,14 @@ class NumpyBackend:
         with np.errstate(all="ignore"):
             return DEQUANTIZERS[qtype.name](q, n_per_row)
 
+    def error_sums(self, x: np.ndarray, q: np.ndarray, qtype: QType, weights: np.ndarray | None) -> ErrorSums:
+        """Dequantize, then the sums of fixed row ranges over the threads, added in row order."""
+        y = self.dequantize(np.ascontiguousarray(q), qtype, x.shape[1])
+
+        def part(ab: tuple[int, int]) -> ErrorSums:
+            a, b = ab
+            return chunk_sums(x[a:b], y[a:b], weights)
+
+        ranges = error_parts(*x.shape)
+        parts = map(part, ranges) if self._pool is None else self._pool.map(part, ranges)  # map keeps order
+        return sum_in_order(parts, weights is not None)
