@@ -17,8 +17,12 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .backends.numpy.lattice import LatticeTables
 
 from .qtypes import QType, resolve
 
@@ -187,32 +191,12 @@ def library() -> ctypes.CDLL:
 _lattice_arrays: list[np.ndarray] = []
 
 
-def lattice_tables(type_name: str) -> dict[str, np.ndarray]:
-    """The NumPy backend's lattice of a lattice IQ type as the kernels read it (GqLattice): int32
-    code map and neighbour lists, uint8 level indices and dequantization levels, the sign table."""
-    from .backends.numpy import iq_grid
-    from .backends.numpy import iq_grid_tables as tables
+def lattice_tables(type_name: str) -> LatticeTables:
+    """A lattice IQ type's tables as the kernels take them, in their order (GqLattice's fields): the
+    NumPy backend's lattice module builds them, once per type."""
+    from .backends.numpy.lattice import kernel_tables
 
-    lattice, values = {
-        "IQ2_XXS": (iq_grid._iq2_lattice(256), tables.IQ2XXS_GRID),
-        "IQ2_XS": (iq_grid._iq2_lattice(512), tables.IQ2XS_GRID),
-        "IQ2_S": (iq_grid._iq2_lattice(1024), tables.IQ2S_GRID),
-        "IQ3_XXS": (iq_grid._iq3_lattice(256), tables.IQ3XXS_GRID),
-        "IQ3_S": (iq_grid._iq3_lattice(512), tables.IQ3S_GRID),
-        "IQ1_S": (iq_grid._iq1_lattice(), tables.IQ1S_GRID),
-        "IQ1_M": (iq_grid._iq1_lattice(), tables.IQ1S_GRID),
-    }[type_name]
-    return {
-        "grid_of_code": np.ascontiguousarray(lattice.grid_of_code, dtype=np.int32),
-        "neighbour_start": np.ascontiguousarray(lattice.neighbour_start, dtype=np.int32),
-        "neighbour_count": np.ascontiguousarray(lattice.neighbour_count, dtype=np.int32),
-        "neighbours": np.ascontiguousarray(lattice.neighbours, dtype=np.int32),
-        "level_index": np.ascontiguousarray(lattice.level_index, dtype=np.uint8),
-        "values": np.ascontiguousarray(values).view(np.uint8).copy(),
-        "ksigns": np.ascontiguousarray(tables.KSIGNS_IQ2XS, dtype=np.uint8),
-        "dims": np.int32(lattice.dims),
-        "bits": np.int32(lattice.bits),
-    }
+    return kernel_tables(type_name)
 
 
 _lattice_lock = threading.Lock()
@@ -226,12 +210,11 @@ def _ensure_lattice(t: QType) -> None:
     with _lattice_lock:
         if t.name in _lattices_set:
             return
-        tab = lattice_tables(t.name)
-        arrays = [tab[k] for k in ("grid_of_code", "neighbour_start", "neighbour_count", "neighbours",
-                                   "level_index", "values", "ksigns")]
+        tables = lattice_tables(t.name)
+        arrays = tables[:7]  # the pointers, then dims and bits: gq_set_lattice's order is the tuple's
         _lattice_arrays.extend(arrays)
-        status = library().gq_set_lattice(t.ggml_id, *(a.ctypes.data for a in arrays), int(tab["dims"]),
-                                          int(tab["bits"]))
+        status = library().gq_set_lattice(t.ggml_id, *(a.ctypes.data for a in arrays), int(tables.dims),
+                                          int(tables.bits))
         if status != 0:
             raise RuntimeError(f"gq_set_lattice({t.name}) failed with status {status}")
         _lattices_set.add(t.name)

@@ -5,7 +5,7 @@ in the magnitudes: groups of 4 (IQ3) or 8 (IQ2, IQ1) levels must form one of the
 The scale search tries a range of scales; a group that rounds to a point off the grid takes the
 best grid point of a precomputed neighbour list (weighted distance, first minimum in list order).
 IQ1_S and IQ1_M instead split the sorted weights exhaustively into three levels. The super-block
-stores one fp16 scale and a small multiplier per sub-block. Grid tables: iq_grid_tables.py.
+stores one fp16 scale and a small multiplier per sub-block. Grid tables: lattice_grids.py.
 
 Layout inside the search: [sub, n_sub_blocks] (in-block index first) so that each of ggml's
 in-order sums is a loop of contiguous vector adds over sub-blocks; groups are [groups, dims, n].
@@ -14,10 +14,11 @@ in-order sums is a loop of contiguous vector adds over sub-blocks; groups are [g
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
-from . import iq_grid_tables as tables
+from . import lattice_grids as grids
 from .blocks import quantize_weighted_in_chunks
 from .kquant_search import make_qp_quants
 from .rounding import fp16_bits, fp16_bits_to_f32, nearest_int
@@ -155,8 +156,8 @@ class Lattice:
 @functools.cache
 def _iq3_lattice(grid_size: int) -> Lattice:
     if grid_size == 256:
-        return Lattice(tables.KGRID_3BIT_256, dims=4, bits=3, kmap_size=4096, nwant=2)
-    return Lattice(tables.KGRID_3BIT_512, dims=4, bits=3, kmap_size=4096, nwant=3)
+        return Lattice(grids.KGRID_3BIT_256, dims=4, bits=3, kmap_size=4096, nwant=2)
+    return Lattice(grids.KGRID_3BIT_512, dims=4, bits=3, kmap_size=4096, nwant=3)
 
 
 def _sequential_sum(columns: np.ndarray) -> np.ndarray:
@@ -355,7 +356,7 @@ def _pack_nibble_pairs(values: np.ndarray) -> np.ndarray:
 
 def _unpack_sign_words(words: np.ndarray) -> np.ndarray:
     """The 8-bit signs (even parity restored) of the four 7-bit sign codes in bits 0-27 of each word."""
-    return tables.KSIGNS_IQ2XS[_unpack_fields(words, 7, 4)]
+    return grids.KSIGNS_IQ2XS[_unpack_fields(words, 7, 4)]
 
 
 def _pack_sign_words(signs: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
@@ -452,7 +453,7 @@ def dequantize_iq3_xxs(q: np.ndarray, n_per_row: int) -> np.ndarray:
     grid_idx = blocks[:, 2:66]
     packed = blocks[:, 66:98].copy().view("<u4")  # [nb, 8]
     db = d[:, None] * (_HALF + (packed >> 28).astype(np.float32)) * _HALF
-    return _signed_grid_values(tables.IQ3XXS_GRID, grid_idx, db, _unpack_sign_words(packed), q.shape[:1] + (n_per_row,))
+    return _signed_grid_values(grids.IQ3XXS_GRID, grid_idx, db, _unpack_sign_words(packed), q.shape[:1] + (n_per_row,))
 
 
 def _quantize_iq3_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
@@ -498,15 +499,15 @@ def dequantize_iq3_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
     multipliers = _unpack_nibble_pairs(blocks[:, 106:110])
     db = d[:, None] * (1 + 2 * multipliers.astype(np.int32)).astype(np.float32)
     signs = blocks[:, 74:106].reshape(-1, 8, 4)
-    return _signed_grid_values(tables.IQ3S_GRID, grid_idx, db, signs, q.shape[:1] + (n_per_row,))
+    return _signed_grid_values(grids.IQ3S_GRID, grid_idx, db, signs, q.shape[:1] + (n_per_row,))
 
 
 @functools.cache
 def _iq2_lattice(grid_size: int) -> Lattice:
     kgrid, nwant = {
-        256: (tables.KGRID_2BIT_256, 2),
-        512: (tables.KGRID_2BIT_512, 2),
-        1024: (tables.KGRID_2BIT_1024, 1),
+        256: (grids.KGRID_2BIT_256, 2),
+        512: (grids.KGRID_2BIT_512, 2),
+        1024: (grids.KGRID_2BIT_1024, 1),
     }[grid_size]
     return Lattice(kgrid, dims=8, bits=2, kmap_size=43692, nwant=nwant)
 
@@ -547,7 +548,7 @@ def dequantize_iq2_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
     multipliers = _unpack_nibble_pairs(blocks[:, 74:82])
     db = d[:, None] * (_HALF + multipliers.astype(np.float32)) * np.float32(0.25)
     signs = blocks[:, 34:66].reshape(-1, 16, 2)
-    return _signed_grid_values(tables.IQ2S_GRID, grid_idx.reshape(-1, 16, 2), db, signs, q.shape[:1] + (n_per_row,))
+    return _signed_grid_values(grids.IQ2S_GRID, grid_idx.reshape(-1, 16, 2), db, signs, q.shape[:1] + (n_per_row,))
 
 
 def _quantize_iq2_xs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
@@ -586,8 +587,8 @@ def dequantize_iq2_xs(q: np.ndarray, n_per_row: int) -> np.ndarray:
     points = blocks[:, 2:66].copy().view("<u2").reshape(-1, 16, 2)
     multipliers = _unpack_nibble_pairs(blocks[:, 66:74])
     db = d[:, None] * (_HALF + multipliers.astype(np.float32)) * np.float32(0.25)
-    signs = tables.KSIGNS_IQ2XS[points >> 9]
-    return _signed_grid_values(tables.IQ2XS_GRID, points & 511, db, signs, q.shape[:1] + (n_per_row,))
+    signs = grids.KSIGNS_IQ2XS[points >> 9]
+    return _signed_grid_values(grids.IQ2XS_GRID, points & 511, db, signs, q.shape[:1] + (n_per_row,))
 
 
 def _quantize_iq2_xxs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
@@ -629,7 +630,7 @@ def dequantize_iq2_xxs(q: np.ndarray, n_per_row: int) -> np.ndarray:
     grid_idx = blocks[:, 2:66].reshape(-1, 8, 8)[:, :, 0:4]
     packed = words[:, :, 1]
     db = d[:, None] * (_HALF + (packed >> 28).astype(np.float32)) * np.float32(0.25)
-    return _signed_grid_values(tables.IQ2XXS_GRID, grid_idx, db, _unpack_sign_words(packed), q.shape[:1] + (n_per_row,))
+    return _signed_grid_values(grids.IQ2XXS_GRID, grid_idx, db, _unpack_sign_words(packed), q.shape[:1] + (n_per_row,))
 
 
 _IQ1_DELTA = np.float32(0.125)
@@ -640,7 +641,7 @@ _IQ1_DOWN = np.array([-1 - 0.125, -0.125, 1 - 0.125], dtype=np.float32)
 
 @functools.cache
 def _iq1_lattice() -> Lattice:
-    return Lattice(tables.KGRID_1BIT_2048, dims=8, bits=2, kmap_size=43692, nwant=3)
+    return Lattice(grids.KGRID_1BIT_2048, dims=8, bits=2, kmap_size=43692, nwant=3)
 
 
 def _iq1_best_split(sumx: np.ndarray, sumw: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -786,7 +787,7 @@ def dequantize_iq1_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
     grid_idx = blocks[:, 2:34].reshape(-1, 8, 4).astype(np.int32) | high << 8
     dl = d[:, None] * (2 * ((qh >> 12) & 7) + 1).astype(np.float32)
     delta = np.where(qh & 0x8000, -_IQ1_DELTA, _IQ1_DELTA)
-    levels = tables.IQ1S_GRID[grid_idx].view(np.int8).reshape(-1, 8, 32).astype(np.float32)
+    levels = grids.IQ1S_GRID[grid_idx].view(np.int8).reshape(-1, 8, 32).astype(np.float32)
     values = dl[:, :, None] * (levels + delta[:, :, None])
     return values.reshape(q.shape[0], n_per_row)
 
@@ -916,7 +917,7 @@ def dequantize_iq1_m(q: np.ndarray, n_per_row: int) -> np.ndarray:
     nibbles = _unpack_nibble_pairs(blocks[:, 32:48].astype(np.int32))  # per group of 8
     grid_idx = blocks[:, 0:32].astype(np.int32) | (nibbles & 7) << 8
     delta = np.where(nibbles & 8, -_IQ1_DELTA, _IQ1_DELTA)
-    levels = tables.IQ1S_GRID[grid_idx].view(np.int8).reshape(-1, 32, 8).astype(np.float32)
+    levels = grids.IQ1S_GRID[grid_idx].view(np.int8).reshape(-1, 32, 8).astype(np.float32)
     values = np.repeat(dl, 2, axis=1)[:, :, None] * (levels + delta[:, :, None])
     return values.reshape(q.shape[0], n_per_row)
 
@@ -939,3 +940,66 @@ DEQUANTIZERS: dict = {
     "IQ1_S": dequantize_iq1_s,
     "IQ1_M": dequantize_iq1_m,
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# The tables as the kernels take them
+# ---------------------------------------------------------------------------------------------
+
+
+class LatticeTables(NamedTuple):
+    """A lattice type's tables in the kernels' order: the fields of GqLattice (kernels/lattice.cuh),
+    GQ_LATTICE_PARAMS (kernels/lattice.cu) and gq_set_lattice (kernels/host_lattice.cpp). Both hosts of
+    the kernels pass them in this order: the seven arrays (`tables[:7]`), then dims and bits."""
+
+    grid_of_code: np.ndarray  # int32 [kmap size]: grid index of a level code, -1 off the lattice
+    neighbour_start: np.ndarray  # int32 [kmap size]: first entry of a code's list in `neighbours`
+    neighbour_count: np.ndarray  # int32 [kmap size]
+    neighbours: np.ndarray  # int32: grid indices, by increasing distance, ties by index
+    level_index: np.ndarray  # uint8 [grid size, dims]: l of each level (the level is 2 l + 1)
+    values: np.ndarray  # uint8 [grid size * dims]: the levels as the dequantizer reads them
+    ksigns: np.ndarray  # uint8 [128]: 7 stored sign bits -> 8 with even parity
+    dims: np.int32  # 4 (IQ3) or 8 (IQ2, IQ1)
+    bits: np.int32  # bits per level index: 3 (IQ3) or 2 (IQ2, IQ1)
+
+
+def _lattice_and_grid(type_name: str) -> tuple[Lattice, np.ndarray]:
+    """The quantizer's lattice and the dequantization grid of a lattice type."""
+    if type_name == "IQ2_XXS":
+        return _iq2_lattice(256), grids.IQ2XXS_GRID
+    if type_name == "IQ2_XS":
+        return _iq2_lattice(512), grids.IQ2XS_GRID
+    if type_name == "IQ2_S":
+        return _iq2_lattice(1024), grids.IQ2S_GRID
+    if type_name == "IQ3_XXS":
+        return _iq3_lattice(256), grids.IQ3XXS_GRID
+    if type_name == "IQ3_S":
+        return _iq3_lattice(512), grids.IQ3S_GRID
+    if type_name in ("IQ1_S", "IQ1_M"):
+        return _iq1_lattice(), grids.IQ1S_GRID
+    raise ValueError(f"{type_name} is not a lattice type")
+
+
+def _kernel_array(a: np.ndarray, dtype: type) -> np.ndarray:
+    """A C-contiguous copy that nobody can change: the kernels read it for the process's lifetime."""
+    out = np.array(a, dtype=dtype, order="C")
+    out.flags.writeable = False
+    return out
+
+
+@functools.cache  # built once per type (~0.3 s for the IQ2 and IQ1 lattices); kept alive for the kernels
+def kernel_tables(type_name: str) -> LatticeTables:
+    """The tables of a lattice type as the kernels take them: this module's own lattice (so the host
+    build, the CUDA kernels and this backend search the very same neighbour lists), read-only."""
+    lattice, grid = _lattice_and_grid(type_name)
+    return LatticeTables(
+        grid_of_code=_kernel_array(lattice.grid_of_code, np.int32),
+        neighbour_start=_kernel_array(lattice.neighbour_start, np.int32),
+        neighbour_count=_kernel_array(lattice.neighbour_count, np.int32),
+        neighbours=_kernel_array(lattice.neighbours, np.int32),
+        level_index=_kernel_array(lattice.level_index, np.uint8),
+        values=_kernel_array(np.ascontiguousarray(grid).view(np.uint8), np.uint8),
+        ksigns=_kernel_array(grids.KSIGNS_IQ2XS, np.uint8),
+        dims=np.int32(lattice.dims),
+        bits=np.int32(lattice.bits),
+    )

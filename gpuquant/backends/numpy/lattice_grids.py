@@ -1,20 +1,13 @@
-"""ggml's IQ lattice tables, transcribed as data from ggml v0.21.0 (d99724f2) ggml-common.h
-(dequantization grids, sign tables) and ggml-quants.c (the quantizers' kgrid_* point lists).
+"""ggml's IQ lattice tables for the lattice family (lattice.py), transcribed as data from ggml v0.21.0
+(d99724f2) ggml-common.h (dequantization grids, sign tables) and ggml-quants.c (the quantizers'
+kgrid_* point lists).
 
-Generated from the C source text; do not edit by hand.
+Generated from the C source text; do not edit by hand (ggml's kmask_iq2xs, unused here, was left out).
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-# sign bit of each of 8 weights
-KMASK_IQ2XS = np.array(
-    [
-        1, 2, 4, 8, 16, 32, 64, 128,
-    ],
-    dtype=np.uint8,
-)
 
 # 7 stored sign bits -> 8 with even parity
 KSIGNS_IQ2XS = np.array(

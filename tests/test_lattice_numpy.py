@@ -1,31 +1,52 @@
-"""The lattice IQ types of gpuquant/backends/numpy/iq_grid.py against ggml's golden vectors, run
-directly on the module (it is wired into the backend separately)."""
+"""The lattice IQ types of gpuquant/backends/numpy/lattice.py against ggml's golden vectors, run
+directly on the module (it is wired into the backend separately), and the tables it hands the kernels."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 from conftest import assert_golden_dequantize, assert_golden_quantize
 
-from gpuquant.backends.numpy import iq_grid
+from gpuquant.backends.numpy import lattice as lattice_family
+from gpuquant.hostkernels import kernels_dir, lattice_tables
 
 # Every type the module registers must reproduce every golden case, with and without imatrix.
-REGISTERED = sorted(iq_grid.QUANTIZERS)
+REGISTERED = sorted(lattice_family.QUANTIZERS)
 
 
 @pytest.mark.parametrize("type_name", REGISTERED)
 def test_golden_quantize(type_name: str) -> None:
     with np.errstate(all="ignore"):
-        assert_golden_quantize(iq_grid.QUANTIZERS[type_name], type_name)
+        assert_golden_quantize(lattice_family.QUANTIZERS[type_name], type_name)
 
 
 @pytest.mark.parametrize("type_name", REGISTERED)
 def test_golden_dequantize(type_name: str) -> None:
-    assert_golden_dequantize(iq_grid.DEQUANTIZERS[type_name], type_name)
+    assert_golden_dequantize(lattice_family.DEQUANTIZERS[type_name], type_name)
 
 
 def test_every_type_registered_both_ways() -> None:
-    assert set(iq_grid.QUANTIZERS) == set(iq_grid.DEQUANTIZERS)
+    assert set(lattice_family.QUANTIZERS) == set(lattice_family.DEQUANTIZERS)
+
+
+def test_kernel_tables_are_in_the_kernels_field_order() -> None:
+    """LatticeTables' fields are GqLattice's, in its order: both hosts pass the tuple as it stands."""
+    source = (kernels_dir() / "lattice.cuh").read_text()
+    body = source[source.index("struct GqLattice {") :]
+    fields = re.findall(r"\b(\w+);", body[: body.index("};")])
+    assert lattice_family.LatticeTables._fields == tuple(fields)
+
+
+@pytest.mark.parametrize("type_name", REGISTERED)
+def test_kernel_tables_are_built_once_read_only(type_name: str) -> None:
+    tables = lattice_tables(type_name)
+    assert tables is lattice_family.kernel_tables(type_name)
+    assert [a.dtype for a in tables[:7]] == [np.dtype(np.int32)] * 4 + [np.dtype(np.uint8)] * 3
+    assert all(a.flags.c_contiguous and not a.flags.writeable for a in tables[:7])
+    assert tables.level_index.shape == (tables.values.size // tables.dims, tables.dims)
+    assert (type(tables.dims), type(tables.bits)) == (np.int32, np.int32)
 
 
 def _best_neighbour_by_loop(lattice, code, xval, weight, scale, values) -> int:
@@ -44,8 +65,14 @@ def _best_neighbour_by_loop(lattice, code, xval, weight, scale, values) -> int:
 
 
 @pytest.mark.parametrize(
-    "lattice_of", [lambda: iq_grid._iq3_lattice(256), lambda: iq_grid._iq3_lattice(512),
-                   lambda: iq_grid._iq2_lattice(256), lambda: iq_grid._iq2_lattice(1024), iq_grid._iq1_lattice],
+    "lattice_of",
+    [
+        lambda: lattice_family._iq3_lattice(256),
+        lambda: lattice_family._iq3_lattice(512),
+        lambda: lattice_family._iq2_lattice(256),
+        lambda: lattice_family._iq2_lattice(1024),
+        lattice_family._iq1_lattice,
+    ],
     ids=["iq3-256", "iq3-512", "iq2-256", "iq2-1024", "iq1-2048"],
 )
 def test_best_neighbours_match_a_plain_loop(lattice_of) -> None:
@@ -63,9 +90,9 @@ def test_best_neighbours_match_a_plain_loop(lattice_of) -> None:
     weight[100:150, ::2] = 0
     scale = rng.uniform(0.5, 2, m).astype(np.float32)
     scale[:50] = 1
-    if lattice is iq_grid._iq1_lattice():  # IQ1: the shifted level values of each query
+    if lattice is lattice_family._iq1_lattice():  # IQ1: the shifted level values of each query
         down = rng.random(m) < 0.5
-        values = np.where(down[:, None], iq_grid._IQ1_DOWN, iq_grid._IQ1_UP)
+        values = np.where(down[:, None], lattice_family._IQ1_DOWN, lattice_family._IQ1_UP)
         got = lattice.best_neighbours(codes, xval, weight, scale, values)
     else:
         values = np.broadcast_to(lattice.odd_level_values, (m, lattice.n_levels))
