@@ -1,10 +1,13 @@
-"""The CUDA kernels' per-block code built for the CPU: how CI (no GPU) tests the kernels' arithmetic.
+"""The CUDA kernels' per-block code built for the CPU: the `native` backend's engine, and how CI (no
+GPU) tests the kernels' arithmetic.
 
-`kernels/host_<family>.cpp` loop the same `.cuh` block functions that the CUDA kernels call; this module
-compiles it with the system C++ compiler (no FMA contraction, like ggml's reference build) into a
-cache directory keyed by a hash of the kernel sources, loads it with ctypes, and offers
-`quantize(x, qtype, imatrix)` / `dequantize(q, qtype, n_per_row)` with the numpy backend's array
-semantics. The native backend (backends/native.py) runs it on every core.
+`kernels/host_<family>.cpp`, one per family of gpuquant.qtypes.FAMILIES, loop the same
+`kernels/<family>.cuh` block functions that the CUDA kernels (`kernels/<family>.cu`) call; this
+module compiles them with the system C++ compiler (CXX_FLAGS: no FMA contraction, no fast math, like
+ggml's reference build) into a cache directory keyed by a hash of the kernel sources, loads the
+library with ctypes, and offers `quantize(x, qtype, imatrix)` / `dequantize(q, qtype, n_per_row)`
+with the numpy backend's array semantics. The native backend (backends/native.py) runs it on every
+core.
 """
 
 from __future__ import annotations
@@ -24,19 +27,10 @@ import numpy as np
 if TYPE_CHECKING:
     from .backends.numpy.lattice import LatticeTables
 
-from .qtypes import QType, resolve
+from .qtypes import FAMILIES, QTYPES, QType, resolve
 
 KERNELS_DIR_ENV = "GPUQUANT_KERNELS_DIR"
 CACHE_DIR_ENV = "GPUQUANT_CACHE_DIR"
-
-# Types the host build has, per family (kernels/host_<family>.cpp): one line per family.
-HOST_FAMILIES = {
-    "legacy": ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"),
-    "kquants": ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"),
-    "more": ("IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0", "Q2_0"),
-    "lattice": ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"),
-}
-HOST_TYPES = tuple(name for names in HOST_FAMILIES.values() for name in names)
 
 # -march=native lets the compiler use this CPU's vector instructions; with -ffp-contract=off and no
 # fast math it can neither fuse a*b+c nor reorder a sum, so the bytes stay ggml's (the tests check).
@@ -67,6 +61,26 @@ def kernels_dir() -> Path:
     if not (path / "common.cuh").is_file():
         raise FileNotFoundError(f"no kernel sources (common.cuh) in {path}; set {KERNELS_DIR_ENV}")
     return path
+
+
+def _host_families() -> dict[str, tuple[str, ...]]:
+    """Each family that has a kernels/host_<family>.cpp, with its types that have kernels (the type
+    table's order; F32 is a plain copy and has none); {} where there are no kernel sources."""
+    try:
+        directory = kernels_dir()
+    except FileNotFoundError:
+        return {}
+    return {
+        family: tuple(t.name for t in QTYPES.values() if t.family == family and t.kernel)
+        for family in FAMILIES
+        if (directory / f"host_{family}.cpp").is_file()
+    }
+
+
+# The host build's types, per family, from the type table: what its library dispatches (host_api.cpp
+# sends each type of family F to host_F.cpp's gq_F_quantize / gq_F_dequantize).
+HOST_FAMILIES: dict[str, tuple[str, ...]] = _host_families()
+HOST_TYPES: tuple[str, ...] = tuple(name for names in HOST_FAMILIES.values() for name in names)
 
 
 def kernel_sources_digest(directory: Path | None = None) -> str:

@@ -1,8 +1,10 @@
 // Shared building blocks for gpuquant's kernels, written once for three compilers: NVRTC (the CuPy
-// backend), nvcc (compile checks) and a plain C++ compiler (the host build that CI tests against
-// ggml's golden bytes). Everything here is float32 arithmetic in ggml's order; the device build must
-// use --fmad=false and -ftz=false, the host build -ffp-contract=off, so that no a*b+c is fused and
-// subnormals survive, exactly as in ggml's portable C build.
+// backend), nvcc (compile checks) and a plain C++ compiler (the host build, kernels/host_*.cpp: the
+// `native` backend, and how CI without a GPU tests the kernels' arithmetic against ggml's golden
+// bytes; the CUDA simulator also builds the .cu files with it). Everything here is float32
+// arithmetic in ggml's order; the device build must use --fmad=false and -ftz=false, the host build
+// -ffp-contract=off, so that no a*b+c is fused and subnormals survive, exactly as in ggml's portable
+// C build.
 #pragma once
 
 #if defined(__CUDACC__)
@@ -45,6 +47,9 @@ GQ_FN float gq_f32_from_bits(gq_u32 u) {
 #endif
 }
 
+// The float family's conversions (F16, BF16) live here, not in a floats.cuh: every block family
+// stores fp16 scales with them. floats.cu and host_floats.cpp loop them elementwise.
+//
 // float32 -> IEEE half bits, round to nearest even, overflow to inf; NaN becomes a quiet NaN with
 // its sign kept and no payload (0x7E00), as ggml's GGML_FP32_TO_FP16 does. Pure integer code, so
 // host and device agree bit for bit whatever the float environment.

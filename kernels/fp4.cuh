@@ -1,6 +1,6 @@
 // ggml's E2M1 4-bit float formats MXFP4 (32-weight blocks, one E8M0 power-of-two scale) and NVFP4
 // (64-weight blocks, one UE4M3 scale per 16 weights), one block at a time: the CUDA kernels
-// (more_types.cu) and the host build (host_more.cpp) call these same functions.
+// (fp4.cu) and the host build (host_fp4.cpp) call these same functions.
 //
 // Block layouts (no padding):
 //   MXFP4 17 bytes: e (E8M0) | qs[16]

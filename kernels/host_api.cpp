@@ -1,55 +1,45 @@
-// The host build's entry points: each type family's host_<family>.cpp exports a quantize and a
-// dequantize function that answers GQ_UNKNOWN_TYPE (-1) for types it does not own; these two
-// functions ask each family in turn. Add a family by adding one line to each table.
+// The host build's entry points: each type goes to its family's host_<family>.cpp, whose
+// gq_<family>_quantize / gq_<family>_dequantize answer GQ_UNKNOWN_TYPE (-1) for types they do not
+// own. The dispatch is the type table itself (kernels/types.h, generated from gpuquant/qtypes.py):
+// a type of family F calls gq_F_quantize, so a new family needs its host_F.cpp and no line here.
 #include <cstdint>
 
-typedef int (*GqQuantizeFn)(int, const float*, const float*, std::uint8_t*, std::int64_t, std::int64_t);
-typedef int (*GqDequantizeFn)(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
-
-extern "C" {
-int gq_legacy_quantize(int, const float*, const float*, std::uint8_t*, std::int64_t, std::int64_t);
-int gq_legacy_dequantize(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
-int gq_kquants_quantize(int, const float*, const float*, std::uint8_t*, std::int64_t, std::int64_t);
-int gq_kquants_dequantize(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
-int gq_more_quantize(int, const float*, const float*, std::uint8_t*, std::int64_t, std::int64_t);
-int gq_more_dequantize(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
-int gq_lattice_quantize(int, const float*, const float*, std::uint8_t*, std::int64_t, std::int64_t);
-int gq_lattice_dequantize(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
-}
+#include "types.h"
 
 namespace {
-const GqQuantizeFn kQuantizers[] = {
-    gq_legacy_quantize,
-    gq_kquants_quantize,
-    gq_more_quantize,
-    gq_lattice_quantize,
-};
-const GqDequantizeFn kDequantizers[] = {
-    gq_legacy_dequantize,
-    gq_kquants_dequantize,
-    gq_more_dequantize,
-    gq_lattice_dequantize,
-};
 const int kUnknownType = -1;
 }  // namespace
 
+// Every family's entry points, declared once per type of the family (a redeclaration is harmless).
+#define GQ_DECLARE_FAMILY(NAME, ID, BLOCK, BYTES, FAMILY, KERNEL)                                             \
+    extern "C" int gq_##FAMILY##_quantize(int, const float*, const float*, std::uint8_t*, std::int64_t,      \
+                                          std::int64_t);                                                     \
+    extern "C" int gq_##FAMILY##_dequantize(int, const std::uint8_t*, float*, std::int64_t, std::int64_t);
+GQ_FOR_EACH_TYPE(GQ_DECLARE_FAMILY)
+
+#define GQ_QUANTIZE_CASE(NAME, ID, BLOCK, BYTES, FAMILY, KERNEL) \
+    case GQ_##NAME: return gq_##FAMILY##_quantize(type_id, x, imatrix, out, nrows, n_per_row);
+#define GQ_DEQUANTIZE_CASE(NAME, ID, BLOCK, BYTES, FAMILY, KERNEL) \
+    case GQ_##NAME: return gq_##FAMILY##_dequantize(type_id, q, y, nrows, n_per_row);
+
 extern "C" {
 
+// Quantizes nrows rows of n_per_row floats into out (nrows * row_bytes bytes); imatrix (n_per_row
+// floats) may be null. Returns 0, or a negative status (host_loop.h's GqStatus, or a family's own).
 int gq_quantize(int type_id, const float* x, const float* imatrix, std::uint8_t* out, std::int64_t nrows,
                 std::int64_t n_per_row) {
-    for (GqQuantizeFn fn : kQuantizers) {
-        const int status = fn(type_id, x, imatrix, out, nrows, n_per_row);
-        if (status != kUnknownType) return status;
+    switch (type_id) {
+        GQ_FOR_EACH_TYPE(GQ_QUANTIZE_CASE)
+        default: return kUnknownType;
     }
-    return kUnknownType;
 }
 
+// Dequantizes nrows rows (n_per_row weights each) from q into y. Returns as gq_quantize.
 int gq_dequantize(int type_id, const std::uint8_t* q, float* y, std::int64_t nrows, std::int64_t n_per_row) {
-    for (GqDequantizeFn fn : kDequantizers) {
-        const int status = fn(type_id, q, y, nrows, n_per_row);
-        if (status != kUnknownType) return status;
+    switch (type_id) {
+        GQ_FOR_EACH_TYPE(GQ_DEQUANTIZE_CASE)
+        default: return kUnknownType;
     }
-    return kUnknownType;
 }
 
 }  // extern "C"

@@ -1,36 +1,31 @@
-// The host build of the lattice IQ types' per-block code (lattice.cuh): IQ3_XXS, IQ3_S, IQ2_S,
-// IQ2_XS, IQ2_XXS, IQ1_S, IQ1_M. Their lattice tables come from Python (gpuquant/hostkernels.py
-// hands over the NumPy backend's Lattice arrays through gq_set_lattice before the first call), so the host build,
-// the CUDA kernels and the NumPy backend search the very same neighbour lists.
+// The host build of the lattice IQ types (IQ3_XXS, IQ3_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ1_S, IQ1_M):
+// lattice.cuh's per-block functions, the very ones lattice.cu's kernels run, looped over rows and
+// super-blocks on the CPU (the `native` backend, and CI's check against ggml's golden bytes).
+// Their lattice tables come from Python (gpuquant/hostkernels.py hands over the NumPy backend's
+// Lattice arrays through gq_set_lattice before the first call), so the host build, the CUDA kernels
+// and the NumPy backend search the very same neighbour lists.
 #include "host_loop.h"
 #include "lattice.cuh"
 
+#define GQ_FAMILY_IS_lattice GQ_THIS_FAMILY
+GQ_FOR_EACH_TYPE(GQ_CHECK_BYTES)
+
 namespace {
 
-enum GqTypeId {
-    GQ_IQ2_XXS = 16,
-    GQ_IQ2_XS = 17,
-    GQ_IQ3_XXS = 18,
-    GQ_IQ3_S = 21,
-    GQ_IQ2_S = 22,
-    GQ_IQ1_S = 19,
-    GQ_IQ1_M = 29,
-};
+// One lattice slot per lattice type of the table (kernels/types.h), in the table's order. The
+// lattices: IQ2_XXS 256 points, IQ2_XS 512, IQ2_S 1024, IQ3_XXS 256, IQ3_S 512, IQ1_S and IQ1_M 2048.
+#define GQ_LATTICE_SLOT(NAME, ID, BLOCK, BYTES, FAMILY, KERNEL) GQ_IF_THIS_FAMILY(FAMILY)(SLOT_##NAME, )
+enum LatticeSlot { GQ_FOR_EACH_TYPE(GQ_LATTICE_SLOT) kLatticeSlots };
 
-// One lattice per type (IQ2_XXS: 256 points, IQ2_XS: 512, IQ2_S: 1024, IQ3_XXS: 256, IQ3_S: 512,
-// IQ1_S and IQ1_M: 2048).
-GqLattice g_lattice[7];
-bool g_ready[7];
+GqLattice g_lattice[kLatticeSlots];
+bool g_ready[kLatticeSlots];
+
+#define GQ_LATTICE_SLOT_CASE(NAME, ID, BLOCK, BYTES, FAMILY, KERNEL) \
+    GQ_IF_THIS_FAMILY(FAMILY)(case GQ_##NAME: return SLOT_##NAME;)
 
 int lattice_slot(int type_id) {
     switch (type_id) {
-        case GQ_IQ2_XXS: return 0;
-        case GQ_IQ2_XS: return 1;
-        case GQ_IQ2_S: return 2;
-        case GQ_IQ3_XXS: return 3;
-        case GQ_IQ3_S: return 4;
-        case GQ_IQ1_S: return 5;
-        case GQ_IQ1_M: return 6;
+        GQ_FOR_EACH_TYPE(GQ_LATTICE_SLOT_CASE)
         default: return -1;
     }
 }
@@ -46,18 +41,17 @@ void dequantize_with_lattice(const gq_u8* in, float* y) {
     Dequantize(g_lattice[Slot], in, y);
 }
 
-#define GQ_LATTICE_FORMAT(NAME, SLOT, BYTES) \
-    {256, BYTES, quantize_with_lattice<gq_quantize_block_##NAME, SLOT>, dequantize_with_lattice<gq_dequantize_block_##NAME, SLOT>}
+#define GQ_LATTICE_FORMAT(NAME, ID, BLOCK, BYTES, FAMILY, KERNEL)                                     \
+    GQ_IF_THIS_FAMILY(FAMILY)(case GQ_##NAME: *f = {BLOCK, BYTES,                                     \
+                                                    quantize_with_lattice<gq_quantize_block_##KERNEL, \
+                                                                          SLOT_##NAME>,               \
+                                                    dequantize_with_lattice<gq_dequantize_block_##KERNEL, \
+                                                                            SLOT_##NAME>};            \
+                              return true;)
 
 bool block_format(int type_id, GqHostFormat* f) {
     switch (type_id) {
-        case GQ_IQ2_XXS: *f = GQ_LATTICE_FORMAT(iq2_xxs, 0, GQ_IQ2_XXS_BYTES); return true;
-        case GQ_IQ2_XS: *f = GQ_LATTICE_FORMAT(iq2_xs, 1, GQ_IQ2_XS_BYTES); return true;
-        case GQ_IQ2_S: *f = GQ_LATTICE_FORMAT(iq2_s, 2, GQ_IQ2_S_BYTES); return true;
-        case GQ_IQ3_XXS: *f = GQ_LATTICE_FORMAT(iq3_xxs, 3, GQ_IQ3_XXS_BYTES); return true;
-        case GQ_IQ3_S: *f = GQ_LATTICE_FORMAT(iq3_s, 4, GQ_IQ3_S_BYTES); return true;
-        case GQ_IQ1_S: *f = GQ_LATTICE_FORMAT(iq1_s, 5, GQ_IQ1_S_BYTES); return true;
-        case GQ_IQ1_M: *f = GQ_LATTICE_FORMAT(iq1_m, 6, GQ_IQ1_M_BYTES); return true;
+        GQ_FOR_EACH_TYPE(GQ_LATTICE_FORMAT)
         default: return false;
     }
 }
@@ -69,6 +63,10 @@ const int kNotReady = -3;
 extern "C" {
 
 // The lattice of a type, as arrays that stay alive for the library's life (the caller keeps them).
+// The parameters are in the field order of the NamedTuple gpuquant.hostkernels.LatticeTables
+// (grid_of_code, neighbour_start, neighbour_count, neighbours, level_index, values, ksigns, dims,
+// bits): that NamedTuple is the one statement of the order, which GqLattice (lattice.cuh) and
+// GQ_LATTICE_PARAMS (lattice.cu) keep too.
 int gq_set_lattice(int type_id, const gq_i32* grid_of_code, const gq_i32* neighbour_start,
                    const gq_i32* neighbour_count, const gq_i32* neighbours, const gq_u8* level_index,
                    const gq_u8* values, const gq_u8* ksigns, int dims, int bits) {
@@ -80,6 +78,9 @@ int gq_set_lattice(int type_id, const gq_i32* grid_of_code, const gq_i32* neighb
     return GQ_OK;
 }
 
+// Quantizes nrows rows of n_per_row floats into out (nrows * row_bytes bytes). imatrix (n_per_row
+// floats) may be null. Returns 0, or a negative GqStatus (GQ_UNKNOWN_TYPE for another family's
+// type), or kNotReady before gq_set_lattice gave the type's lattice.
 int gq_lattice_quantize(int type_id, const float* x, const float* imatrix, gq_u8* out, gq_i64 nrows,
                         gq_i64 n_per_row) {
     GqHostFormat f;
@@ -88,6 +89,7 @@ int gq_lattice_quantize(int type_id, const float* x, const float* imatrix, gq_u8
     return gq_host_quantize_rows(f, x, imatrix, out, nrows, n_per_row);
 }
 
+// Dequantizes nrows rows (n_per_row weights each) from q into y. Returns as gq_lattice_quantize.
 int gq_lattice_dequantize(int type_id, const gq_u8* q, float* y, gq_i64 nrows, gq_i64 n_per_row) {
     GqHostFormat f;
     if (!block_format(type_id, &f)) return GQ_UNKNOWN_TYPE;

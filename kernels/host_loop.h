@@ -4,6 +4,31 @@
 #pragma once
 
 #include "common.cuh"
+#include "types.h"
+
+// ---------------------------------------------------------------- a family's rows of the type table
+// kernels/types.h (generated from gpuquant/qtypes.py) lists every type once, as X(NAME, ID, BLOCK,
+// BYTES, FAMILY, KERNEL). A host_<family>.cpp claims its family with
+//     #define GQ_FAMILY_IS_<family> GQ_THIS_FAMILY
+// and writes the body of its X as GQ_IF_THIS_FAMILY(FAMILY)(...): the body stays for the rows of
+// that family and vanishes for every other (GQ_FAMILY_IS_<other> is no macro, so the probe sees one
+// argument where the claimed family's expands to two). So each file's dispatch lists exactly the
+// table's types of its family, with the table's ids, blocks and bytes, and a type added to the
+// table without its block functions fails to compile rather than going missing.
+#define GQ_THIS_FAMILY ~, 1
+#define GQ_PROBE_SECOND_(a, b, ...) b
+#define GQ_PROBE_SECOND(...) GQ_PROBE_SECOND_(__VA_ARGS__)
+#define GQ_IS_THIS_FAMILY(FAMILY) GQ_PROBE_SECOND(GQ_FAMILY_IS_##FAMILY, 0, ~)
+#define GQ_KEEP_IF_1(...) __VA_ARGS__
+#define GQ_KEEP_IF_0(...)
+#define GQ_CAT_(a, b) a##b
+#define GQ_CAT(a, b) GQ_CAT_(a, b)
+#define GQ_IF_THIS_FAMILY(FAMILY) GQ_CAT(GQ_KEEP_IF_, GQ_IS_THIS_FAMILY(FAMILY))
+
+// The table's bytes per block must be the .cuh's GQ_<NAME>_BYTES, which the CUDA kernels use:
+// GQ_FOR_EACH_TYPE(GQ_CHECK_BYTES) in a host_<family>.cpp checks its family's types.
+#define GQ_CHECK_BYTES(NAME, ID, BLOCK, BYTES, FAMILY, KERNEL) \
+    GQ_IF_THIS_FAMILY(FAMILY)(static_assert(BYTES == GQ_##NAME##_BYTES, #NAME ": types.h and the .cuh disagree");)
 
 // What the families' gq_<family>_quantize / _dequantize return; host_api.cpp asks the next family
 // on GQ_UNKNOWN_TYPE.
@@ -46,4 +71,32 @@ static inline int gq_host_dequantize_rows(const GqHostFormat& f, const gq_u8* q,
     const gq_i64 n_blocks = nrows * (n_per_row / f.block);
     for (gq_i64 b = 0; b < n_blocks; ++b) f.dequantize(q + b * f.bytes, y + b * f.block);
     return GQ_OK;
+}
+
+// ---------------------------------------------------------------- a family's entry points
+
+// The format case of a type of this file's family whose block functions are
+// gq_quantize_block_<kernel>(x, out) (ggml ignores an importance matrix for it) and
+// gq_dequantize_block_<kernel>(in, y): GQ_FOR_EACH_TYPE(GQ_IMATRIX_IGNORING_FORMAT) in a switch.
+#define GQ_IMATRIX_IGNORING_FORMAT(NAME, ID, BLOCK, BYTES, FAMILY, KERNEL)                             \
+    GQ_IF_THIS_FAMILY(FAMILY)(case GQ_##NAME: *f = {BLOCK, BYTES,                                      \
+                                                    gq_ignoring_imatrix<gq_quantize_block_##KERNEL>,   \
+                                                    gq_dequantize_block_##KERNEL};                     \
+                              return true;)
+
+// gq_<family>_quantize and gq_<family>_dequantize of a family whose block formats Format gives
+// (false for another family's type, answered with GQ_UNKNOWN_TYPE).
+template <bool (*Format)(int, GqHostFormat*)>
+int gq_host_quantize(int type_id, const float* x, const float* imatrix, gq_u8* out, gq_i64 nrows,
+                     gq_i64 n_per_row) {
+    GqHostFormat f;
+    if (!Format(type_id, &f)) return GQ_UNKNOWN_TYPE;
+    return gq_host_quantize_rows(f, x, imatrix, out, nrows, n_per_row);
+}
+
+template <bool (*Format)(int, GqHostFormat*)>
+int gq_host_dequantize(int type_id, const gq_u8* q, float* y, gq_i64 nrows, gq_i64 n_per_row) {
+    GqHostFormat f;
+    if (!Format(type_id, &f)) return GQ_UNKNOWN_TYPE;
+    return gq_host_dequantize_rows(f, q, y, nrows, n_per_row);
 }

@@ -1,6 +1,6 @@
 // ggml's 4-bit non-linear formats IQ4_NL (32-weight blocks) and IQ4_XS (256-weight super-blocks),
-// one block or sub-block at a time: the CUDA kernels (more_types.cu) and the host build
-// (host_more.cpp) call these same functions.
+// one block or sub-block at a time: the CUDA kernels (iq4.cu) and the host build
+// (host_iq4.cpp) call these same functions.
 //
 // Block layouts (little-endian, no padding):
 //   IQ4_NL  18 bytes: d fp16 | qs[16]                                   x = d * K[q]

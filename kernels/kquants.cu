@@ -1,5 +1,5 @@
 // CUDA kernels for ggml's K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K). Loaded by the CuPy backend
-// (gpuquant/backends/cupy/kquants.py) through NVRTC with --fmad=false -ftz=false.
+// (gpuquant/backends/cupy) through NVRTC with --fmad=false -ftz=false.
 //
 // Every array is C-contiguous: x float32 [rows, n_per_row], out uint8 [rows, row_bytes].
 // Super-blocks never straddle rows (n_per_row is a multiple of 256), so super-block b of the whole

@@ -1,10 +1,14 @@
 // CUDA kernels for the lattice IQ types: IQ3_XXS, IQ3_S, IQ2_S, IQ2_XS, IQ2_XXS, IQ1_S, IQ1_M.
-// Loaded by the CuPy backend (gpuquant/backends/cupy/lattice.py) through NVRTC with --fmad=false
-// -ftz=false. One thread quantizes (or dequantizes) one super-block of 256 weights with the
-// lattice.cuh functions that the host build (host_lattice.cpp) also runs. The lattice tables live
-// in device memory; each kernel gets them as pointers (the GqLattice fields, in order).
+// Loaded by the CuPy backend (gpuquant/backends/cupy) through NVRTC with --fmad=false -ftz=false.
+// One thread quantizes (or dequantizes) one super-block of 256 weights with the lattice.cuh
+// functions that the host build (host_lattice.cpp) also runs. The lattice tables live in device
+// memory; each kernel gets them as pointers (the GqLattice fields, in order).
 #include "lattice.cuh"
 
+// The lattice parameters every kernel takes first, in the field order of the NamedTuple
+// gpuquant.hostkernels.LatticeTables (grid_of_code, neighbour_start, neighbour_count, neighbours,
+// level_index, values, ksigns, dims, bits): that NamedTuple is the one statement of the order, which
+// GqLattice (lattice.cuh) and gq_set_lattice (host_lattice.cpp) keep too.
 #define GQ_LATTICE_PARAMS                                                                              \
     const gq_i32 *__restrict__ grid_of_code, const gq_i32 *__restrict__ neighbour_start,               \
         const gq_i32 *__restrict__ neighbour_count, const gq_i32 *__restrict__ neighbours,             \

@@ -1,16 +1,21 @@
 // ggml's lattice ("grid") IQ types, one super-block of 256 weights per call: IQ3_XXS, IQ3_S,
-// IQ2_S, IQ2_XS, IQ2_XXS. A sub-block's magnitudes are coded as points of a fixed lattice (groups of
-// 4 three-bit or 8 two-bit odd levels 2l+1) plus sign bits; a scale search tries a range of trial
-// scales, snapping each group to the lattice (a group off the lattice takes the best of its
-// precomputed neighbours), and keeps the best weighted least-squares fit. The lattice tables (the
-// map from level codes to grid points and the neighbour lists) are built once by
-// gpuquant/backends/numpy/iq_grid.py's Lattice and handed over as a GqLattice (host memory for the
-// host build, device memory for the CUDA kernels), so that both backends search the same lists.
+// IQ2_S, IQ2_XS, IQ2_XXS, IQ1_S and IQ1_M. A sub-block's magnitudes are coded as points of a fixed
+// lattice (groups of 4 three-bit or 8 two-bit odd levels 2l+1; IQ1: groups of 8 levels -1, 0, 1
+// shifted by 1/8) plus sign bits; a scale search tries a range of trial scales (IQ1: every split of
+// the sorted weights into its three levels), snapping each group to the lattice (a group off the
+// lattice takes the best of its precomputed neighbours), and keeps the best weighted least-squares
+// fit. The same functions run in the CUDA kernels (lattice.cu) and in the host build
+// (host_lattice.cpp). The lattice tables (the map from level codes to grid points and the neighbour
+// lists) are built once by the NumPy backend's Lattice and handed over as a GqLattice (host memory
+// for the host build, device memory for the CUDA kernels; gpuquant.hostkernels.lattice_tables gives
+// them), so that all three backends search the same lists.
 #pragma once
 
 #include "common.cuh"
 #include "kquants.cuh"
 
+// The fields in the order of gpuquant.hostkernels.LatticeTables, the one statement of that order:
+// GQ_LATTICE_PARAMS (lattice.cu) and gq_set_lattice (host_lattice.cpp) take them so too.
 struct GqLattice {
     const gq_i32* grid_of_code;     // [kmap size]: grid index of a level code, -1 off the lattice
     const gq_i32* neighbour_start;  // [kmap size]: first entry of a code's list in `neighbours`

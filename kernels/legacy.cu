@@ -1,9 +1,11 @@
-// CUDA kernels for F16, BF16 and ggml's legacy block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
-// Loaded by the CuPy backend (gpuquant/backends/cupy) through NVRTC with --fmad=false -ftz=false.
+// CUDA kernels for ggml's legacy block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and the row statistic
+// their importance-matrix quantizers need (gq_row_sigma2); F16 and BF16 are in floats.cu. Loaded by
+// the CuPy backend (gpuquant/backends/cupy) through NVRTC with --fmad=false -ftz=false.
 //
 // Every array is C-contiguous: x float32 [rows, n_per_row], out uint8 [rows, row_bytes]. Blocks
 // never straddle rows (n_per_row is a multiple of 32), so block b of the whole tensor reads
-// x[32*b ...] and writes out[type_bytes*b ...]; one thread quantizes one block.
+// x[32*b ...] and writes out[type_bytes*b ...]; one thread quantizes one block, with the
+// legacy.cuh functions that the host build (host_legacy.cpp) also runs.
 //
 // With an importance matrix, the row's mean square sigma2 must be ready first: gq_row_sigma2 fills
 // it (one warp per 32 rows, each lane summing its own row in order), then the *_imatrix kernel runs.
@@ -104,26 +106,5 @@ GQ_LEGACY_IMATRIX_KERNEL(q4_1, GQ_Q4_1_BYTES)
 GQ_LEGACY_IMATRIX_KERNEL(q5_0, GQ_Q5_0_BYTES)
 GQ_LEGACY_IMATRIX_KERNEL(q5_1, GQ_Q5_1_BYTES)
 // (no gq_quantize_q8_0_imatrix: ggml's Q8_0 ignores the importance matrix)
-
-// Elementwise float conversions: one element per thread; out holds little-endian 16-bit words.
-__global__ void gq_quantize_f16(const float* __restrict__ x, gq_u8* __restrict__ out, gq_i64 n) {
-    const gq_i64 i = gq_thread_index();
-    if (i < n) gq_store_u16(out + 2 * i, gq_fp32_to_fp16(x[i]));
-}
-
-__global__ void gq_quantize_bf16(const float* __restrict__ x, gq_u8* __restrict__ out, gq_i64 n) {
-    const gq_i64 i = gq_thread_index();
-    if (i < n) gq_store_u16(out + 2 * i, gq_fp32_to_bf16(x[i]));
-}
-
-__global__ void gq_dequantize_f16(const gq_u8* __restrict__ q, float* __restrict__ y, gq_i64 n) {
-    const gq_i64 i = gq_thread_index();
-    if (i < n) y[i] = gq_fp16_to_fp32(gq_load_u16(q + 2 * i));
-}
-
-__global__ void gq_dequantize_bf16(const gq_u8* __restrict__ q, float* __restrict__ y, gq_i64 n) {
-    const gq_i64 i = gq_thread_index();
-    if (i < n) y[i] = gq_bf16_to_fp32(gq_load_u16(q + 2 * i));
-}
 
 }  // extern "C"

@@ -1,5 +1,5 @@
 // ggml's Q1_0 (128-weight blocks) and Q2_0 (64-weight blocks), one block at a time: the CUDA
-// kernels (more_types.cu) and the host build (host_more.cpp) call these same functions.
+// kernels (lowbit.cu) and the host build (host_lowbit.cpp) call these same functions.
 //
 // Block layouts (little-endian, no padding):
 //   Q1_0 18 bytes: d fp16 | qs[16]   bit j % 8 of qs[j / 8]: x >= 0; decodes as +d or -d,

@@ -1,5 +1,5 @@
 // ggml's ternary 256-weight formats TQ1_0 and TQ2_0 (BitNet b1.58), one block at a time: the CUDA
-// kernels (more_types.cu) and the host build (host_more.cpp) call these same functions.
+// kernels (ternary.cu) and the host build (host_ternary.cpp) call these same functions.
 //
 // Block layouts (little-endian, no padding):
 //   TQ1_0 54 bytes: qs[48] | qh[4] | d fp16

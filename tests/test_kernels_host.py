@@ -1,4 +1,5 @@
-"""The CUDA kernels' block code, built for the CPU, against ggml's own bytes and the numpy backend.
+"""The CUDA kernels' block code built for the CPU (the `native` backend's engine), every type of the
+host build, against ggml's own bytes and the numpy backend.
 
 The CUDA kernels call exactly these .cuh functions, so this is how a machine without a GPU checks
 their arithmetic. Skipped only when no C++ compiler is installed.
@@ -105,19 +106,58 @@ def test_bf16_conversion_rounds_like_ggml():
     np.testing.assert_array_equal(back.view(np.uint32), got.astype(np.uint32) << 16)
 
 
-def test_q8_0_ignores_the_imatrix():
-    x = random_rows(seed=3, rows_per_kind=1)
-    plain = hostkernels.quantize(x, "Q8_0")
-    assert_same_bytes(hostkernels.quantize(x, "Q8_0", random_imatrix(4, x.shape[1])), plain, "Q8_0")
+# ---------------------------------------------------------------- every type, by the type table's facts
 
 
-@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
-def test_imatrix_changes_the_bytes(type_name):
-    # Guards against an imatrix silently ignored: the weighted search must pick other levels.
-    x = random_rows(seed=7, rows_per_kind=1)
+@pytest.mark.parametrize("type_name", [n for n in TYPES if QTYPES[n].imatrix_use == "ignored"])
+def test_types_that_ignore_the_imatrix_ignore_it(type_name):
+    x = random_rows(seed=3, kinds=("weights", "heavy_tail"), rows_per_kind=2, n_per_row=512)
     plain = hostkernels.quantize(x, type_name)
-    weighted = hostkernels.quantize(x, type_name, random_imatrix(8, x.shape[1]))
-    assert (plain != weighted).any()
+    assert_same_bytes(hostkernels.quantize(x, type_name, random_imatrix(4, x.shape[1])), plain, type_name)
+
+
+@pytest.mark.parametrize("type_name", [n for n in TYPES if QTYPES[n].imatrix_use != "ignored"])
+def test_imatrix_changes_the_bytes(type_name):
+    # Guards against an imatrix silently ignored: the weighted search must pick other levels (two
+    # imatrices, as the types that require one have no result without).
+    x = random_rows(seed=7, kinds=("weights", "heavy_tail"), rows_per_kind=2, n_per_row=512)
+    first = hostkernels.quantize(x, type_name, random_imatrix(8, x.shape[1]))
+    assert (hostkernels.quantize(x, type_name, random_imatrix(9, x.shape[1])) != first).any()
+    if not QTYPES[type_name].requires_imatrix:
+        assert (hostkernels.quantize(x, type_name) != first).any()
+
+
+# The lattice searches are left out: the NumPy backend refuses NaN and Inf for them (ggml asserts).
+@pytest.mark.parametrize("type_name", [n for n in TYPES if QTYPES[n].family != "lattice"])
+def test_infinities_and_extreme_scales_match_numpy_backend(type_name):
+    # Infinite weights (infinite block maxima, 0 * inf in the searches), weights of 1e36 (fp16 scales
+    # overflow) and subnormal weights (infinite inverse scales), mixed within rows.
+    rng = np.random.default_rng(83)
+    x = rng.standard_normal((6, 512)).astype(np.float32)
+    x[0, rng.random(512) < 0.05] = np.inf
+    x[1, rng.random(512) < 0.05] = -np.inf
+    x[2] *= np.float32(1e36)
+    x[3] *= np.float32(1e-40)
+    x[4, :256] *= np.float32(1e-30)
+    x[5, ::7] = 0.0
+    imatrix = random_imatrix(seed=84, n_per_row=512)
+    with np.errstate(all="ignore"):
+        expected = NumpyBackend(1).quantize(x, QTYPES[type_name], imatrix)
+    assert_same_bytes(hostkernels.quantize(x, type_name, imatrix), expected, type_name)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_dequantize_arbitrary_bytes_like_numpy(type_name):
+    # Every bit of every field set somewhere: nibbles, trits, sign bits, split 6-bit multipliers,
+    # lattice codes, every E8M0 and UE4M3 scale byte, fp16 scales of every size (NaN and Inf too).
+    t = QTYPES[type_name]
+    rng = np.random.default_rng(85)
+    rows, n_per_row = 4, 1024
+    q = rng.integers(0, 256, size=(rows, t.row_bytes(n_per_row)), dtype=np.uint8)
+    with np.errstate(all="ignore"):
+        expected = NumpyBackend(1).dequantize(q, t, n_per_row)
+    got = hostkernels.dequantize(q, type_name, n_per_row)
+    assert_same_bytes(got.view(np.uint32), expected.view(np.uint32), type_name)
 
 
 def test_rejects_types_it_does_not_build():
