@@ -15,8 +15,8 @@ import gguf
 import numpy as np
 import pytest
 
-from gpuquant.backends.numpy import kquant_search, kquants
-from gpuquant.backends.numpy.kquant_search import nearest_int_exact
+from gpuquant.backends.numpy import kquants, search
+from gpuquant.backends.numpy.rounding import nearest_int_exact
 from gpuquant.qtypes import QTYPES
 
 K_TYPES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
@@ -203,7 +203,7 @@ def test_rows_and_chunks_do_not_change_bytes(type_name, monkeypatch):
         np.testing.assert_array_equal(one_by_one, whole[name])
     # chunks of 2 super-blocks (rows have 3) and searches over a few groups at a time
     monkeypatch.setattr(kquants, "_CHUNK_SUPERBLOCKS", 2)
-    monkeypatch.setattr(kquant_search, "SEARCH_CHUNK_ELEMENTS", 80)
+    monkeypatch.setattr(search, "SEARCH_CHUNK_ELEMENTS", 80)
     for name, m in (("none", None), ("imatrix", imatrix)):
         np.testing.assert_array_equal(quantize(x, m), whole[name])
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 from .blocks import quantize_weighted_in_chunks
-from .rounding import fp16_bits, fp16_bits_to_f32, nearest_int_exact
+from .rounding import GROUP_MAX_EPS, first_max_abs, fp16_bits, fp16_bits_to_f32, in_order_sum, nearest_int_exact
 
 BLOCK = 32  # weights that share one searched scale
 QK_K = 256  # IQ4_XS super-block
 SEARCH_STEPS = 7  # ggml's ntry: trial scales (-127 + itry) / max for itry in [-7, 7]
-GROUP_MAX_EPS = np.float32(1e-15)
 _CHUNK_BLOCKS = 4096  # 32-weight blocks per vectorized step: keeps the working set in cache
 
 KVALUES_IQ4NL = np.array(
@@ -46,31 +45,18 @@ def _half_steps(doubled: np.ndarray) -> np.ndarray:
     return doubled.astype(np.intp)
 
 
-def _sequential_sum(columns: np.ndarray) -> np.ndarray:
-    """Sum over axis 0 in index order starting from +0, as ggml's `for (j...) s += v[j]`."""
-    total = np.zeros(columns.shape[1:], dtype=np.float32)
-    for column in columns:
-        total += column
-    return total
-
-
 def _weighted_sums(x: np.ndarray, weight: np.ndarray, inv_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """sum w q x and sum w q q over each block, q the levels nearest inv_scale * x.
     (2 inv_scale) x is exactly 2 (inv_scale x) unless it over- or underflows, and then the
     level is the same (an end level, or the one nearest 0)."""
     level = _LEVEL_BY_HALF_STEP[_half_steps((inv_scale + inv_scale) * x)]
     wq = weight * level
-    return _sequential_sum(wq * x), _sequential_sum(wq * level)
+    return in_order_sum(wq * x), in_order_sum(wq * level)
 
 
 def _search_block_scales(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """The least-squares scale of each 32-weight block (x, weight: [32, n]); 0 for empty blocks."""
-    ax = np.abs(x)
-    ax = np.where(ax > 0, ax, np.float32(0))  # `if (ax > amax)` never takes a NaN
-    first_max = np.argmax(ax, axis=0)  # ggml keeps the first largest |x|
-    cols = np.arange(x.shape[1])
-    amax = ax[first_max, cols]
-    signed_max = x[first_max, cols]
+    amax, signed_max = first_max_abs(x)
     empty = amax < GROUP_MAX_EPS
     signed_max = np.where(empty, np.float32(1), signed_max)  # placeholder, result forced to 0 below
 
@@ -105,7 +91,7 @@ def _superblock_weights(xs: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     if qw is None:
         return squares
     size = xs.shape[1]
-    sigma2 = _sequential_sum(np.ascontiguousarray(squares.T)) * np.float32(2.0 / size)
+    sigma2 = in_order_sum(np.ascontiguousarray(squares.T)) * np.float32(2.0 / size)
     return qw * np.sqrt(sigma2[:, None] + squares)
 
 
@@ -137,11 +123,7 @@ def _iq4_xs_chunk(xs: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
 
     # the super-block scale comes from the first block scale of largest magnitude (+0 if none;
     # NaN scales never win the `>` comparison)
-    abs_scales = np.abs(scales)
-    abs_scales = np.where(abs_scales > 0, abs_scales, np.float32(0))
-    first_max = np.argmax(abs_scales, axis=1)
-    rows = np.arange(n)
-    max_scale = np.where(abs_scales[rows, first_max] > 0, scales[rows, first_max], np.float32(0))
+    _, max_scale = first_max_abs(scales.T)
     d = -max_scale / np.float32(32)  # -0 for an empty super-block, as in ggml
     inv_d = np.where(d != 0, np.float32(1) / d, np.float32(0))
     mult = np.clip(nearest_int_exact(inv_d[:, None] * scales), -32, 31)

@@ -3,7 +3,7 @@
 ggml's quantize_qN_K runs quantize_row_qN_K_ref without an importance matrix and
 quantize_row_qN_K_impl with one; each has its own way to find the sub-block scales (the
 `_plain_scales` and `_imatrix_scales` functions below). Both are reproduced for whole arrays of
-super-blocks at once: the scale searches (kquant_search, search) are vectorized across
+super-blocks at once: the scale searches (search.py) are vectorized across
 sub-blocks, and the super-block steps (quantizing the sub-block scales to 4, 6 or 8 bits,
 storing fp16 super-scales, requantizing with the stored scales, packing) across super-blocks.
 
@@ -20,14 +20,12 @@ from __future__ import annotations
 import numpy as np
 
 from .blocks import quantize_weighted_in_chunks
-from .kquant_search import make_q3_quants, make_qkx2_quants, make_qp_quants, sequential_sum
-from .rounding import fp16_bits, fp16_bits_to_f32, nearest_int_exact
-from .search import make_qkx3_quants, make_qx_quants
+from .rounding import GROUP_MAX_EPS, first_max_abs, fp16_bits, fp16_bits_to_f32, in_order_sum, nearest_int_exact
+from .search import make_q3_quants, make_qkx3_quants, make_qp_quants, make_qx_quants, transposed
 
 QK_K = 256
 F32 = np.float32
 _ZERO = F32(0.0)
-GROUP_MAX_EPS = F32(1e-15)
 
 # Super-blocks per chunk: bounds the temporaries (a few MiB each) whatever the tensor size.
 _CHUNK_SUPERBLOCKS = 4096
@@ -64,18 +62,6 @@ def _running_max(values: np.ndarray) -> np.ndarray:
     return result
 
 
-def _first_max_abs(values: np.ndarray) -> np.ndarray:
-    """C's `if (fabsf(v[j]) > amax) { amax = fabsf(v[j]); vmax = v[j]; }` over the last axis, from 0."""
-    amax = np.zeros(values.shape[0], dtype=F32)
-    vmax = np.zeros(values.shape[0], dtype=F32)
-    for j in range(values.shape[1]):
-        magnitude = np.abs(values[:, j])
-        bigger = magnitude > amax
-        amax = np.where(bigger, magnitude, amax)
-        vmax = np.where(bigger, values[:, j], vmax)
-    return vmax
-
-
 def _fp16_bytes(bits: np.ndarray) -> np.ndarray:
     """fp16 bit patterns [nb] -> little-endian uint8 [nb, 2]."""
     return np.ascontiguousarray(bits.astype("<u2")).view(np.uint8).reshape(-1, 2)
@@ -83,11 +69,6 @@ def _fp16_bytes(bits: np.ndarray) -> np.ndarray:
 
 def _fp16_from_bytes(two_bytes: np.ndarray) -> np.ndarray:
     return fp16_bits_to_f32(np.ascontiguousarray(two_bytes).view("<u2").reshape(-1))
-
-
-def _in_order_sums(values: np.ndarray) -> np.ndarray:
-    """The sum of each row of `[rows, n]`, added in index order as ggml's loops do."""
-    return sequential_sum(np.ascontiguousarray(values.T))
 
 
 def _imatrix_weights(sub: np.ndarray, qw: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
@@ -138,7 +119,7 @@ def _as_byte(values: np.ndarray) -> np.ndarray:
 
 def _q2_k_plain_scales(sub: np.ndarray, nb: int):
     """quantize_row_q2_K_ref: (scale bytes, d bits, dmin bits, levels)."""
-    scales, mins, levels = make_qkx2_quants(sub, np.abs(sub), 3, -0.5, 0.1, 15, True)
+    scales, mins, levels = make_qkx3_quants(sub, 3, np.abs(sub), -0.5, 0.1, 15, True)  # ggml: make_qkx2_quants
     scales, mins = scales.reshape(nb, 16), mins.reshape(nb, 16)
     max_scale, max_min = _running_max(scales), _running_max(mins)
     q4scale = F32(15.0)
@@ -152,9 +133,9 @@ def _q2_k_plain_scales(sub: np.ndarray, nb: int):
 
 def _q2_k_imatrix_scales(blocks: np.ndarray, sub: np.ndarray, qw: np.ndarray, nb: int):
     """quantize_row_q2_K_impl: (scale bytes, d bits, dmin bits, levels)."""
-    sigma2 = _in_order_sums(blocks * blocks) / F32(QK_K)
+    sigma2 = in_order_sum(transposed(blocks * blocks)) / F32(QK_K)
     weights = _imatrix_weights(sub, qw, sigma2)
-    sw = _in_order_sums(weights).reshape(nb, 16)
+    sw = in_order_sum(transposed(weights)).reshape(nb, 16)
     scales, mins, levels = make_qkx3_quants(sub, 3, weights, -0.9, 0.05, 36, False)
     d_block, ls = make_qp_quants(scales.reshape(nb, 16), 15, sw)
     m_block, lm = make_qp_quants(mins.reshape(nb, 16), 15, sw)
@@ -218,7 +199,7 @@ def _q3_k_plain_scales(sub: np.ndarray, nb: int):
     """quantize_row_q3_K_ref: (packed scales, d bits, levels 0..7)."""
     scales, levels = make_q3_quants(sub, 4)
     scales = scales.reshape(nb, 16)
-    max_scale = _first_max_abs(scales)
+    _, max_scale = first_max_abs(scales.T)
     iscale = F32(-32.0) / max_scale
     stored = nearest_int_exact(iscale[:, None] * scales)
     stored = ((stored + 128) & 0xFF) - 128  # the int8_t store
@@ -231,9 +212,9 @@ def _q3_k_plain_scales(sub: np.ndarray, nb: int):
 
 def _q3_k_imatrix_scales(blocks: np.ndarray, sub: np.ndarray, qw: np.ndarray, nb: int):
     """quantize_row_q3_K_impl: (packed scales, d bits, levels 0..7)."""
-    sigma2 = (F32(2.0) * _in_order_sums(blocks * blocks)) / F32(QK_K)
+    sigma2 = (F32(2.0) * in_order_sum(transposed(blocks * blocks))) / F32(QK_K)
     weights = _imatrix_weights(sub, qw, sigma2)
-    sw = _in_order_sums(weights).reshape(nb, 16)
+    sw = in_order_sum(transposed(weights)).reshape(nb, 16)
     scales, levels = make_qx_quants(sub, 4, 1, weights)
     d_block, scale_levels = make_qx_quants(scales.reshape(nb, 16), 32, 1, sw)
     return _pack_scales_q3(scale_levels), fp16_bits(d_block), levels
@@ -304,10 +285,11 @@ def _unpack_scales_k4(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _k4_plain_scales(sub: np.ndarray, nb: int, nmax: int, search: tuple[float, float, int]):
     """quantize_row_q4_K_ref / q5_K_ref: (ls, lm, d bits, dmin bits, levels)."""
     subt = np.ascontiguousarray(sub.T)
-    av_x = np.sqrt(sequential_sum(subt * subt) / F32(32.0))
+    av_x = np.sqrt(in_order_sum(subt * subt) / F32(32.0))
     weights_t = np.abs(subt) + av_x
     rmin, rdelta, nstep = search
-    scales, mins, levels = make_qkx2_quants(subt.T, weights_t.T, nmax, rmin, rdelta, nstep, False)
+    # ggml: make_qkx2_quants
+    scales, mins, levels = make_qkx3_quants(subt.T, nmax, weights_t.T, rmin, rdelta, nstep, False)
     scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
     max_scale, max_min = _running_max(scales), _running_max(mins)
     inv_scale = np.where(max_scale > _ZERO, F32(63.0) / max_scale, _ZERO)
@@ -319,9 +301,9 @@ def _k4_plain_scales(sub: np.ndarray, nb: int, nmax: int, search: tuple[float, f
 
 def _k4_imatrix_scales(blocks: np.ndarray, sub: np.ndarray, qw: np.ndarray, nb: int, nmax: int):
     """quantize_row_q4_K_impl / q5_K_impl: (ls, lm, d bits, dmin bits, levels)."""
-    sigma2 = (F32(2.0) * _in_order_sums(blocks * blocks)) / F32(QK_K)
+    sigma2 = (F32(2.0) * in_order_sum(transposed(blocks * blocks))) / F32(QK_K)
     weights = _imatrix_weights(sub, qw, sigma2)
-    sw = _in_order_sums(weights).reshape(nb, 8)
+    sw = in_order_sum(transposed(weights)).reshape(nb, 8)
     scales, mins, levels = make_qkx3_quants(sub, nmax, weights, -0.9, 0.05, 36, False)
     d_block, ls = make_qp_quants(scales.reshape(nb, 8), 63, sw)
     m_block, lm = make_qp_quants(mins.reshape(nb, 8), 63, sw)
@@ -419,8 +401,8 @@ def _q6_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     # ref and impl differ only here: with an imatrix its raw values weigh make_qx_quants' search
     scales, levels = make_qx_quants(sub, 32, 1, None if qw is None else qw.reshape(sub.shape))
     scales = scales.reshape(nb, 16)
-    max_scale = _first_max_abs(scales)
-    empty = np.abs(max_scale) < GROUP_MAX_EPS  # ggml writes an all-zero block
+    amax_scale, max_scale = first_max_abs(scales.T)
+    empty = amax_scale < GROUP_MAX_EPS  # ggml writes an all-zero block
     iscale = F32(-128.0) / max_scale
     d_bits = np.where(empty, 0, fp16_bits(F32(1.0) / iscale)).astype(np.uint16)
     stored = np.minimum(nearest_int_exact(iscale[:, None] * scales), 127)

@@ -20,8 +20,8 @@ import numpy as np
 
 from . import lattice_grids as grids
 from .blocks import quantize_weighted_in_chunks
-from .kquant_search import make_qp_quants
-from .rounding import fp16_bits, fp16_bits_to_f32, nearest_int
+from .rounding import fp16_bits, fp16_bits_to_f32, in_order_sum, nearest_int
+from .search import make_qp_quants
 
 QK_K = 256
 SUB = 32  # weights per sub-block (one searched scale)
@@ -160,14 +160,6 @@ def _iq3_lattice(grid_size: int) -> Lattice:
     return Lattice(grids.KGRID_3BIT_512, dims=4, bits=3, kmap_size=4096, nwant=3)
 
 
-def _sequential_sum(columns: np.ndarray) -> np.ndarray:
-    """Sum over axis 0 in index order from +0, as ggml's `for (i...) s += v[i]`."""
-    total = np.zeros(columns.shape[1:], dtype=np.float32)
-    for column in columns:
-        total += column
-    return total
-
-
 def _block_weights(
     blocks: np.ndarray, qw: np.ndarray | None, sigma2_share: np.float32 | None = None, doubled: bool = True
 ) -> np.ndarray:
@@ -178,7 +170,7 @@ def _block_weights(
     x2 = xt * xt
     if qw is None and sigma2_share is None:
         return x2
-    sumx2 = _sequential_sum(x2)
+    sumx2 = in_order_sum(x2)
     sigma2 = (np.float32(2) * sumx2 if doubled else sumx2) / np.float32(QK_K)
     if qw is None:
         return sigma2_share * sigma2 + x2
@@ -207,13 +199,13 @@ def _take_better_fit(
 def _weighted_fit(weight: np.ndarray, xval: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ggml's sumqx = sum w x q and sumq2 = sum w q q, in index order."""
     wq = weight * q
-    return _sequential_sum(weight * xval * q), _sequential_sum(wq * q)
+    return in_order_sum(weight * xval * q), in_order_sum(wq * q)
 
 
 def _weighted_fit_wq_first(weight: np.ndarray, xval: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """As _weighted_fit, with the IQ1 refits' rounding order: sumqx = sum (w q) x."""
     wq = weight * q
-    return _sequential_sum(wq * xval), _sequential_sum(wq * q)
+    return in_order_sum(wq * xval), in_order_sum(wq * q)
 
 
 def _snap_to_grid(

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .rounding import fp16_bits, fp16_bits_to_f32, max_abs_taking_nan, roundf
+from .rounding import first_max_abs, fp16_bits, fp16_bits_to_f32, in_order_sum, max_abs_taking_nan, roundf
 from .search import make_qkx3_quants, make_qx_quants
 
 QK = 32  # weights per block, all five types
@@ -67,19 +67,6 @@ def _c_cast_to_byte(f: np.ndarray) -> np.ndarray:
         in_range = (t >= np.float32(-2147483648.0)) & (t < np.float32(2147483648.0))
         wide = np.where(in_range, t, np.float32(-2147483648.0)).astype(np.int64)
     return (wide & 0xFF).astype(np.uint8)
-
-
-def _first_absmax(blocks: np.ndarray) -> np.ndarray:
-    """C: `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` from amax = max = 0."""
-    amax = np.zeros(blocks.shape[0], dtype=np.float32)
-    vmax = np.zeros(blocks.shape[0], dtype=np.float32)
-    for j in range(blocks.shape[1]):
-        v = blocks[:, j]
-        a = np.abs(v)
-        larger = amax < a
-        np.copyto(amax, a, where=larger)
-        np.copyto(vmax, v, where=larger)
-    return vmax
 
 
 def _sequential_min_max(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +113,7 @@ def _assemble(scales: list[np.ndarray], qh: np.ndarray | None, qs: np.ndarray) -
 def _exact_symmetric(blocks: np.ndarray, half: int, with_qh: bool) -> np.ndarray:
     """Q4_0/Q5_0: d = max / -half (max: the first weight of largest magnitude), levels
     MIN(2 half - 1, (int8_t)(x / d + half + 0.5))."""
-    d = _first_absmax(blocks) / np.float32(-half)
+    d = first_max_abs(blocks.T)[1] / np.float32(-half)  # C: `if (amax < fabsf(v))`, the same test
     inv = _reciprocal_or_zero(d)
     with np.errstate(invalid="ignore", over="ignore"):
         levels = _c_cast_to_byte(blocks * inv[:, None] + np.float32(half + 0.5))  # 8.5 or 16.5, exact
@@ -389,10 +376,7 @@ def quantize_reference(x: np.ndarray, type_name: str, fast: bool = True) -> np.n
 
 def _row_sigma2(x: np.ndarray) -> np.ndarray:
     """sum_x2/n_per_row with sum_x2 accumulated over the row in order, as one float32."""
-    squares = x * x
-    # add.accumulate is a strictly sequential running sum (unlike np.sum's pairwise one).
-    running = np.add.accumulate(squares, axis=1)
-    return running[:, -1] / np.float32(x.shape[1])
+    return in_order_sum((x * x).T) / np.float32(x.shape[1])
 
 
 def _block_weights(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .blocks import quantize_in_chunks
-from .rounding import fp16_bits, fp16_bits_to_f32, max_abs_skipping_nan, roundf
+from .rounding import fp16_bits, fp16_bits_to_f32, in_order_sum, max_abs_skipping_nan, roundf
 
 QK1_0 = 128
 QK2_0 = 64
@@ -19,11 +19,7 @@ _Q2_0_BYTES = 18  # fp16 d, qs[16] (two bits per weight, weight j in bits 2 (j %
 
 def _q1_0_blocks(blocks: np.ndarray) -> np.ndarray:
     # mean |x| summed in weight order, as ggml's loop does
-    abs_columns = np.ascontiguousarray(np.abs(blocks).T)
-    sum_abs = np.zeros(blocks.shape[0], dtype=np.float32)
-    for column in abs_columns:
-        sum_abs += column
-    d = sum_abs / np.float32(QK1_0)
+    d = in_order_sum(np.ascontiguousarray(np.abs(blocks).T)) / np.float32(QK1_0)
     out = np.empty((blocks.shape[0], _Q1_0_BYTES), dtype=np.uint8)
     out[:, 0:2] = fp16_bits(d).view(np.uint8).reshape(-1, 2)
     out[:, 2:] = np.packbits(blocks >= 0, axis=1, bitorder="little")

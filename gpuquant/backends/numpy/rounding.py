@@ -1,8 +1,21 @@
-"""Float32 primitives that reproduce ggml's C rounding exactly (shared by every numpy quantizer)."""
+"""Float32 primitives that reproduce ggml's C arithmetic exactly, shared by every NumPy family module:
+nearest_int and roundf, fp16 conversions, and the reductions that ggml's loops do in index order
+(sums, the first largest magnitude, maxima with NaN) over whole arrays of blocks at once.
+
+The reductions run over axis 0 of `[n, ...]` arrays (the in-block index first), so that each step of
+ggml's loop is one contiguous vector operation across blocks.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+# ggml's GROUP_MAX_EPS: a group whose largest magnitude is below it quantizes to zeros.
+GROUP_MAX_EPS = np.float32(1e-15)
+_F0 = np.float32(0.0)
+# Terms per sum beyond which in_order_sum adds with np.add.accumulate: a Python loop over thousands
+# of short vectors (a whole row's terms) costs more than accumulate's one pass.
+_LOOP_TERMS = 256
 
 # ggml's nearest_int adds 1.5 * 2**23 and reads the low 23 bits of the sum: that is plain
 # round-half-even only while |x| <= NEAREST_INT_PLAIN_LIMIT. Beyond it (huge values, +-inf, NaN)
@@ -97,3 +110,59 @@ def max_abs_skipping_nan(blocks: np.ndarray) -> np.ndarray:
     if np.isnan(np.max(ax)):
         ax = np.where(np.isnan(ax), np.float32(0), ax)
     return np.fmax.reduce(ax, axis=1)
+
+
+def in_order_sum(terms: np.ndarray, out: np.ndarray | None = None, from_first: bool = False) -> np.ndarray:
+    """ggml's `float sum = 0; for (i...) sum += terms[i];` over axis 0 of `[n, ...]`, in float32 and in
+    index order (np.sum adds pairwise and rounds differently), into `out` where given.
+
+    from_first: C's `sum = terms[0]; for (i = 1...)` instead; the two differ only in the sign of a sum
+    of -0 terms (from +0 it is +0)."""
+    if terms.shape[0] > _LOOP_TERMS and out is None:
+        total = np.add.accumulate(terms, axis=0)[-1]  # strictly sequential, from terms[0]
+        return total if from_first else total + _F0
+    if out is None:
+        out = terms[0].copy() if from_first else terms[0] + _F0
+    elif from_first:
+        np.copyto(out, terms[0])
+    else:
+        np.add(terms[0], _F0, out=out)
+    for term in terms[1:]:
+        out += term
+    return out
+
+
+def first_max_abs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's `amax = 0, max = 0; for (i...) if (fabsf(v[i]) > amax) { amax = fabsf(v[i]); max = v[i]; }`
+    per column of `[n, m]`: (amax, max), the first value of largest magnitude (NaN never taken, +0
+    where no value beats 0).
+
+    np.max/np.min do not round, so they give ggml's values; only a tie in magnitude (+a and -a, the
+    first seen wins) and NaN (np.max propagates it) need the loop's order, and only those columns
+    (rare) are searched."""
+    top = np.max(values, axis=0)
+    bottom = np.min(values, axis=0)
+    neg_bottom = -bottom
+    vmax = np.where(top >= neg_bottom, top, bottom)
+    tied = np.flatnonzero((top == neg_bottom) & (top != 0))
+    if tied.size:
+        columns = values[:, tied]
+        first = np.argmax(np.abs(columns) == top[tied], axis=0)
+        vmax[tied] = columns[first, np.arange(tied.size)]
+    with_nan = np.flatnonzero(np.isnan(top))
+    if with_nan.size:
+        vmax[with_nan] = _first_max_abs_by_loop(values[:, with_nan])
+    vmax += _F0  # a zero max is ggml's +0 (it never takes a zero)
+    return np.abs(vmax), vmax
+
+
+def _first_max_abs_by_loop(values: np.ndarray) -> np.ndarray:
+    """first_max_abs's max by ggml's loop itself, element by element."""
+    amax = np.zeros(values.shape[1:], dtype=np.float32)
+    vmax = np.zeros(values.shape[1:], dtype=np.float32)
+    for row in values:
+        magnitude = np.abs(row)
+        larger = magnitude > amax
+        np.copyto(amax, magnitude, where=larger)
+        np.copyto(vmax, row, where=larger)
+    return vmax
