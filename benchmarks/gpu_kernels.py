@@ -28,12 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gpuquant.backends import cupy_available  # noqa: E402
-from gpuquant.backends.cupy import _FAMILIES  # noqa: E402
+from gpuquant.backends.cupy import TYPES as CUPY_TYPES  # noqa: E402
 from gpuquant.backends.cupy.device import cupy_module, simulator_enabled  # noqa: E402
 from gpuquant.qtypes import resolve  # noqa: E402
 
 # Every type the CuPy backend has but F32 (a copy); those that use an imatrix are timed with one too.
-TYPES = tuple(name for name in _FAMILIES if name != "F32")
+TYPES = tuple(name for name in CUPY_TYPES if name != "F32")
 WEIGHTED = tuple(name for name in TYPES if resolve(name).imatrix_use != "ignored")
 
 

@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from gpuquant import hostkernels
     from gpuquant.backends import cupy_available
-    from gpuquant.backends.cupy import _FAMILIES
+    from gpuquant.backends.cupy import TYPES as CUPY_TYPES
 
     if args.simulator and hostkernels.find_compiler() is None:
         print("gpu-test --simulator: the CUDA simulator builds kernels/*.cu with a C++ compiler; none was found")
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cupy_available():
         print("gpu-test: cupy sees no CUDA device; nothing was run")
         return 1
-    expected = [name for name in _FAMILIES if name != "F32"]  # F32 is a copy: neither timed nor golden
+    expected = [name for name in CUPY_TYPES if name != "F32"]  # F32 is a copy: neither timed nor golden
 
     global _deadline
     extra = FILE_SECONDS_WITH_DIA - FILE_SECONDS if args.dia else 0

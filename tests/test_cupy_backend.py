@@ -15,7 +15,8 @@ from kernel_inputs import KINDS, random_imatrix, random_rows
 import gpuquant
 from gpuquant import hostkernels
 from gpuquant.backends import cupy_available
-from gpuquant.backends.cupy import _FAMILIES, CupyBackend
+from gpuquant.backends.cupy import TYPES as CUPY_TYPES
+from gpuquant.backends.cupy import CupyBackend
 from gpuquant.backends.cupy.device import SIMULATOR_ENV, cupy_module, get_kernel, simulator_enabled
 from gpuquant.backends.numpy import QUANTIZERS
 
@@ -42,7 +43,7 @@ def cupy():
     return cupy_module()
 
 # Every type the backend has (F32, a plain copy, is tested on its own), and those that use an imatrix.
-TYPES = tuple(name for name in _FAMILIES if name != "F32")
+TYPES = tuple(name for name in CUPY_TYPES if name != "F32")
 WEIGHTED = tuple(name for name in TYPES if gpuquant.resolve(name).imatrix_use != "ignored")
 HAVE_HOST_BUILD = hostkernels.find_compiler() is not None
 

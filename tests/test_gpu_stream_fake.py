@@ -332,7 +332,7 @@ def test_file_pipeline_non_finite_message_matches_numpy(fake, monkeypatch, tmp_p
 def test_device_faults_are_one_line_errors_and_leave_no_output(fake, monkeypatch, tmp_path, fault, message):
     from click.testing import CliRunner
 
-    from gpuquant.backends.cupy import _FAMILIES
+    from gpuquant.backends.cupy import launch
     from gpuquant.cli import main
 
     if fault == "oom":
@@ -343,10 +343,9 @@ def test_device_faults_are_one_line_errors_and_leave_no_output(fake, monkeypatch
         error = (fake.CUDADriverError("CUDA_ERROR_LAUNCH_FAILED: unspecified launch failure") if fault == "launch"
                  else fake.CompileException("lattice.cu(12): error: identifier undefined"))
 
-        def failing(x, t, imatrix, out, stream):
+        def failing(*args, **kwargs):  # where the launcher gets its kernels: compiling, or launching them
             raise error
-        for family in set(_FAMILIES.values()):
-            monkeypatch.setattr(family, "quantize_device", failing)
+        monkeypatch.setattr(launch, "get_kernel", failing)
     src, _ = tiny_model(tmp_path / "in.gguf", "F32")
     out = tmp_path / "o.gguf"
     r = CliRunner().invoke(main, ["quantize", str(src), str(out), "Q4_0", "--backend", "cupy", "-q"])

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from gpuquant import hostkernels
-from gpuquant.backends.cupy import _FAMILIES
+from gpuquant.backends.cupy import TYPES as CUPY_TYPES
 from gpuquant.qtypes import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_test.py"
-TYPES = [name for name in _FAMILIES if name != "F32"]
+TYPES = [name for name in CUPY_TYPES if name != "F32"]
 WEIGHTED = [name for name in TYPES if resolve(name).imatrix_use != "ignored"]
 
 

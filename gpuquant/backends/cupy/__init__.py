@@ -15,16 +15,12 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from ...qtypes import QType, resolve
-from .. import Chunk
-from . import kquants, lattice, legacy, more_types
+from .. import BackendBase, Chunk
+from . import launch
 from . import stream as streaming  # the file pipeline's engine ("stream" names CUDA streams here)
 from .device import cupy_module, simulator_enabled
 
-# type name -> the module whose quantize_device / dequantize_device handle it
-_FAMILIES = {name: legacy for name in legacy.TYPES}
-_FAMILIES.update({name: kquants for name in kquants.TYPES})
-_FAMILIES.update({name: more_types for name in more_types.TYPES})
-_FAMILIES.update({name: lattice for name in lattice.TYPES})
+TYPES = launch.TYPES  # every type the backend has: all of the table's
 
 
 def _check_c_contiguous(name: str, a, dtype) -> None:
@@ -38,7 +34,7 @@ def _check_c_contiguous(name: str, a, dtype) -> None:
         raise ValueError(f"{name} must be C-contiguous")
 
 
-class CupyBackend:
+class CupyBackend(BackendBase):
     """`device_memory_bytes` bounds the file pipeline's device memory (default: $GPUQUANT_GPU_MEMORY,
     else 2 GiB; strings such as "4G" work); `stream_slots` is how many pieces it keeps in flight."""
 
@@ -47,20 +43,24 @@ class CupyBackend:
 
     def __init__(self, device_memory_bytes: int | str | None = None,
                  stream_slots: int = streaming.DEFAULT_SLOTS) -> None:
+        super().__init__()  # notes: said to the user once a run ends (e.g. a reduced memory bound)
         self.device_memory_bytes = streaming.device_memory_setting(device_memory_bytes)
         self.stream_slots = stream_slots
-        self.notes: list[str] = []  # said to the user once a run ends (e.g. a reduced memory bound)
         # The summary's words for it: the simulator is a debugging mode, never mistaken for a GPU run.
-        self.description = "CuPy (CUDA simulator)" if simulator_enabled() else "CuPy"
+        self._description = "CuPy (CUDA simulator)" if simulator_enabled() else "CuPy"
+
+    @property
+    def description(self) -> str:
+        return self._description
 
     def supports(self, qtype: QType) -> bool:
-        return resolve(qtype).name in _FAMILIES
+        return resolve(qtype).name in TYPES
 
-    def _family(self, qtype: str | int | QType):
+    def _type(self, qtype: str | int | QType) -> QType:
         t = resolve(qtype)
-        if t.name not in _FAMILIES:
+        if t.name not in TYPES:
             raise ValueError(f"type {t.name} is not supported yet by the cupy backend")
-        return t, _FAMILIES[t.name]
+        return t
 
     # ------------------------------------------------------------ device arrays
 
@@ -70,7 +70,7 @@ class CupyBackend:
         copied to the host and nothing waits for the kernels."""
         cupy = cupy_module()
 
-        t, family = self._family(qtype)
+        t = self._type(qtype)
         _check_c_contiguous("x", x, np.float32)
         if x.ndim != 2:
             raise ValueError(f"x must be 2-D [rows, n_per_row], got shape {x.shape}")
@@ -84,14 +84,14 @@ class CupyBackend:
             if imatrix.size != n_per_row:
                 raise ValueError(f"imatrix has {imatrix.size} values but rows have {n_per_row}")
         stream = stream if stream is not None else cupy.cuda.get_current_stream()
-        family.quantize_device(x, t, imatrix, out, stream)
+        launch.quantize(x, t, imatrix, out, stream)
 
     def dequantize_device(self, q, qtype: str | int | QType, n_per_row: int, out, stream=None) -> None:
         """Dequantize the device uint8 buffer `q` (whole rows) into device float32 `out` (rows *
         n_per_row values), on `stream` (default: the current stream). Asynchronous."""
         cupy = cupy_module()
 
-        t, family = self._family(qtype)
+        t = self._type(qtype)
         _check_c_contiguous("q", q, np.uint8)
         _check_c_contiguous("out", out, np.float32)
         row_bytes = t.row_bytes(n_per_row)
@@ -99,7 +99,7 @@ class CupyBackend:
             raise ValueError(f"q ({q.nbytes} bytes) and out ({out.size} values) are not the same "
                              f"whole rows of {n_per_row} {t.name} weights")
         stream = stream if stream is not None else cupy.cuda.get_current_stream()
-        family.dequantize_device(q, t, n_per_row, out, stream)
+        launch.dequantize(q, t, n_per_row, out, stream)
 
     # ------------------------------------------------------------ host arrays (Backend protocol)
 

@@ -23,12 +23,12 @@ exceed 3.5 times that, so all slots together stay within the `device_memory_byte
 (CupyBackend(device_memory_bytes=...), else $GPUQUANT_GPU_MEMORY, else DEFAULT_DEVICE_MEMORY, 2 GiB),
 whatever the model size. Pinned host memory is at most twice the slots' input bytes.
 
-CuPy surface used (tests/fake_cupy.py provides exactly this for CI): cupy.empty, cupy.isfinite,
+CuPy surface used (the CUDA simulator, gpuquant/cudasim/cupy.py, provides it for CI): cupy.empty, cupy.isfinite,
 ndarray slicing/view/reshape/.all()/.set(arr, stream=)/.get(stream=, out=[, blocking=False]),
 cupy.get_default_memory_pool().free_all_blocks(stream=), cupy.cuda.Stream(non_blocking=True) as a
 context manager and .synchronize(), cupy.cuda.Event(block=True, disable_timing=True) .record(stream)
 and .synchronize(), cupy.cuda.alloc_pinned_memory, cupy.cuda.runtime.getDevice / setDevice; and
-the backend's quantize_device (the kernels).
+the backend's quantize_device (launch.py: the kernels).
 """
 
 from __future__ import annotations
