@@ -1,4 +1,5 @@
-"""gpuquant: GGUF quantization on NVIDIA GPUs (CuPy) and CPUs (NumPy), byte-identical to ggml."""
+"""gpuquant: GGUF quantization on NVIDIA GPUs (CuPy), on CPUs with the same kernels built for the host
+(native) or with NumPy, byte-identical to ggml."""
 
 from __future__ import annotations
 

@@ -91,13 +91,6 @@ def find_mix(text: str) -> Mix | None:
     return _BY_FTYPE.get(number)
 
 
-def parse_mix(text: str) -> Mix:
-    mix = find_mix(text)
-    if mix is None:
-        raise ValueError(f"unknown quantization type {text!r}: see `gpuquant mixes` for llama-quantize's list")
-    return mix
-
-
 def resolve_type_or_mix(qtype: str | int | QType | Mix) -> QType | Mix:
     """A ggml type (a name in any case, or a ggml id: TTS.cpp's form), else a llama-quantize mix name."""
     if isinstance(qtype, (QType, Mix)):
