@@ -22,9 +22,11 @@ GQ_FOR_EACH_TYPE(GQ_CHECK_FLOAT)
 namespace {
 
 // One loop per type, each storing whole 16-bit words, so that the compiler vectorizes it (the
-// conversions are integer selects: no byte can change).
+// conversions are integer selects: no byte can change). Each loop is a function of its own: inlined
+// into the switch, the branchy F16 conversion ran 30% slower with GCC 12 (1.9 against 1.5 ms per
+// million weights).
 template <gq_u16 (*Encode)(float)>
-int encode_all(const float* x, gq_u8* out, gq_i64 n) {
+__attribute__((noinline)) int encode_all(const float* x, gq_u8* out, gq_i64 n) {
     for (gq_i64 i = 0; i < n; ++i) {
         const gq_u16 h = Encode(x[i]);
         memcpy(out + 2 * i, &h, 2);
@@ -33,7 +35,7 @@ int encode_all(const float* x, gq_u8* out, gq_i64 n) {
 }
 
 template <float (*Decode)(gq_u16)>
-int decode_all(const gq_u8* q, float* y, gq_i64 n) {
+__attribute__((noinline)) int decode_all(const gq_u8* q, float* y, gq_i64 n) {
     for (gq_i64 i = 0; i < n; ++i) y[i] = Decode(gq_load_u16(q + 2 * i));
     return GQ_OK;
 }

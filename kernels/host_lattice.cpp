@@ -63,10 +63,10 @@ const int kNotReady = -3;
 extern "C" {
 
 // The lattice of a type, as arrays that stay alive for the library's life (the caller keeps them).
-// The parameters are in the field order of the NamedTuple gpuquant.hostkernels.LatticeTables
-// (grid_of_code, neighbour_start, neighbour_count, neighbours, level_index, values, ksigns, dims,
-// bits): that NamedTuple is the one statement of the order, which GqLattice (lattice.cuh) and
-// GQ_LATTICE_PARAMS (lattice.cu) keep too.
+// The parameters are in the field order of the NamedTuple LatticeTables (gpuquant/backends/numpy/
+// lattice.py; gpuquant.hostkernels.lattice_tables returns it): grid_of_code, neighbour_start,
+// neighbour_count, neighbours, level_index, values, ksigns, dims, bits. That NamedTuple is the one
+// statement of the order, which GqLattice (lattice.cuh) and GQ_LATTICE_PARAMS (lattice.cu) keep too.
 int gq_set_lattice(int type_id, const gq_i32* grid_of_code, const gq_i32* neighbour_start,
                    const gq_i32* neighbour_count, const gq_i32* neighbours, const gq_u8* level_index,
                    const gq_u8* values, const gq_u8* ksigns, int dims, int bits) {

@@ -6,9 +6,10 @@
 #include "lattice.cuh"
 
 // The lattice parameters every kernel takes first, in the field order of the NamedTuple
-// gpuquant.hostkernels.LatticeTables (grid_of_code, neighbour_start, neighbour_count, neighbours,
-// level_index, values, ksigns, dims, bits): that NamedTuple is the one statement of the order, which
-// GqLattice (lattice.cuh) and gq_set_lattice (host_lattice.cpp) keep too.
+// LatticeTables (gpuquant/backends/numpy/lattice.py; gpuquant.hostkernels.lattice_tables returns it):
+// grid_of_code, neighbour_start, neighbour_count, neighbours, level_index, values, ksigns, dims,
+// bits. That NamedTuple is the one statement of the order, which GqLattice (lattice.cuh) and
+// gq_set_lattice (host_lattice.cpp) keep too.
 #define GQ_LATTICE_PARAMS                                                                              \
     const gq_i32 *__restrict__ grid_of_code, const gq_i32 *__restrict__ neighbour_start,               \
         const gq_i32 *__restrict__ neighbour_count, const gq_i32 *__restrict__ neighbours,             \

@@ -6,16 +6,17 @@
 // lattice takes the best of its precomputed neighbours), and keeps the best weighted least-squares
 // fit. The same functions run in the CUDA kernels (lattice.cu) and in the host build
 // (host_lattice.cpp). The lattice tables (the map from level codes to grid points and the neighbour
-// lists) are built once by the NumPy backend's Lattice and handed over as a GqLattice (host memory
-// for the host build, device memory for the CUDA kernels; gpuquant.hostkernels.lattice_tables gives
-// them), so that all three backends search the same lists.
+// lists) are built once by the NumPy backend's lattice module (its LatticeTables) and handed over as
+// a GqLattice (host memory for the host build, device memory for the CUDA kernels), so that all
+// three backends search the same lists.
 #pragma once
 
 #include "common.cuh"
 #include "kquants.cuh"
 
-// The fields in the order of gpuquant.hostkernels.LatticeTables, the one statement of that order:
-// GQ_LATTICE_PARAMS (lattice.cu) and gq_set_lattice (host_lattice.cpp) take them so too.
+// The fields in the order of the NamedTuple LatticeTables (gpuquant/backends/numpy/lattice.py), the
+// one statement of that order: GQ_LATTICE_PARAMS (lattice.cu) and gq_set_lattice (host_lattice.cpp)
+// take them so too.
 struct GqLattice {
     const gq_i32* grid_of_code;     // [kmap size]: grid index of a level code, -1 off the lattice
     const gq_i32* neighbour_start;  // [kmap size]: first entry of a code's list in `neighbours`
