@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,21 @@ def golden_cases(type_name: str):
         case = key.removesuffix("__imatrix")
         imatrix = CASES[f"imatrix__{case}"] if key.endswith("__imatrix") else None
         yield key, CASES[case], imatrix, expected
+
+
+def pytest_collection_finish(session):
+    """Starts the NVRTC compilations of test_kernels_nvrtc.py in worker threads as soon as the tests are
+    collected, so that they overlap the tests that run before that module's (see its docstring)."""
+    items = [item for item in session.items if getattr(getattr(item, "module", None), "__name__", "") ==
+             "test_kernels_nvrtc"]
+    if items:
+        items[0].module.start_background(items)
+
+
+def pytest_sessionfinish(session):
+    module = sys.modules.get("test_kernels_nvrtc")
+    if module is not None:
+        module.stop_background()
 
 
 @pytest.fixture(scope="session")
