@@ -13,6 +13,7 @@ from gguf import GGMLQuantizationType
 
 from gpuquant.backends.numpy import DEQUANTIZERS, QUANTIZERS, legacy
 from gpuquant.backends.numpy.search import make_qkx3_quants, make_qx_quants
+from gpuquant.qtypes import QTYPES
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 SHAPES = [(1, 32), (1, 4096), (7, 96), (64, 512), (40, 8192)]  # the last spans several chunks
@@ -118,8 +119,8 @@ def test_fast_path_equals_exact_path(type_name):
     for seed in range(3):
         x = _awkward_blocks(seed)
         with np.errstate(all="ignore"):
-            fast = legacy.quantize_reference(x, type_name, fast=True)
-            exact = legacy.quantize_reference(x, type_name, fast=False)
+            fast = legacy.quantize_reference(QTYPES[type_name], x, fast=True)
+            exact = legacy.quantize_reference(QTYPES[type_name], x, fast=False)
         assert fast.dtype == np.uint8
         assert_same_bytes(fast, exact, f"{type_name} seed {seed}")
 

@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...qtypes import QType
+from .registry import Family
 from .rounding import fp16_bits, fp16_bits_to_f32
 
+FAMILY = Family("floats")
+QUANTIZERS, DEQUANTIZERS = FAMILY.quantizers, FAMILY.dequantizers
 
-def _quantize_f32(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+
+@FAMILY.quantizer("F32")
+def quantize_f32(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32).view(np.uint8)
 
 
-def _dequantize_f32(q: np.ndarray, n_per_row: int) -> np.ndarray:
+@FAMILY.dequantizer("F32")
+def dequantize_f32(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
     return np.ascontiguousarray(q).view(np.float32).reshape(q.shape[0], n_per_row).copy()
 
 
-def _quantize_f16(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+@FAMILY.quantizer("F16")
+def quantize_f16(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(fp16_bits(x)).view(np.uint8)
 
 
-def _dequantize_f16(q: np.ndarray, n_per_row: int) -> np.ndarray:
+@FAMILY.dequantizer("F16")
+def dequantize_f16(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
     bits = np.ascontiguousarray(q).view(np.uint16)
     return fp16_bits_to_f32(bits).reshape(q.shape[0], n_per_row)
 
@@ -50,14 +59,12 @@ def bf16_bits(x: np.ndarray) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-def _quantize_bf16(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+@FAMILY.quantizer("BF16")
+def quantize_bf16(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(bf16_bits(x)).view(np.uint8)
 
 
-def _dequantize_bf16(q: np.ndarray, n_per_row: int) -> np.ndarray:
+@FAMILY.dequantizer("BF16")
+def dequantize_bf16(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
     bits = np.ascontiguousarray(q).view(np.uint16).astype(np.uint32) << np.uint32(16)
     return bits.view(np.float32).reshape(q.shape[0], n_per_row)
-
-
-QUANTIZERS = {"F32": _quantize_f32, "F16": _quantize_f16, "BF16": _quantize_bf16}
-DEQUANTIZERS = {"F32": _dequantize_f32, "F16": _dequantize_f16, "BF16": _dequantize_bf16}

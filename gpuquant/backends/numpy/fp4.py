@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import quantize_in_chunks
+from ...qtypes import QType
+from .blocks import quantize_in_chunks, split_blocks
+from .registry import Family
 from .rounding import max_abs_skipping_nan
 
-QK_MXFP4 = 32
-QK_NVFP4 = 64
+FAMILY = Family("fp4")
+QUANTIZERS, DEQUANTIZERS = FAMILY.quantizers, FAMILY.dequantizers
 NVFP4_SUB = 16  # weights per UE4M3 scale
-_MXFP4_BYTES = 17  # e (E8M0), qs[16]
-_NVFP4_BYTES = 36  # d[4] (UE4M3), qs[32]
+# Block layouts: MXFP4 e (E8M0), qs[16]; NVFP4 d[4] (UE4M3, one per NVFP4_SUB weights), qs[32].
 
 KVALUES_FP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.int8)
 _KVALUES_F32 = KVALUES_FP4.astype(np.float32)
@@ -104,7 +105,7 @@ def _floor_log2f(amax: np.ndarray) -> np.ndarray:
     return np.floor(np.log2(amax.astype(np.float64)).astype(np.float32))
 
 
-def _mxfp4_blocks(blocks: np.ndarray) -> np.ndarray:
+def _mxfp4_blocks(blocks: np.ndarray, _: None, out: np.ndarray) -> None:
     amax = max_abs_skipping_nan(blocks)
     exponent = _floor_log2f(np.where(amax > 0, amax, np.float32(1))) + np.float32(125)  # -2 + 127
     # (uint8_t) of the float, compiled as a cast to int (x86: INT_MIN for inf, low byte 0) that
@@ -112,10 +113,8 @@ def _mxfp4_blocks(blocks: np.ndarray) -> np.ndarray:
     exponent = np.where(np.isfinite(exponent), exponent, np.float32(0))
     e = np.where(amax > 0, exponent.astype(np.int32) & 0xFF, 0).astype(np.uint8)
     d = _E8M0_HALF[e][:, None]
-    out = np.empty((blocks.shape[0], _MXFP4_BYTES), dtype=np.uint8)
     out[:, 0] = e
     out[:, 1:] = _pack_halves(_nearest_fp4(blocks, d, amax))
-    return out
 
 
 def fp32_to_ue4m3(v: np.ndarray) -> np.ndarray:
@@ -139,44 +138,42 @@ def fp32_to_ue4m3(v: np.ndarray) -> np.ndarray:
     return np.where(positive, code, 0).astype(np.uint8)
 
 
-def _nvfp4_blocks(blocks: np.ndarray) -> np.ndarray:
+def _nvfp4_blocks(blocks: np.ndarray, _: None, out: np.ndarray) -> None:
     subs = blocks.reshape(-1, NVFP4_SUB)
     amax = max_abs_skipping_nan(subs)
     ue = fp32_to_ue4m3(amax / np.float32(6))
     d = _UE4M3[ue][:, None]
     packed = _pack_halves(_nearest_fp4(subs, d, amax))  # [n_sub_total, 8]
     n = blocks.shape[0]
-    out = np.empty((n, _NVFP4_BYTES), dtype=np.uint8)
     out[:, 0:4] = ue.reshape(n, 4)
     out[:, 4:] = packed.reshape(n, 32)
-    return out
 
 
-def quantize_mxfp4(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return quantize_in_chunks(x, QK_MXFP4, _MXFP4_BYTES, _mxfp4_blocks)
+@FAMILY.quantizer("MXFP4")
+def quantize_mxfp4(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return quantize_in_chunks(t, x, None, _mxfp4_blocks)  # ggml ignores the imatrix
 
 
-def quantize_nvfp4(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return quantize_in_chunks(x, QK_NVFP4, _NVFP4_BYTES, _nvfp4_blocks)
+@FAMILY.quantizer("NVFP4")
+def quantize_nvfp4(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return quantize_in_chunks(t, x, None, _nvfp4_blocks)  # ggml ignores the imatrix
 
 
 def _unpack_halves(qs: np.ndarray) -> np.ndarray:
     return np.concatenate([qs & np.uint8(0xF), qs >> np.uint8(4)], axis=-1)
 
 
+@FAMILY.dequantizer("MXFP4")
 @np.errstate(over="ignore")  # the largest E8M0 scales overflow, as in C
-def dequantize_mxfp4(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    blocks = q.reshape(-1, _MXFP4_BYTES)
+def dequantize_mxfp4(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks = split_blocks(t, q)
     d = _E8M0_HALF[blocks[:, 0]][:, None]
     return (_KVALUES_F32[_unpack_halves(blocks[:, 1:])] * d).reshape(q.shape[0], n_per_row)
 
 
-def dequantize_nvfp4(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    blocks = q.reshape(-1, _NVFP4_BYTES)
+@FAMILY.dequantizer("NVFP4")
+def dequantize_nvfp4(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks = split_blocks(t, q)
     d = _UE4M3[blocks[:, 0:4]][:, :, None]  # [n, 4, 1]
     qs = blocks[:, 4:].reshape(-1, 4, 8)
     return (_KVALUES_F32[_unpack_halves(qs)] * d).reshape(q.shape[0], n_per_row)
-
-
-QUANTIZERS = {"MXFP4": quantize_mxfp4, "NVFP4": quantize_nvfp4}
-DEQUANTIZERS = {"MXFP4": dequantize_mxfp4, "NVFP4": dequantize_nvfp4}

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import quantize_weighted_in_chunks
+from ...qtypes import QType
+from .blocks import quantize_in_chunks, split_blocks
+from .registry import Family
 from .rounding import GROUP_MAX_EPS, first_max_abs, fp16_bits, fp16_bits_to_f32, in_order_sum, nearest_int_exact
 
-BLOCK = 32  # weights that share one searched scale
-QK_K = 256  # IQ4_XS super-block
+FAMILY = Family("iq4")
+QUANTIZERS, DEQUANTIZERS = FAMILY.quantizers, FAMILY.dequantizers
+BLOCK = 32  # weights that share one searched scale (IQ4_NL's block, an eighth of IQ4_XS's)
 SEARCH_STEPS = 7  # ggml's ntry: trial scales (-127 + itry) / max for itry in [-7, 7]
 _CHUNK_BLOCKS = 4096  # 32-weight blocks per vectorized step: keeps the working set in cache
 
@@ -101,22 +104,20 @@ def _to_block_columns(a: np.ndarray) -> np.ndarray:
 
 
 @np.errstate(all="ignore")  # squares that overflow carry inf/NaN through the search, as in C
-def _iq4_nl_chunk(xs: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
-    """Blocks xs [n, 32] (and their imatrix rows) -> IQ4_NL bytes [n, 18]."""
+def _iq4_nl_chunk(xs: np.ndarray, qw: np.ndarray | None, out: np.ndarray) -> None:
+    """Blocks xs [n, 32] (and their imatrix rows) -> IQ4_NL bytes out [n, 18]."""
     xt = _to_block_columns(xs)
     weight = _to_block_columns(_superblock_weights(xs, qw))
     scale = _search_block_scales(xt, weight)
-    out = np.empty((xs.shape[0], 18), dtype=np.uint8)
     out[:, 0:2] = fp16_bits(scale).view(np.uint8).reshape(-1, 2)
     out[:, 2:18] = _pack_nibbles(_nearest_levels(xt, scale))
-    return out
 
 
 @np.errstate(all="ignore")  # squares that overflow carry inf/NaN through the search, as in C
-def _iq4_xs_chunk(xs: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
-    """Super-blocks xs [n, 256] (and their imatrix rows) -> IQ4_XS bytes [n, 136]."""
+def _iq4_xs_chunk(xs: np.ndarray, qw: np.ndarray | None, out: np.ndarray) -> None:
+    """Super-blocks xs [n, 256] (and their imatrix rows) -> IQ4_XS bytes out [n, 136]."""
     n = xs.shape[0]
-    n_sub = QK_K // BLOCK
+    n_sub = xs.shape[1] // BLOCK
     xt = _to_block_columns(xs)
     weight = _to_block_columns(_superblock_weights(xs, qw))
     scales = _search_block_scales(xt, weight).reshape(n, n_sub)
@@ -136,34 +137,36 @@ def _iq4_xs_chunk(xs: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
         scales_h |= (biased[:, ib] >> np.uint16(4)) << np.uint16(2 * ib)
     low = (biased & np.uint16(0xF)).astype(np.uint8)
 
-    out = np.empty((n, 136), dtype=np.uint8)
     out[:, 0:2] = fp16_bits(d).view(np.uint8).reshape(-1, 2)
     out[:, 2:4] = scales_h.astype("<u2").view(np.uint8).reshape(-1, 2)
     out[:, 4:8] = low[:, 0::2] | (low[:, 1::2] << np.uint8(4))
     out[:, 8:136] = _pack_nibbles(levels).reshape(n, -1)
-    return out
 
 
-def quantize_iq4_nl(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return quantize_weighted_in_chunks(x, imatrix, BLOCK, 18, _iq4_nl_chunk, _CHUNK_BLOCKS * BLOCK)
+@FAMILY.quantizer("IQ4_NL")
+def quantize_iq4_nl(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return quantize_in_chunks(t, x, imatrix, _iq4_nl_chunk, _CHUNK_BLOCKS * BLOCK)
 
 
-def quantize_iq4_xs(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return quantize_weighted_in_chunks(x, imatrix, QK_K, 136, _iq4_xs_chunk, _CHUNK_BLOCKS * BLOCK)
+@FAMILY.quantizer("IQ4_XS")
+def quantize_iq4_xs(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return quantize_in_chunks(t, x, imatrix, _iq4_xs_chunk, _CHUNK_BLOCKS * BLOCK)
 
 
-def dequantize_iq4_nl(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    blocks = q.reshape(-1, 18)
+@FAMILY.dequantizer("IQ4_NL")
+def dequantize_iq4_nl(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks = split_blocks(t, q)
     d = fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2"))  # [n, 1]
     qs = blocks[:, 2:]
     levels = np.concatenate([qs & np.uint8(0xF), qs >> np.uint8(4)], axis=1)
     return (d * _KVALUES_F32[levels]).reshape(q.shape[0], n_per_row)
 
 
+@FAMILY.dequantizer("IQ4_XS")
 @np.errstate(invalid="ignore")  # an fp16-overflowed scale times multiplier 0, as in C
-def dequantize_iq4_xs(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    n_sub = QK_K // BLOCK
-    supers = q.reshape(-1, 136)
+def dequantize_iq4_xs(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    n_sub = t.block_size // BLOCK
+    supers = split_blocks(t, q)
     d = fp16_bits_to_f32(supers[:, 0:2].copy().view("<u2"))  # [n, 1]
     scales_h = supers[:, 2:4].copy().view("<u2").astype(np.int32)  # [n, 1]
     scales_l = supers[:, 4:8].astype(np.int32)
@@ -174,7 +177,3 @@ def dequantize_iq4_xs(q: np.ndarray, n_per_row: int) -> np.ndarray:
     qs = supers[:, 8:].reshape(-1, n_sub, 16)
     levels = np.concatenate([qs & np.uint8(0xF), qs >> np.uint8(4)], axis=2)
     return (block_scale[:, :, None] * _KVALUES_F32[levels]).reshape(q.shape[0], n_per_row)
-
-
-QUANTIZERS = {"IQ4_NL": quantize_iq4_nl, "IQ4_XS": quantize_iq4_xs}
-DEQUANTIZERS = {"IQ4_NL": dequantize_iq4_nl, "IQ4_XS": dequantize_iq4_xs}

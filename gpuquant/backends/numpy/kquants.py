@@ -17,13 +17,19 @@ Byte layouts (ggml-common.h), per super-block:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from .blocks import quantize_weighted_in_chunks
+from ...qtypes import QType
+from .blocks import quantize_in_chunks, split_blocks
+from .registry import Family
 from .rounding import GROUP_MAX_EPS, first_max_abs, fp16_bits, fp16_bits_to_f32, in_order_sum, nearest_int_exact
 from .search import make_q3_quants, make_qkx3_quants, make_qp_quants, make_qx_quants, transposed
 
-QK_K = 256
+FAMILY = Family("kquants")
+QUANTIZERS, DEQUANTIZERS = FAMILY.quantizers, FAMILY.dequantizers
+QK_K = 256  # ggml's super-block (every K-quant's block size): its formulas divide by it
 F32 = np.float32
 _ZERO = F32(0.0)
 
@@ -38,19 +44,28 @@ _QUIET = {"divide": "ignore", "invalid": "ignore", "over": "ignore", "under": "i
 # ---------------------------------------------------------------------------------------------
 
 
-def _quantize_rows(x: np.ndarray, imatrix: np.ndarray | None, type_size: int, superblocks_fn) -> np.ndarray:
-    """Split rows into super-blocks, quantize them chunk by chunk, return uint8 [rows, row_bytes]."""
+# (blocks [n, 256], imatrix slices or None) -> the byte fields [n, k] of the layout, in its order
+SuperBlocks = Callable[[np.ndarray, np.ndarray | None], list[np.ndarray]]
+
+
+def _quantize_rows(t: QType, x: np.ndarray, imatrix: np.ndarray | None, superblocks_fn: SuperBlocks) -> np.ndarray:
+    """Split rows into super-blocks, quantize them chunk by chunk, return uint8 [rows, row_bytes].
+    superblocks_fn(blocks, qw) gives the byte fields of the block layout, in its order."""
     x = np.ascontiguousarray(x, dtype=F32)
     imatrix = None if imatrix is None else np.asarray(imatrix, dtype=F32)
+
+    def fill(blocks: np.ndarray, qw: np.ndarray | None, out: np.ndarray) -> None:
+        np.concatenate(superblocks_fn(blocks, qw), axis=1, out=out)
+
     with np.errstate(**_QUIET):
-        return quantize_weighted_in_chunks(x, imatrix, QK_K, type_size, superblocks_fn, _CHUNK_SUPERBLOCKS * QK_K)
+        return quantize_in_chunks(t, x, imatrix, fill, _CHUNK_SUPERBLOCKS * QK_K)
 
 
-def _dequantize_rows(q: np.ndarray, n_per_row: int, type_size: int, superblocks_fn) -> np.ndarray:
+def _dequantize_rows(t: QType, q: np.ndarray, n_per_row: int, values_fn: Callable) -> np.ndarray:
     """uint8 [rows, row_bytes] -> float32 [rows, n_per_row], super-block by super-block."""
-    blocks = np.ascontiguousarray(q, dtype=np.uint8).reshape(-1, type_size)
+    blocks = split_blocks(t, q)
     with np.errstate(**_QUIET):
-        y = superblocks_fn(blocks)
+        y = values_fn(blocks)
     return y.astype(F32, copy=False).reshape(q.shape[0], n_per_row)
 
 
@@ -143,7 +158,7 @@ def _q2_k_imatrix_scales(blocks: np.ndarray, sub: np.ndarray, qw: np.ndarray, nb
     return scale_bytes, fp16_bits(d_block), fp16_bits(m_block), levels
 
 
-def _q2_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+def _q2_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> list[np.ndarray]:
     nb = blocks.shape[0]
     sub = blocks.reshape(nb * 16, 16)
     if qw is None:
@@ -154,7 +169,7 @@ def _q2_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     sub_d = (fp16_bits_to_f32(d_bits)[:, None] * (scale_bytes & 0xF).astype(F32)).reshape(-1)
     sub_m = (fp16_bits_to_f32(dmin_bits)[:, None] * (scale_bytes >> 4).astype(F32)).reshape(-1)
     levels = _requantize(sub, sub_d, sub_m, levels, 0, 3, 0).reshape(nb, QK_K)
-    return np.concatenate([scale_bytes, _pack_2bit(levels), _fp16_bytes(d_bits), _fp16_bytes(dmin_bits)], axis=1)
+    return [scale_bytes, _pack_2bit(levels), _fp16_bytes(d_bits), _fp16_bytes(dmin_bits)]
 
 
 def _q2_k_values(blocks: np.ndarray) -> np.ndarray:
@@ -166,12 +181,14 @@ def _q2_k_values(blocks: np.ndarray) -> np.ndarray:
     return dl[:, :, None] * levels - ml[:, :, None]
 
 
-def quantize_q2_k(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return _quantize_rows(x, imatrix, 84, _q2_k_superblocks)
+@FAMILY.quantizer("Q2_K")
+def quantize_q2_k(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _quantize_rows(t, x, imatrix, _q2_k_superblocks)
 
 
-def dequantize_q2_k(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    return _dequantize_rows(q, n_per_row, 84, _q2_k_values)
+@FAMILY.dequantizer("Q2_K")
+def dequantize_q2_k(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    return _dequantize_rows(t, q, n_per_row, _q2_k_values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +237,7 @@ def _q3_k_imatrix_scales(blocks: np.ndarray, sub: np.ndarray, qw: np.ndarray, nb
     return _pack_scales_q3(scale_levels), fp16_bits(d_block), levels
 
 
-def _q3_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+def _q3_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> list[np.ndarray]:
     nb = blocks.shape[0]
     sub = blocks.reshape(nb * 16, 16)
     if qw is None:
@@ -235,7 +252,7 @@ def _q3_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     hmask = np.zeros((nb, 32), dtype=np.uint8)
     for k in range(8):
         hmask |= high[:, k] << k
-    return np.concatenate([hmask, _pack_2bit(levels & 3), packed_scales, _fp16_bytes(d_bits)], axis=1)
+    return [hmask, _pack_2bit(levels & 3), packed_scales, _fp16_bytes(d_bits)]
 
 
 def _q3_k_values(blocks: np.ndarray) -> np.ndarray:
@@ -248,12 +265,14 @@ def _q3_k_values(blocks: np.ndarray) -> np.ndarray:
     return dl[:, :, None] * levels.reshape(-1, 16, 16).astype(F32)
 
 
-def quantize_q3_k(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return _quantize_rows(x, imatrix, 110, _q3_k_superblocks)
+@FAMILY.quantizer("Q3_K")
+def quantize_q3_k(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _quantize_rows(t, x, imatrix, _q3_k_superblocks)
 
 
-def dequantize_q3_k(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    return _dequantize_rows(q, n_per_row, 110, _q3_k_values)
+@FAMILY.dequantizer("Q3_K")
+def dequantize_q3_k(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    return _dequantize_rows(t, q, n_per_row, _q3_k_values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,14 +356,14 @@ def _k4_values(blocks: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return d1[:, :, None] * levels.reshape(-1, 8, 32) - m1[:, :, None]
 
 
-def _q4_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+def _q4_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> list[np.ndarray]:
     d_bits, dmin_bits, packed_scales, levels = _k4_scales_and_levels(
         blocks, qw, 15, (-1.0, 0.1, 20), clamp_imatrix=False
     )
     # L[64g + 32h + l] is nibble h of qs[32g + l]
     pairs = levels.reshape(-1, 4, 2, 32)
     qs = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(-1, 128)
-    return np.concatenate([_fp16_bytes(d_bits), _fp16_bytes(dmin_bits), packed_scales, qs], axis=1)
+    return [_fp16_bytes(d_bits), _fp16_bytes(dmin_bits), packed_scales, qs]
 
 
 def _q4_k_values(blocks: np.ndarray) -> np.ndarray:
@@ -353,15 +372,17 @@ def _q4_k_values(blocks: np.ndarray) -> np.ndarray:
     return _k4_values(blocks, nibbles.reshape(-1, QK_K).astype(F32))
 
 
-def quantize_q4_k(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return _quantize_rows(x, imatrix, 144, _q4_k_superblocks)
+@FAMILY.quantizer("Q4_K")
+def quantize_q4_k(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _quantize_rows(t, x, imatrix, _q4_k_superblocks)
 
 
-def dequantize_q4_k(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    return _dequantize_rows(q, n_per_row, 144, _q4_k_values)
+@FAMILY.dequantizer("Q4_K")
+def dequantize_q4_k(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    return _dequantize_rows(t, q, n_per_row, _q4_k_values)
 
 
-def _q5_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+def _q5_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> list[np.ndarray]:
     d_bits, dmin_bits, packed_scales, levels = _k4_scales_and_levels(
         blocks, qw, 31, (-0.5, 0.1, 15), clamp_imatrix=True
     )
@@ -372,7 +393,7 @@ def _q5_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     for g in range(4):
         for h in range(2):
             qh |= (parts[:, g, h] >> 4) << (2 * g + h)
-    return np.concatenate([_fp16_bytes(d_bits), _fp16_bytes(dmin_bits), packed_scales, qh, qs], axis=1)
+    return [_fp16_bytes(d_bits), _fp16_bytes(dmin_bits), packed_scales, qh, qs]
 
 
 def _q5_k_values(blocks: np.ndarray) -> np.ndarray:
@@ -382,12 +403,14 @@ def _q5_k_values(blocks: np.ndarray) -> np.ndarray:
     return _k4_values(blocks, (low + (high << 4)).reshape(-1, QK_K).astype(F32))
 
 
-def quantize_q5_k(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return _quantize_rows(x, imatrix, 176, _q5_k_superblocks)
+@FAMILY.quantizer("Q5_K")
+def quantize_q5_k(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _quantize_rows(t, x, imatrix, _q5_k_superblocks)
 
 
-def dequantize_q5_k(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    return _dequantize_rows(q, n_per_row, 176, _q5_k_values)
+@FAMILY.dequantizer("Q5_K")
+def dequantize_q5_k(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    return _dequantize_rows(t, q, n_per_row, _q5_k_values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,7 +418,7 @@ def dequantize_q5_k(q: np.ndarray, n_per_row: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _q6_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+def _q6_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> list[np.ndarray]:
     nb = blocks.shape[0]
     sub = blocks.reshape(nb * 16, 16)
     # ref and impl differ only here: with an imatrix its raw values weigh make_qx_quants' search
@@ -418,7 +441,7 @@ def _q6_k_superblocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     ql = np.concatenate([low[:, :, 0] | (low[:, :, 2] << 4), low[:, :, 1] | (low[:, :, 3] << 4)], axis=2)
     top = quads >> 4
     qh = top[:, :, 0] | (top[:, :, 1] << 2) | (top[:, :, 2] << 4) | (top[:, :, 3] << 6)
-    return np.concatenate([ql.reshape(nb, 128), qh.reshape(nb, 64), sc.view(np.uint8), _fp16_bytes(d_bits)], axis=1)
+    return [ql.reshape(nb, 128), qh.reshape(nb, 64), sc.view(np.uint8), _fp16_bytes(d_bits)]
 
 
 def _q6_k_values(blocks: np.ndarray) -> np.ndarray:
@@ -433,25 +456,12 @@ def _q6_k_values(blocks: np.ndarray) -> np.ndarray:
     return scale * levels.reshape(-1, 16, 16).astype(F32)
 
 
-def quantize_q6_k(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return _quantize_rows(x, imatrix, 210, _q6_k_superblocks)
+@FAMILY.quantizer("Q6_K")
+def quantize_q6_k(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _quantize_rows(t, x, imatrix, _q6_k_superblocks)
 
 
-def dequantize_q6_k(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    return _dequantize_rows(q, n_per_row, 210, _q6_k_values)
+@FAMILY.dequantizer("Q6_K")
+def dequantize_q6_k(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    return _dequantize_rows(t, q, n_per_row, _q6_k_values)
 
-
-QUANTIZERS = {
-    "Q2_K": quantize_q2_k,
-    "Q3_K": quantize_q3_k,
-    "Q4_K": quantize_q4_k,
-    "Q5_K": quantize_q5_k,
-    "Q6_K": quantize_q6_k,
-}
-DEQUANTIZERS = {
-    "Q2_K": dequantize_q2_k,
-    "Q3_K": dequantize_q3_k,
-    "Q4_K": dequantize_q4_k,
-    "Q5_K": dequantize_q5_k,
-    "Q6_K": dequantize_q6_k,
-}

@@ -18,12 +18,16 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ...qtypes import QType
 from . import lattice_grids as grids
-from .blocks import quantize_weighted_in_chunks
+from .blocks import QuantizeBlocks, quantize_in_chunks, split_blocks
+from .registry import Family
 from .rounding import fp16_bits, fp16_bits_to_f32, in_order_sum, nearest_int
 from .search import make_qp_quants
 
-QK_K = 256
+FAMILY = Family("lattice")
+QUANTIZERS, DEQUANTIZERS = FAMILY.quantizers, FAMILY.dequantizers
+QK_K = 256  # ggml's super-block (every lattice type's block size): its formulas divide by it
 SUB = 32  # weights per sub-block (one searched scale)
 _CHUNK_WEIGHTS = 1 << 16  # weights per vectorized step
 
@@ -330,9 +334,9 @@ def _pack_fields(fields: np.ndarray, width: int) -> np.ndarray:
     return (fields << shifts).sum(axis=-1, dtype=fields.dtype)
 
 
-def _split_blocks(q: np.ndarray, block_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Quantized rows -> (blocks [n_blocks, block_bytes], their leading fp16 scale as float32)."""
-    blocks = q.reshape(-1, block_bytes)
+def _blocks_and_scale(t: QType, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantized rows -> (blocks [n_blocks, type_size], their leading fp16 scale as float32)."""
+    blocks = split_blocks(t, q)
     return blocks, fp16_bits_to_f32(blocks[:, 0:2].copy().view("<u2")[:, 0])
 
 
@@ -378,11 +382,10 @@ def _super_block_scale(
     return d_bits, multipliers.astype(np.uint32), nonzero
 
 
-def _blocks_with_scale(d_bits: np.ndarray, block_bytes: int) -> np.ndarray:
-    """Zeroed output blocks [n_blocks, block_bytes] with the fp16 scale bits in bytes 0-1."""
-    out = np.zeros((d_bits.shape[0], block_bytes), dtype=np.uint8)
+def _start_blocks(out: np.ndarray, d_bits: np.ndarray) -> None:
+    """Output blocks out [n_blocks, type_size] zeroed, with the fp16 scale bits in bytes 0-1."""
+    out[...] = 0
     out[:, 0:2] = d_bits.reshape(-1, 1).view(np.uint8)
-    return out
 
 
 def _fold_negative_scales(
@@ -399,7 +402,14 @@ def _fold_negative_scales(
     return scale, grid, signs
 
 
-def _quantize_iq3_xxs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+def _quantize_rows(t: QType, x: np.ndarray, imatrix: np.ndarray | None, quantize_blocks: QuantizeBlocks) -> np.ndarray:
+    """x [rows, n_per_row] -> uint8 [rows, row_bytes], super-blocks a cache-sized slice at a time."""
+    if imatrix is None and t.requires_imatrix:
+        raise ValueError(f"{t.name} requires an importance matrix (ggml asserts one)")
+    return quantize_in_chunks(t, x, imatrix, quantize_blocks, _CHUNK_WEIGHTS)
+
+
+def _quantize_iq3_xxs_blocks(blocks: np.ndarray, qw: np.ndarray | None, out: np.ndarray) -> None:
     nb = blocks.shape[0]
     lattice = _iq3_lattice(256)
     xs = _to_sub_blocks(blocks.T)
@@ -413,16 +423,16 @@ def _quantize_iq3_xxs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.nd
 
     d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 8), np.float32(1.0125))
     packed = _pack_sign_words(signs, multipliers)
-    out = _blocks_with_scale(d_bits, 98)
+    _start_blocks(out, d_bits)
     out[:, 2:66] = grid.T.reshape(nb, 64)
     out[:, 66:98] = packed.astype("<u4").view(np.uint8)
     out[~nonzero] = 0
-    return out
 
 
-def quantize_iq3_xxs(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+@FAMILY.quantizer("IQ3_XXS")
+def quantize_iq3_xxs(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """IQ3_XXS: 256 grid points of 4 3-bit levels, even-parity signs, 3.0625 bits per weight."""
-    return quantize_weighted_in_chunks(x, imatrix, QK_K, 98, _quantize_iq3_xxs_blocks, _CHUNK_WEIGHTS)
+    return _quantize_rows(t, x, imatrix, _quantize_iq3_xxs_blocks)
 
 
 def _apply_signs(values: np.ndarray, sign_bytes: np.ndarray) -> np.ndarray:
@@ -440,15 +450,16 @@ def _signed_grid_values(
     return _apply_signs(sub_scale[:, :, None] * levels, signs).reshape(shape)
 
 
-def dequantize_iq3_xxs(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    blocks, d = _split_blocks(q, 98)
+@FAMILY.dequantizer("IQ3_XXS")
+def dequantize_iq3_xxs(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks, d = _blocks_and_scale(t, q)
     grid_idx = blocks[:, 2:66]
     packed = blocks[:, 66:98].copy().view("<u4")  # [nb, 8]
     db = d[:, None] * (_HALF + (packed >> 28).astype(np.float32)) * _HALF
     return _signed_grid_values(grids.IQ3XXS_GRID, grid_idx, db, _unpack_sign_words(packed), q.shape[:1] + (n_per_row,))
 
 
-def _quantize_iq3_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+def _quantize_iq3_s_blocks(blocks: np.ndarray, qw: np.ndarray | None, out: np.ndarray) -> None:
     nb = blocks.shape[0]
     lattice = _iq3_lattice(512)
     xs = _to_sub_blocks(blocks.T)
@@ -461,7 +472,7 @@ def _quantize_iq3_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndar
 
     d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 8), np.float32(1.033))
     high_bits = _pack_fields((grid >> 8).astype(np.uint8).T, 1)  # bit 8 of a sub-block's 8 points
-    out = _blocks_with_scale(d_bits, 110)
+    _start_blocks(out, d_bits)
     # ggml advances its qs and signs pointers only past non-empty sub-blocks (an empty one
     # `continue`s first), so those are packed to the front; qh bits keep their positions.
     block, sub = np.nonzero(active.reshape(nb, 8))
@@ -476,16 +487,17 @@ def _quantize_iq3_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndar
     out[:, 106:110] = _pack_nibble_pairs(multipliers)
     out[~nonzero, 0:2] = 0
     out[~nonzero, 106:110] = 0
-    return out
 
 
-def quantize_iq3_s(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+@FAMILY.quantizer("IQ3_S")
+def quantize_iq3_s(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """IQ3_S: 512 grid points of 4 3-bit levels, free signs, 3.4375 bits per weight."""
-    return quantize_weighted_in_chunks(x, imatrix, QK_K, 110, _quantize_iq3_s_blocks, _CHUNK_WEIGHTS)
+    return _quantize_rows(t, x, imatrix, _quantize_iq3_s_blocks)
 
 
-def dequantize_iq3_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    blocks, d = _split_blocks(q, 110)
+@FAMILY.dequantizer("IQ3_S")
+def dequantize_iq3_s(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks, d = _blocks_and_scale(t, q)
     high = _unpack_fields(blocks[:, 66:74], 1, 8)  # [nb, 8 sub-blocks, 8 points]
     grid_idx = blocks[:, 2:66].reshape(-1, 8, 8).astype(np.int32) | high.astype(np.int32) << 8
     multipliers = _unpack_nibble_pairs(blocks[:, 106:110])
@@ -504,7 +516,7 @@ def _iq2_lattice(grid_size: int) -> Lattice:
     return Lattice(kgrid, dims=8, bits=2, kmap_size=43692, nwant=nwant)
 
 
-def _quantize_iq2_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+def _quantize_iq2_s_blocks(blocks: np.ndarray, qw: np.ndarray | None, out: np.ndarray) -> None:
     nb = blocks.shape[0]
     lattice = _iq2_lattice(1024)
     xs = _to_sub_blocks(blocks.T, 16)
@@ -518,23 +530,24 @@ def _quantize_iq2_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndar
     d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 16), np.float32(0.9875))
     points = grid.T.reshape(nb, 32)  # point i8 = 2 ib + k
     high = _pack_fields((points >> 8).astype(np.uint8).reshape(nb, 8, 4), 2)  # bits 8-9 of 4 points
-    out = _blocks_with_scale(d_bits, 82)
+    _start_blocks(out, d_bits)
     out[:, 2:34] = points & 255
     out[:, 34:66] = signs.T.reshape(nb, 32)
     out[:, 66:74] = high
     out[:, 74:82] = _pack_nibble_pairs(multipliers)
     out[~nonzero, 0:2] = 0
     out[~nonzero, 74:82] = 0
-    return out
 
 
-def quantize_iq2_s(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+@FAMILY.quantizer("IQ2_S")
+def quantize_iq2_s(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """IQ2_S: 1024 grid points of 8 2-bit levels, free signs, 2.5625 bits per weight."""
-    return quantize_weighted_in_chunks(x, imatrix, QK_K, 82, _quantize_iq2_s_blocks, _CHUNK_WEIGHTS)
+    return _quantize_rows(t, x, imatrix, _quantize_iq2_s_blocks)
 
 
-def dequantize_iq2_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    blocks, d = _split_blocks(q, 82)
+@FAMILY.dequantizer("IQ2_S")
+def dequantize_iq2_s(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks, d = _blocks_and_scale(t, q)
     high = _unpack_fields(blocks[:, 66:74], 2, 4)  # [nb, 8, 4]
     grid_idx = blocks[:, 2:34].reshape(-1, 8, 4).astype(np.int32) | high.astype(np.int32) << 8
     multipliers = _unpack_nibble_pairs(blocks[:, 74:82])
@@ -543,7 +556,7 @@ def dequantize_iq2_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
     return _signed_grid_values(grids.IQ2S_GRID, grid_idx.reshape(-1, 16, 2), db, signs, q.shape[:1] + (n_per_row,))
 
 
-def _quantize_iq2_xs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+def _quantize_iq2_xs_blocks(blocks: np.ndarray, qw: np.ndarray | None, out: np.ndarray) -> None:
     nb = blocks.shape[0]
     lattice = _iq2_lattice(512)
     xs = _to_sub_blocks(blocks.T, 16)
@@ -556,26 +569,21 @@ def _quantize_iq2_xs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.nda
     points = grid | signs.astype(np.int32) << 9
 
     d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 16), _F1)
-    out = _blocks_with_scale(d_bits, 74)
+    _start_blocks(out, d_bits)
     out[:, 2:66] = points.T.reshape(nb, 32).astype("<u2").view(np.uint8)
     out[:, 66:74] = _pack_nibble_pairs(multipliers)
     out[~nonzero] = 0
-    return out
 
 
-def _require_imatrix(imatrix: np.ndarray | None, type_name: str) -> None:
-    if imatrix is None:
-        raise ValueError(f"{type_name} requires an importance matrix (ggml asserts one)")
-
-
-def quantize_iq2_xs(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+@FAMILY.quantizer("IQ2_XS")
+def quantize_iq2_xs(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """IQ2_XS: 512 grid points of 8 2-bit levels, even-parity signs, 2.3125 bits per weight."""
-    _require_imatrix(imatrix, "IQ2_XS")
-    return quantize_weighted_in_chunks(x, imatrix, QK_K, 74, _quantize_iq2_xs_blocks, _CHUNK_WEIGHTS)
+    return _quantize_rows(t, x, imatrix, _quantize_iq2_xs_blocks)
 
 
-def dequantize_iq2_xs(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    blocks, d = _split_blocks(q, 74)
+@FAMILY.dequantizer("IQ2_XS")
+def dequantize_iq2_xs(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks, d = _blocks_and_scale(t, q)
     points = blocks[:, 2:66].copy().view("<u2").reshape(-1, 16, 2)
     multipliers = _unpack_nibble_pairs(blocks[:, 66:74])
     db = d[:, None] * (_HALF + multipliers.astype(np.float32)) * np.float32(0.25)
@@ -583,7 +591,7 @@ def dequantize_iq2_xs(q: np.ndarray, n_per_row: int) -> np.ndarray:
     return _signed_grid_values(grids.IQ2XS_GRID, points & 511, db, signs, q.shape[:1] + (n_per_row,))
 
 
-def _quantize_iq2_xxs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+def _quantize_iq2_xxs_blocks(blocks: np.ndarray, qw: np.ndarray | None, out: np.ndarray) -> None:
     nb = blocks.shape[0]
     lattice = _iq2_lattice(256)
     xs = _to_sub_blocks(blocks.T)
@@ -602,22 +610,22 @@ def _quantize_iq2_xxs_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.nd
 
     d_bits, multipliers, nonzero = _super_block_scale(scale.reshape(nb, 8), _F1)
     packed = _pack_sign_words(signs, multipliers)
-    out = _blocks_with_scale(d_bits, 66)
+    _start_blocks(out, d_bits)
     words = out[:, 2:66].reshape(nb, 8, 8)  # per sub-block: 4 grid bytes, then signs and scale
     words[:, :, 0:4] = grid.T.reshape(nb, 8, 4)
     words[:, :, 4:8] = packed.astype("<u4").reshape(nb, 8, 1).view(np.uint8)
     out[~nonzero] = 0
-    return out
 
 
-def quantize_iq2_xxs(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+@FAMILY.quantizer("IQ2_XXS")
+def quantize_iq2_xxs(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """IQ2_XXS: 256 grid points of 8 2-bit levels, even-parity signs, 2.0625 bits per weight."""
-    _require_imatrix(imatrix, "IQ2_XXS")
-    return quantize_weighted_in_chunks(x, imatrix, QK_K, 66, _quantize_iq2_xxs_blocks, _CHUNK_WEIGHTS)
+    return _quantize_rows(t, x, imatrix, _quantize_iq2_xxs_blocks)
 
 
-def dequantize_iq2_xxs(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    blocks, d = _split_blocks(q, 66)
+@FAMILY.dequantizer("IQ2_XXS")
+def dequantize_iq2_xxs(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks, d = _blocks_and_scale(t, q)
     words = blocks[:, 2:66].copy().view("<u4").reshape(-1, 8, 2)
     grid_idx = blocks[:, 2:66].reshape(-1, 8, 8)[:, :, 0:4]
     packed = words[:, :, 1]
@@ -728,7 +736,7 @@ def _iq1_snap(
     return grid, scale
 
 
-def _quantize_iq1_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+def _quantize_iq1_s_blocks(blocks: np.ndarray, qw: np.ndarray | None, out: np.ndarray) -> None:
     nb = blocks.shape[0]
     lattice = _iq1_lattice()
     xs = _to_sub_blocks(blocks.T)
@@ -760,20 +768,20 @@ def _quantize_iq1_s_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndar
     multipliers = np.where(nonzero[:, None], multipliers | np.where(shift.reshape(nb, 8) == -1, 8, 0), 0)
     points = grid.T.reshape(nb, 8, 4)
     high = _pack_fields(points >> 8, 3)
-    out = _blocks_with_scale(d_bits, 50)
+    _start_blocks(out, d_bits)
     out[:, 2:34] = (points & 255).reshape(nb, 32)
     out[:, 34:50] = (high | multipliers << 12).astype("<u2").view(np.uint8)
-    return out
 
 
-def quantize_iq1_s(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+@FAMILY.quantizer("IQ1_S")
+def quantize_iq1_s(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """IQ1_S: 2048 grid points of 8 ternary levels, shifted by +-1/8, 1.5625 bits per weight."""
-    _require_imatrix(imatrix, "IQ1_S")
-    return quantize_weighted_in_chunks(x, imatrix, QK_K, 50, _quantize_iq1_s_blocks, _CHUNK_WEIGHTS)
+    return _quantize_rows(t, x, imatrix, _quantize_iq1_s_blocks)
 
 
-def dequantize_iq1_s(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    blocks, d = _split_blocks(q, 50)
+@FAMILY.dequantizer("IQ1_S")
+def dequantize_iq1_s(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks, d = _blocks_and_scale(t, q)
     qh = blocks[:, 34:50].copy().view("<u2").astype(np.int32)  # [nb, 8]
     high = _unpack_fields(qh, 3, 4)
     grid_idx = blocks[:, 2:34].reshape(-1, 8, 4).astype(np.int32) | high << 8
@@ -847,7 +855,7 @@ def _from_sub_blocks(a: np.ndarray, sub: int) -> np.ndarray:
     return a.reshape(sub, -1, QK_K // sub).transpose(2, 0, 1).reshape(QK_K, -1)
 
 
-def _quantize_iq1_m_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+def _quantize_iq1_m_blocks(blocks: np.ndarray, qw: np.ndarray | None, out: np.ndarray) -> None:
     nb = blocks.shape[0]
     lattice = _iq1_lattice()
     xs = _to_sub_blocks(blocks.T, IQ1M_SUB)
@@ -887,21 +895,22 @@ def _quantize_iq1_m_blocks(blocks: np.ndarray, qw: np.ndarray | None) -> np.ndar
     packed_multipliers = _pack_fields(multipliers.reshape(nb, 4, 4), 3)
     d_nibbles = _unpack_fields(d_bits, 4, 4)
     sc = np.where(nonzero[:, None], packed_multipliers | d_nibbles << 12, 0)
-    out = np.zeros((nb, 56), dtype=np.uint8)
+    out[...] = 0
     out[:, 0:32] = (points & 255).reshape(nb, 32)
     out[:, 32:48] = qh
     out[:, 48:56] = sc.astype("<u2").view(np.uint8)
-    return out
 
 
-def quantize_iq1_m(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+@FAMILY.quantizer("IQ1_M")
+def quantize_iq1_m(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """IQ1_M: IQ1_S's grid in groups of 8 with a shift each, 3-bit scales per 16 weights, the
     fp16 super-block scale spread over their top nibbles; 1.75 bits per weight."""
-    return quantize_weighted_in_chunks(x, imatrix, QK_K, 56, _quantize_iq1_m_blocks, _CHUNK_WEIGHTS)
+    return _quantize_rows(t, x, imatrix, _quantize_iq1_m_blocks)
 
 
-def dequantize_iq1_m(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    blocks = q.reshape(-1, 56)
+@FAMILY.dequantizer("IQ1_M")
+def dequantize_iq1_m(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks = split_blocks(t, q)
     sc = blocks[:, 48:56].copy().view("<u2").astype(np.uint32)  # [nb, 4]
     d = fp16_bits_to_f32(_pack_fields(sc >> 12, 4).astype(np.uint16))
     multipliers = _unpack_fields(sc, 3, 4)  # [nb, 4, 4]
@@ -912,26 +921,6 @@ def dequantize_iq1_m(q: np.ndarray, n_per_row: int) -> np.ndarray:
     levels = grids.IQ1S_GRID[grid_idx].view(np.int8).reshape(-1, 32, 8).astype(np.float32)
     values = np.repeat(dl, 2, axis=1)[:, :, None] * (levels + delta[:, :, None])
     return values.reshape(q.shape[0], n_per_row)
-
-
-QUANTIZERS: dict = {
-    "IQ3_XXS": quantize_iq3_xxs,
-    "IQ3_S": quantize_iq3_s,
-    "IQ2_S": quantize_iq2_s,
-    "IQ2_XS": quantize_iq2_xs,
-    "IQ2_XXS": quantize_iq2_xxs,
-    "IQ1_S": quantize_iq1_s,
-    "IQ1_M": quantize_iq1_m,
-}
-DEQUANTIZERS: dict = {
-    "IQ3_XXS": dequantize_iq3_xxs,
-    "IQ3_S": dequantize_iq3_s,
-    "IQ2_S": dequantize_iq2_s,
-    "IQ2_XS": dequantize_iq2_xs,
-    "IQ2_XXS": dequantize_iq2_xxs,
-    "IQ1_S": dequantize_iq1_s,
-    "IQ1_M": dequantize_iq1_m,
-}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,15 +22,16 @@ of weight j's 5-bit level.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
+from ...qtypes import QType
+from .blocks import split_blocks
+from .registry import Family
 from .rounding import first_max_abs, fp16_bits, fp16_bits_to_f32, in_order_sum, max_abs_taking_nan, roundf
 from .search import make_qkx3_quants, make_qx_quants
 
-QK = 32  # weights per block, all five types
-TYPE_SIZE = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}
+FAMILY = Family("legacy")
+QUANTIZERS, DEQUANTIZERS = FAMILY.quantizers, FAMILY.dequantizers
 
 # Blocks per chunk on the fast path: large enough to amortize numpy call overhead, small
 # enough that a chunk's temporaries stay near the cache.
@@ -346,19 +347,19 @@ _EXACT = {
 }
 
 
-def quantize_reference(x: np.ndarray, type_name: str, fast: bool = True) -> np.ndarray:
+def quantize_reference(t: QType, x: np.ndarray, fast: bool = True) -> np.ndarray:
     """ggml's quantize_row_<type>_ref over all rows: uint8 [rows, row_bytes].
 
     fast=False runs the exact path on every block (the fast path's cross-check in tests).
     """
-    blocks = x.reshape(-1, QK)
+    blocks = x.reshape(-1, t.block_size)
     nb = blocks.shape[0]
-    row_bytes = x.shape[1] // QK * TYPE_SIZE[type_name]
+    row_bytes = t.row_bytes(x.shape[1])
     if not fast:
-        return _EXACT[type_name](blocks).reshape(x.shape[0], row_bytes)
-    encode = _FAST[type_name]
-    exact = _EXACT[type_name]
-    out = np.empty((nb, TYPE_SIZE[type_name]), dtype=np.uint8)
+        return _EXACT[t.name](blocks).reshape(x.shape[0], row_bytes)
+    encode = _FAST[t.name]
+    exact = _EXACT[t.name]
+    out = np.empty((nb, t.type_size), dtype=np.uint8)
     for start in range(0, nb, _CHUNK_BLOCKS):
         stop = min(start + _CHUNK_BLOCKS, nb)
         handed_over = encode(blocks[start:stop], out[start:stop])
@@ -379,38 +380,38 @@ def _row_sigma2(x: np.ndarray) -> np.ndarray:
     return in_order_sum((x * x).T) / np.float32(x.shape[1])
 
 
-def _block_weights(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
-    """weight[j] = qw[j] * sqrtf(sigma2 + x[j]*x[j]) for every weight, as [rows*nb, 32]."""
+def _block_weights(x: np.ndarray, imatrix: np.ndarray, block_size: int) -> np.ndarray:
+    """weight[j] = qw[j] * sqrtf(sigma2 + x[j]*x[j]) for every weight, as [rows*nb, block_size]."""
     sigma2 = _row_sigma2(x)
     w = x * x
     w += sigma2[:, None]
     np.sqrt(w, out=w)
     w *= imatrix[None, :]
-    return w.reshape(-1, QK)
+    return w.reshape(-1, block_size)
 
 
-def _impl_rows(x: np.ndarray, imatrix: np.ndarray, type_name: str) -> np.ndarray:
-    blocks = x.reshape(-1, QK)
-    weights = _block_weights(x, imatrix)
-    if type_name in ("Q4_0", "Q5_0"):
-        nmax = 8 if type_name == "Q4_0" else 16
+def _impl_rows(t: QType, x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
+    blocks = x.reshape(-1, t.block_size)
+    weights = _block_weights(x, imatrix, t.block_size)
+    if t.name in ("Q4_0", "Q5_0"):
+        nmax = 8 if t.name == "Q4_0" else 16
         d, levels = make_qx_quants(blocks, nmax, 1, weights)
         scales = [d]
     else:
-        nmax = 15 if type_name == "Q4_1" else 31
+        nmax = 15 if t.name == "Q4_1" else 31
         d, the_min, levels = make_qkx3_quants(blocks, nmax, weights, -0.9, 0.05, 36, False)
         scales = [d, -the_min]
-    qh = _pack_high_bits(levels) if type_name in ("Q5_0", "Q5_1") else None
+    qh = _pack_high_bits(levels) if t.name in ("Q5_0", "Q5_1") else None
     return _assemble(scales, qh, _pack_nibbles(levels)).reshape(x.shape[0], -1)
 
 
-def quantize_weighted(x: np.ndarray, imatrix: np.ndarray, type_name: str) -> np.ndarray:
+def quantize_weighted(t: QType, x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
     """ggml's quantize_<type> with quant_weights (Q4_0, Q4_1, Q5_0, Q5_1): [rows, row_bytes]."""
-    out = np.empty((x.shape[0], x.shape[1] // QK * TYPE_SIZE[type_name]), dtype=np.uint8)
+    out = np.empty((x.shape[0], t.row_bytes(x.shape[1])), dtype=np.uint8)
     rows_per_chunk = max(1, _IMATRIX_CHUNK_WEIGHTS // x.shape[1])
     for start in range(0, x.shape[0], rows_per_chunk):
         stop = start + rows_per_chunk
-        out[start:stop] = _impl_rows(x[start:stop], imatrix, type_name)
+        out[start:stop] = _impl_rows(t, x[start:stop], imatrix)
     return out
 
 
@@ -432,45 +433,34 @@ def _high_bit_levels(qh: np.ndarray) -> np.ndarray:
     return np.unpackbits(qh, axis=1, bitorder="little") << np.uint8(4)
 
 
-def _dequantize(q: np.ndarray, n_per_row: int, type_name: str) -> np.ndarray:
-    blocks = np.ascontiguousarray(q).reshape(-1, TYPE_SIZE[type_name])
+@FAMILY.dequantizer(*FAMILY.type_names)  # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+@np.errstate(all="ignore")  # an inf scale times level 0 is NaN, as in C
+def dequantize(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    """ggml's dequantize_row_<type>: float32 [rows, n_per_row]."""
+    blocks = split_blocks(t, q)
     d = _fp16_field(blocks, 0)
-    if type_name == "Q8_0":
+    if t.name == "Q8_0":
         y = blocks[:, 2:].view(np.int8).astype(np.float32) * d
         return y.reshape(q.shape[0], n_per_row)
-    with_min = type_name in ("Q4_1", "Q5_1")
+    with_min = t.name in ("Q4_1", "Q5_1")
     start = 4 if with_min else 2
     levels = _nibble_levels(blocks[:, -16:])
-    if type_name in ("Q5_0", "Q5_1"):
+    if t.name in ("Q5_0", "Q5_1"):
         levels |= _high_bit_levels(blocks[:, start : start + 4])
     if with_min:
         y = levels.astype(np.float32) * d
         y += _fp16_field(blocks, 2)
     else:
-        offset = 8 if type_name == "Q4_0" else 16
+        offset = 8 if t.name == "Q4_0" else 16
         y = (levels.astype(np.int16) - np.int16(offset)).astype(np.float32) * d
     return y.reshape(q.shape[0], n_per_row)
 
 
-def _quantizer(type_name: str) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
-    def quantize(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        with np.errstate(all="ignore"):  # inf and NaN inputs follow IEEE rules, as in C
-            if imatrix is None or type_name == "Q8_0":  # ggml's quantize_q8_0 ignores the imatrix
-                return quantize_reference(x, type_name)
-            return quantize_weighted(x, imatrix, type_name)
-
-    quantize.__name__ = f"quantize_{type_name.lower()}"
-    return quantize
-
-
-def _dequantizer(type_name: str) -> Callable[[np.ndarray, int], np.ndarray]:
-    def dequantize(q: np.ndarray, n_per_row: int) -> np.ndarray:
-        with np.errstate(all="ignore"):  # an inf scale times level 0 is NaN, as in C
-            return _dequantize(q, n_per_row, type_name)
-
-    dequantize.__name__ = f"dequantize_{type_name.lower()}"
-    return dequantize
-
-
-QUANTIZERS = {name: _quantizer(name) for name in TYPE_SIZE}
-DEQUANTIZERS = {name: _dequantizer(name) for name in TYPE_SIZE}
+@FAMILY.quantizer(*FAMILY.type_names)
+@np.errstate(all="ignore")  # inf and NaN inputs follow IEEE rules, as in C
+def quantize(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """ggml's quantize_<type>: the reference rows without an imatrix, quantize_row_<type>_impl with
+    one (Q8_0 ignores it, as ggml's quantize_q8_0 does)."""
+    if imatrix is None or t.name == "Q8_0":
+        return quantize_reference(t, x)
+    return quantize_weighted(t, x, imatrix)

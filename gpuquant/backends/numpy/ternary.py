@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import quantize_in_chunks
+from ...qtypes import QType
+from .blocks import quantize_in_chunks, split_blocks
+from .registry import Family
 from .rounding import fp16_bits, fp16_bits_to_f32, max_abs_taking_nan, roundf
 
-QK_K = 256
-_TQ1_BYTES = 54  # qs[48] (five trits each), qh[4] (four trits each), fp16 d
-_TQ2_BYTES = 66  # qs[64] (four 2-bit trits each), fp16 d
+FAMILY = Family("ternary")
+QUANTIZERS, DEQUANTIZERS = FAMILY.quantizers, FAMILY.dequantizers
+# Block layouts: TQ1_0 qs[48] (five trits each), qh[4] (four trits each), fp16 d;
+# TQ2_0 qs[64] (four 2-bit trits each), fp16 d.
 
 _INT32_LIMIT = np.float32(2.0**31)
 
@@ -58,10 +61,9 @@ def _base3_bytes(trits: np.ndarray) -> np.ndarray:
     return _CEILING_BYTES[value]
 
 
-def _tq1_0_blocks(blocks: np.ndarray) -> np.ndarray:
+def _tq1_0_blocks(blocks: np.ndarray, _: None, out: np.ndarray) -> None:
     d_bits, trits = _scaled_trits(blocks)
     n = trits.shape[0]
-    out = np.empty((n, _TQ1_BYTES), dtype=np.uint8)
     # bytes 0..31 hold weights m + 32 n (n = 0..4); bytes 32..47 weights 160 + m + 16 n
     out[:, 0:32] = _base3_bytes(trits[:, 0:160].reshape(n, 5, 32))
     out[:, 32:48] = _base3_bytes(trits[:, 160:240].reshape(n, 5, 16))
@@ -69,27 +71,26 @@ def _tq1_0_blocks(blocks: np.ndarray) -> np.ndarray:
     last = trits[:, 240:256].reshape(n, 4, 4)
     out[:, 48:52] = _base3_bytes(np.concatenate([last, np.zeros_like(last[:, :1])], axis=1))
     out[:, 52:54] = d_bits.view(np.uint8).reshape(n, 2)
-    return out
 
 
-def _tq2_0_blocks(blocks: np.ndarray) -> np.ndarray:
+def _tq2_0_blocks(blocks: np.ndarray, _: None, out: np.ndarray) -> None:
     d_bits, trits = _scaled_trits(blocks)
     n = trits.shape[0]
     # byte 32 g + m holds weights 128 g + 32 l + m in bits 2 l
     fields = (trits & np.uint8(3)).reshape(n, 2, 4, 32)
     qs = fields[:, :, 0] | (fields[:, :, 1] << 2) | (fields[:, :, 2] << 4) | (fields[:, :, 3] << 6)
-    out = np.empty((n, _TQ2_BYTES), dtype=np.uint8)
     out[:, 0:64] = qs.reshape(n, 64)
     out[:, 64:66] = d_bits.view(np.uint8).reshape(n, 2)
-    return out
 
 
-def quantize_tq1_0(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return quantize_in_chunks(x, QK_K, _TQ1_BYTES, _tq1_0_blocks)
+@FAMILY.quantizer("TQ1_0")
+def quantize_tq1_0(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return quantize_in_chunks(t, x, None, _tq1_0_blocks)  # ggml ignores the imatrix
 
 
-def quantize_tq2_0(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    return quantize_in_chunks(x, QK_K, _TQ2_BYTES, _tq2_0_blocks)
+@FAMILY.quantizer("TQ2_0")
+def quantize_tq2_0(t: QType, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return quantize_in_chunks(t, x, None, _tq2_0_blocks)  # ggml ignores the imatrix
 
 
 _POW3 = np.array([1, 3, 9, 27, 81], dtype=np.uint16)
@@ -101,8 +102,9 @@ def _unpack_base3(packed: np.ndarray, digits: int) -> np.ndarray:
     return ((shifted * np.uint16(3)) >> np.uint16(8)).astype(np.int32)
 
 
-def dequantize_tq1_0(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    blocks = q.reshape(-1, _TQ1_BYTES)
+@FAMILY.dequantizer("TQ1_0")
+def dequantize_tq1_0(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks = split_blocks(t, q)
     n = blocks.shape[0]
     d = fp16_bits_to_f32(blocks[:, 52:54].copy().view("<u2"))  # [n, 1]
     trits = np.concatenate(
@@ -117,16 +119,13 @@ def dequantize_tq1_0(q: np.ndarray, n_per_row: int) -> np.ndarray:
         return ((trits - 1).astype(np.float32) * d).reshape(q.shape[0], n_per_row)
 
 
-def dequantize_tq2_0(q: np.ndarray, n_per_row: int) -> np.ndarray:
-    blocks = q.reshape(-1, _TQ2_BYTES)
+@FAMILY.dequantizer("TQ2_0")
+def dequantize_tq2_0(t: QType, q: np.ndarray, n_per_row: int) -> np.ndarray:
+    blocks = split_blocks(t, q)
     n = blocks.shape[0]
     d = fp16_bits_to_f32(blocks[:, 64:66].copy().view("<u2"))  # [n, 1]
     qs = blocks[:, 0:64].reshape(n, 2, 1, 32)
     shifts = (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)
     fields = ((qs >> shifts) & np.uint8(3)).astype(np.int32)
     with np.errstate(invalid="ignore"):  # inf scale times a zero trit
-        return ((fields - 1).astype(np.float32).reshape(n, QK_K) * d).reshape(q.shape[0], n_per_row)
-
-
-QUANTIZERS = {"TQ1_0": quantize_tq1_0, "TQ2_0": quantize_tq2_0}
-DEQUANTIZERS = {"TQ1_0": dequantize_tq1_0, "TQ2_0": dequantize_tq2_0}
+        return ((fields - 1).astype(np.float32).reshape(n, t.block_size) * d).reshape(q.shape[0], n_per_row)
