@@ -2,8 +2,9 @@
 nearest_int and roundf, fp16 conversions, and the reductions that ggml's loops do in index order
 (sums, the first largest magnitude, maxima with NaN) over whole arrays of blocks at once.
 
-The reductions run over axis 0 of `[n, ...]` arrays (the in-block index first), so that each step of
-ggml's loop is one contiguous vector operation across blocks.
+in_order_sum and first_max_abs run over axis 0 of `[n, ...]` arrays (the in-block index first), so
+that each step of ggml's loop is one contiguous vector operation across blocks; the max_abs_*
+functions take blocks as rows, `[nblocks, n]`.
 """
 
 from __future__ import annotations
