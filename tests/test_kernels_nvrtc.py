@@ -273,29 +273,7 @@ def test_compile_module_cache(tmp_path):
 
 # ---------------------------------------------------------------- the SASS check can fail
 
-_PROBE = ('extern "C" __global__ void probe(const float* x, float* y) {{\n'
-          "    const float a = x[0], b = x[1], c = x[2], d = x[3];\n"
-          "    (void)a; (void)b; (void)c; (void)d;\n"
-          "    y[0] = {};\n}}\n")
-
-
-def _probe_report(tmp_path: Path, arch: str, expression: str, fmad: bool = False, prelude: str = ""):
-    """The SASS check of one probe kernel, compiled (and cached) as compile_module compiles the
-    kernels; with fmad, the one option changed to --fmad=true."""
-    (tmp_path / "probe.cu").write_text(prelude + _PROBE.format(expression))
-    if fmad:
-        options = cupy_compile.module_options(arch, tmp_path)
-        options = tuple("--fmad=true" if o == "--fmad=false" else o for o in options)
-        cubin = cupy_compile.compile_cached(cupy_compile.module_source("probe.cu", tmp_path), "probe.cu", options,
-                                            tmp_path)
-    else:
-        cubin = cupy_compile.compile_module("probe.cu", arch, tmp_path)
-    return sass_check.analyze_cubin(cubin, NVDISASM).functions["probe"]
-
-
-@needs_nvdisasm
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("expression, fmad, opcode", [
+_FLAGGED = [  # (expression, compiled with --fmad=true, the opcode flagged)
     ("a * b + c", True, "FFMA"),  # contracted by the compiler
     ("fmaf(a, b, c)", False, "FFMA"),  # explicit, whatever the options
     ("__fmaf_rn(a, b, c)", False, "FFMA"),
@@ -304,22 +282,63 @@ def _probe_report(tmp_path: Path, arch: str, expression: str, fmad: bool = False
     ("fmaf(sqrtf(a), 127.0f, 0.5f)", False, "FFMA"),
     ("(float)fma((double)a, (double)b, (double)c)", False, "DFMA"),
     ("fused(a, b, c)", False, "FFMA"),  # in a function the compiler did not inline (which divides)
-])
-def test_sass_check_flags_fused_multiply_adds(tmp_path, arch, expression, fmad, opcode):
-    prelude = "__device__ __noinline__ float fused(float a, float b, float c) { return fmaf(a, b, c) / c; }\n"
-    report = _probe_report(tmp_path, arch, expression, fmad, prelude)
-    assert report.flagged, sass_check.summary({"probe": report})
+]
+_PASSING = ["a / b", "1.0f / b", "sqrtf(a)", "a / 127.0f", "-31.2f / b", "sqrtf(a + b) / (c * d)", "a * b + c"]
+_EXPRESSIONS = sorted({e for e, _, _ in _FLAGGED} | set(_PASSING))
+
+
+def _probe_source() -> str:
+    """One kernel probe_<i> per expression, in one translation unit: one compilation and one
+    disassembly serve them all."""
+    parts = ["__device__ __noinline__ float fused(float a, float b, float c) { return fmaf(a, b, c) / c; }\n"]
+    for i, expression in enumerate(_EXPRESSIONS):
+        parts.append(f'extern "C" __global__ void probe_{i}(const float* x, float* y) {{\n'
+                     "    const float a = x[0], b = x[1], c = x[2], d = x[3];\n"
+                     "    (void)a; (void)b; (void)c; (void)d;\n"
+                     f"    y[0] = {expression};\n}}\n")
+    return "".join(parts)
+
+
+@pytest.fixture(scope="module")
+def probe_reports(tmp_path_factory):
+    """(arch, fmad) -> {probe kernel: report}, the probes compiled (and cached) as compile_module
+    compiles the kernels; with fmad, the one option changed to --fmad=true."""
+    folder = tmp_path_factory.mktemp("probes")
+    (folder / "probes.cu").write_text(_probe_source())
+    reports = {}
+
+    def get(arch: str, fmad: bool) -> dict[str, sass_check.FunctionReport]:
+        if (arch, fmad) not in reports:
+            options = cupy_compile.module_options(arch, folder)
+            if fmad:
+                options = tuple("--fmad=true" if o == "--fmad=false" else o for o in options)
+            code = cupy_compile.module_source("probes.cu", folder)
+            cubin = cupy_compile.compile_cached(code, "probes.cu", options, folder)
+            reports[arch, fmad] = sass_check.analyze_cubin(cubin, NVDISASM).functions
+        return reports[arch, fmad]
+
+    return get
+
+
+def _probe(reports: dict[str, sass_check.FunctionReport], expression: str) -> sass_check.FunctionReport:
+    return reports[f"probe_{_EXPRESSIONS.index(expression)}"]
+
+
+@needs_nvdisasm
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("expression, fmad, opcode", _FLAGGED)
+def test_sass_check_flags_fused_multiply_adds(probe_reports, arch, expression, fmad, opcode):
+    report = _probe(probe_reports(arch, fmad), expression)
+    assert report.flagged, sass_check.summary({expression: report})
     assert all(f" {opcode}" in text for text in report.flagged), report.flagged
 
 
 @needs_nvdisasm
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("expression", [
-    "a / b", "1.0f / b", "sqrtf(a)", "a / 127.0f", "-31.2f / b", "sqrtf(a + b) / (c * d)", "a * b + c",
-])
-def test_sass_check_passes_ieee_expansions(tmp_path, arch, expression):
-    report = _probe_report(tmp_path, arch, expression)
-    assert not report.flagged, sass_check.summary({"probe": report})
+@pytest.mark.parametrize("expression", _PASSING)
+def test_sass_check_passes_ieee_expansions(probe_reports, arch, expression):
+    report = _probe(probe_reports(arch, False), expression)
+    assert not report.flagged, sass_check.summary({expression: report})
     if expression != "a * b + c":  # with --fmad=false: FMUL, FADD
         assert report.sanctioned["refinement"] + report.sanctioned["constant divisor"] > 0  # checked, not absent
         assert report.sanctioned["slow path"] > 0
