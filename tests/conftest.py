@@ -38,7 +38,7 @@ def pytest_collection_finish(session):
     items = [item for item in session.items if getattr(getattr(item, "module", None), "__name__", "") ==
              "test_kernels_nvrtc"]
     if items:
-        items[0].module.start_background(items)
+        items[0].module.start_background(items, others=len(items) < len(session.items))
 
 
 def pytest_sessionfinish(session):

@@ -83,9 +83,10 @@ _jobs_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
 
-def start_background(items=None) -> None:
+def start_background(items=None, others: bool = False) -> None:
     """Starts the builds that the selected tests (items; all when None) need, in worker threads: NVRTC
-    runs with the GIL released (ctypes), so they overlap whatever runs meanwhile."""
+    runs with the GIL released (ctypes), so they overlap whatever runs meanwhile. others: other
+    modules' tests run too, and keep a core (CI has two: the builds are done long before these run)."""
     global _pool
     if not HAVE_NVRTC:
         return
@@ -99,7 +100,8 @@ def start_background(items=None) -> None:
     where = Where.now()
     with _jobs_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="nvrtc")
+            cores = os.cpu_count() or 2
+            _pool = ThreadPoolExecutor(max_workers=max(1, cores - 1) if others else cores, thread_name_prefix="nvrtc")
         # The slowest first (kquants.cu and lattice.cu take 15 s, the others 2-7 s).
         for key in sorted(wanted - _jobs.keys(), key=lambda k: (k[0] not in ("kquants.cu", "lattice.cu"), k)):
             _jobs[key] = _pool.submit(_build, *key, where)
