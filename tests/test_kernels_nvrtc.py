@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -220,6 +221,36 @@ def test_ptx_beside_the_cubin_is_the_compute_ptx():
         assert cubin is not None and cubin.startswith(b"\x7fELF")
         assert ptx == nvrtc.compile(code, "k.cu", cupy_compile.module_options(f"compute_{number}"))
         assert f".target sm_{number}" in ptx.decode()
+
+
+class _StubCupy:
+    """The little of CuPy that compile.load_module touches, for a GPU of a given compute capability."""
+
+    def __init__(self, compute_capability: str, driver: int):
+        device = type("Device", (), {"id": 0, "compute_capability": compute_capability})
+        runtime = type("runtime", (), {"driverGetVersion": staticmethod(lambda: driver)})
+        self.loaded: list[bytes] = []
+        loaded = self.loaded
+        module = type("Module", (), {"load": lambda _self, binary: loaded.append(binary)})
+        self.function = type("function", (), {"Module": module})
+        self.cuda = type("cuda", (), {"Device": device, "runtime": runtime, "function": self.function})
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("cc, arch", [("90", "sm_90"), ("80", "sm_80"), ("190", None)])
+def test_load_module_picks_the_target_and_loads_the_binary(monkeypatch, cc, arch):
+    stub = _StubCupy(cc, driver=13000)
+    monkeypatch.setitem(sys.modules, "cupy", stub)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", stub.cuda)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.function", stub.function)
+    monkeypatch.setattr(cupy_compile, "_modules", {})
+    source = min(CU_FILES, key=lambda name: (KERNELS / name).stat().st_size)
+    cupy_compile.load_module(source)
+    assert cupy_compile.load_module(source) is not None and len(stub.loaded) == 1  # loaded once
+    if arch is None:  # newer than this NVRTC knows: its newest PTX, for the driver to compile
+        arch = f"compute_{max(nvrtc.supported_archs())}"
+        assert stub.loaded[0].startswith(b"//")
+    assert stub.loaded[0] == cupy_compile.compile_module(source, arch)
 
 
 # ---------------------------------------------------------------- the cache
