@@ -21,18 +21,4 @@ bool block_format(int type_id, GqHostFormat* f) {
 
 }  // namespace
 
-extern "C" {
-
-// Quantizes nrows rows of n_per_row floats into out (nrows * row_bytes bytes); imatrix is ignored.
-// Returns 0, or a negative GqStatus (GQ_UNKNOWN_TYPE for another family's type).
-int gq_fp4_quantize(int type_id, const float* x, const float* imatrix, gq_u8* out, gq_i64 nrows,
-                    gq_i64 n_per_row) {
-    return gq_host_quantize<block_format>(type_id, x, imatrix, out, nrows, n_per_row);
-}
-
-// Dequantizes nrows rows (n_per_row weights each) from q into y. Returns 0, or a negative GqStatus.
-int gq_fp4_dequantize(int type_id, const gq_u8* q, float* y, gq_i64 nrows, gq_i64 n_per_row) {
-    return gq_host_dequantize<block_format>(type_id, q, y, nrows, n_per_row);
-}
-
-}  // extern "C"
+GQ_HOST_ENTRY_POINTS(fp4, block_format)

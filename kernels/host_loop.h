@@ -100,3 +100,16 @@ int gq_host_dequantize(int type_id, const gq_u8* q, float* y, gq_i64 nrows, gq_i
     if (!Format(type_id, &f)) return GQ_UNKNOWN_TYPE;
     return gq_host_dequantize_rows(f, q, y, nrows, n_per_row);
 }
+
+// gq_<family>_quantize and gq_<family>_dequantize, host_api.cpp's entry points, for a family whose
+// formats one lookup gives (Format(type_id, &f)): 0, or a negative GqStatus (GQ_UNKNOWN_TYPE for
+// another family's type). imatrix (n_per_row floats) may be null.
+#define GQ_HOST_ENTRY_POINTS(FAMILY, FORMAT)                                                            \
+    extern "C" int gq_##FAMILY##_quantize(int type_id, const float* x, const float* imatrix, gq_u8* out, \
+                                          gq_i64 nrows, gq_i64 n_per_row) {                            \
+        return gq_host_quantize<FORMAT>(type_id, x, imatrix, out, nrows, n_per_row);                    \
+    }                                                                                                   \
+    extern "C" int gq_##FAMILY##_dequantize(int type_id, const gq_u8* q, float* y, gq_i64 nrows,         \
+                                            gq_i64 n_per_row) {                                         \
+        return gq_host_dequantize<FORMAT>(type_id, q, y, nrows, n_per_row);                             \
+    }
