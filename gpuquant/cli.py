@@ -127,6 +127,10 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
         buffer_bytes = llama_cli.parse_max_buffer_size(max_buffer_size) if max_buffer_size is not None else None
     except ValueError as e:
         _fail(str(e))
+    if quiet:
+        from .backends.cupy import compile as cupy_compile
+
+        cupy_compile.quiet = True  # nor the note that the CUDA kernels are being compiled
     _interrupt_on_termination()
     try:
         summary = quantize_file(
@@ -263,6 +267,112 @@ def mixes() -> None:
 def types() -> None:
     """List every ggml type with its id, block size, bits per weight and backend support."""
     click.echo(types_table())
+
+
+def _nvrtc_message(e: Exception) -> str:
+    """An NVRTC failure in one line: the message's first, and NVRTC's first error where it logged one."""
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    errors = [line.strip() for line in getattr(e, "log", "").splitlines() if "error" in line]
+    return f"{first} ({errors[0]})" if errors else first
+
+
+def _kernel_targets(archs: str | None, quiet: bool):
+    """(the architectures, the NVRTC): --arch's, else this machine's GPU's as the runtime picks it,
+    else sm_90. With a GPU the NVRTC is the runtime's (of the driver's CUDA major), so that what is
+    compiled here is what a run finds in the cache."""
+    from .backends.cupy import compile as cupy_compile
+    from .backends.cupy import nvrtc
+
+    local = cupy_compile.local_target()
+    lib = local[1] if local else nvrtc.library()
+    if archs:
+        targets = list(dict.fromkeys(a.strip() for a in archs.split(",") if a.strip()))
+        if not targets:
+            raise ValueError("--arch: no architecture given (e.g. --arch sm_80,sm_90)")
+        supported = nvrtc.supported_archs(lib)
+        for arch in targets:
+            cupy_compile.module_options(arch)  # ValueError for what is not sm_XY or compute_XY
+            if int(arch.split("_")[1]) not in supported:
+                raise ValueError(f"NVRTC {'.'.join(map(str, nvrtc.version(lib)))} does not compile for {arch} "
+                                 f"(it does for {', '.join(f'sm_{cc}' for cc in supported)})")
+    elif local:
+        targets = [local[0]]
+    else:
+        targets = ["sm_90"]
+        if not quiet:
+            click.echo("gpuquant: no CUDA GPU found; the kernels are for sm_90 (--arch to choose)", err=True)
+    return targets, lib
+
+
+@main.command()
+@click.option("--compile", "compile_", is_flag=True,
+              help="Compile every module, so that a run finds them in the cache (what is cached costs nothing).")
+@click.option("--list", "list_", is_flag=True,
+              help="List the modules and their kernels (compiling what is not cached).")
+@click.option("--arch", "archs", metavar="sm_80,sm_90",
+              help="Architectures, comma-separated: sm_XY (a CUBIN) or compute_XY (PTX). "
+                   "Default: this machine's GPU, else sm_90.")
+@click.option("--quiet", "-q", is_flag=True, help="No table and no notes; errors only.")
+def kernels(compile_, list_, archs, quiet) -> None:
+    """The CuPy backend's CUDA kernels (kernels/*.cu, compiled by NVRTC and cached): --compile builds
+    them all in parallel ahead of a run, --list names their kernels; alone, which modules the cache
+    holds."""
+    import time
+
+    from .backends.cupy import compile as cupy_compile
+    from .backends.cupy import nvrtc
+    from .hostkernels import cache_dir
+
+    def row(module: str, arch: str, size: str, seconds: str, cached: str) -> str:
+        return f"{module:<12} {arch:<12} {size:>10} {seconds:>8}  {cached}"
+
+    try:
+        targets, lib = _kernel_targets(archs, quiet)
+        names = cupy_compile.module_names()
+        if not compile_ and not list_:
+            if not quiet:
+                version = ".".join(map(str, nvrtc.version(lib)))
+                click.echo(f"NVRTC {version} ({lib.path}); cache {cache_dir() / 'nvrtc'}")
+                click.echo(f"{'module':<12} {'arch':<12} {'bytes':>10}  cached")
+                for arch in targets:
+                    for name in names:
+                        binary = cupy_compile.cached_module(name, arch, lib=lib)
+                        size = "-" if binary is None else str(len(binary))
+                        click.echo(f"{name:<12} {arch:<12} {size:>10}  {'no' if binary is None else 'yes'}")
+            return
+        start = time.perf_counter()
+        show = compile_ and not quiet
+        if show:
+            click.echo(row("module", "arch", "bytes", "seconds", "cached"))
+
+        def progress(build: cupy_compile.ModuleBuild) -> None:
+            if show:  # each as it is done: a cold compilation takes a while
+                click.echo(row(build.source, build.arch, str(len(build.binary)), f"{build.seconds:.2f}",
+                               "yes" if build.cached else "no"))
+
+        builds = cupy_compile.compile_all(targets, progress=progress, lib=lib)
+        if show:
+            compiled = [b for b in builds if not b.cached]
+            click.echo(f"total: {len(names)} modules for {', '.join(targets)}, "
+                       f"{sum(len(b.binary) for b in builds) / 1e6:.1f} MB; "
+                       f"{sum(b.seconds for b in builds):.2f} s of NVRTC in {time.perf_counter() - start:.2f} s "
+                       f"({len(compiled)} compiled, {len(builds) - len(compiled)} cached)")
+        if list_:
+            arch = targets[0]  # the kernels are the same for every architecture
+            for build in (b for b in builds if b.arch == arch):
+                # The PTX: compute_XY's binary, or the one NVRTC made beside sm_XY's CUBIN (cached with it).
+                ptx = build.binary if arch.startswith("compute_") else cupy_compile.compile_module(
+                    build.source, "compute_" + arch.split("_")[1], lib=lib)
+                found = cupy_compile.kernel_names(ptx)
+                click.echo(f"{build.source}: {len(found)} kernels")
+                for kernel in found:
+                    click.echo(f"  {kernel}")
+    except nvrtc.NVRTCError as e:
+        _fail(_nvrtc_message(e))
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
 
 
 @main.command()

@@ -12,6 +12,12 @@ subnormals kept, never fast math.
 Compiled binaries are cached under hostkernels.cache_dir()/nvrtc, keyed by the source text (headed
 by a digest of every kernel source), the options and the NVRTC build.
 
+compile_all compiles every module at once, in threads (ctypes releases the GIL and NVRTC compiles
+different programs concurrently), which is what `gpuquant kernels --compile` runs ahead of a run. At
+run time the first cache miss prints one note to stderr (not with GPUQUANT_QUIET=1, or `quiet` set,
+as `gpuquant quantize --quiet` does) and starts every module's compilation in background threads:
+a run that meets several types then waits for the slowest module once, not for each in turn.
+
 cupy is imported inside functions only, so this module (and its option list) imports without it.
 """
 
@@ -20,8 +26,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import tempfile
 import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...hostkernels import cache_dir, kernel_sources_digest, kernels_dir
@@ -37,6 +48,14 @@ NVRTC_OPTIONS: tuple[str, ...] = (
 
 _CACHE_MAGIC = b"gpuquant-nvrtc-1\n"
 _ARCH = re.compile(r"^(sm|compute)_(\d+)$")
+
+QUIET_ENV = "GPUQUANT_QUIET"
+# The run-time note on a cache miss is not printed when this is set (the CLI sets it for --quiet) or
+# when $GPUQUANT_QUIET is 1.
+quiet = False
+# The run-time first cache miss compiles every module in background threads (False: only the one
+# requested, as each is met).
+warm_all = True
 
 _lock = threading.Lock()
 _modules: dict[tuple[int, str], object] = {}
@@ -117,12 +136,18 @@ def compile_cached(code: str, name: str, options: tuple[str, ...], include_dir: 
     """NVRTC's CUBIN (-arch=sm_XY) or PTX (-arch=compute_XY) of code, from the cache (the folder
     cache, default hostkernels.cache_dir()/nvrtc) when an intact entry is there, else compiled and
     cached. include_dir: the -I folder of the options, whose sources code's header digests."""
+    return _compile_cached(code, name, options, include_dir, lib, cache)[0]
+
+
+def _compile_cached(code: str, name: str, options: tuple[str, ...], include_dir: Path,
+                    lib: nvrtc.Library | None, cache: Path | None) -> tuple[bytes, bool]:
+    """compile_cached's binary, and whether it came from the cache."""
     lib = lib or nvrtc.library()
     cache = cache or cache_dir() / "nvrtc"
     path = _cache_path(code, options, include_dir, lib, cache)
     binary = _read_cache(path)
     if binary is not None:
-        return binary
+        return binary, True
     binary, ptx = nvrtc.compile_outputs(code, name, options, lib)
     if binary is None:
         binary = ptx
@@ -133,7 +158,7 @@ def compile_cached(code: str, name: str, options: tuple[str, ...], include_dir: 
                             for o in options)
         _write_cache(_cache_path(code, ptx_options, include_dir, lib, cache), ptx)
     _write_cache(path, binary)
-    return binary
+    return binary, False
 
 
 def compile_module(source_name: str, arch: str, directory: Path | None = None,
@@ -145,6 +170,107 @@ def compile_module(source_name: str, arch: str, directory: Path | None = None,
                           directory, lib, cache)
 
 
+def cached_module(source_name: str, arch: str, directory: Path | None = None,
+                  lib: nvrtc.Library | None = None, cache: Path | None = None) -> bytes | None:
+    """compile_module's result when the cache holds it, else None (and nothing is compiled)."""
+    directory = directory or kernels_dir()
+    lib = lib or nvrtc.library()
+    options = module_options(arch, directory)
+    path = _cache_path(module_source(source_name, directory), options, directory, lib, cache or cache_dir() / "nvrtc")
+    return _read_cache(path)
+
+
+@dataclass(frozen=True)
+class ModuleBuild:
+    """One module compiled (or found in the cache) for one architecture."""
+
+    source: str  # kernels/<source>
+    arch: str  # sm_XY (binary: a CUBIN) or compute_XY (binary: PTX)
+    binary: bytes
+    seconds: float  # the wall time of the lookup and, on a miss, the compilation
+    cached: bool
+
+
+def module_names(directory: Path | None = None) -> list[str]:
+    """Every module: the kernels/*.cu files, sorted."""
+    return sorted(p.name for p in (directory or kernels_dir()).glob("*.cu"))
+
+
+def kernel_names(ptx: bytes | str) -> list[str]:
+    """The kernels (.entry functions) of a module's PTX, by the names get_kernel looks them up by."""
+    text = ptx.decode(errors="replace") if isinstance(ptx, bytes) else ptx
+    return re.findall(r"^\s*\.(?:visible\s+|weak\s+)?\.entry\s+([\w$]+)\s*\(", text, re.MULTILINE)
+
+
+def build_module(source_name: str, arch: str, directory: Path | None = None,
+                 lib: nvrtc.Library | None = None, cache: Path | None = None) -> ModuleBuild:
+    """compile_module, timed, saying whether the cache had it."""
+    directory = directory or kernels_dir()
+    start = time.perf_counter()
+    binary, cached = _compile_cached(module_source(source_name, directory), source_name,
+                                     module_options(arch, directory), directory, lib, cache)
+    return ModuleBuild(source_name, arch, binary, time.perf_counter() - start, cached)
+
+
+def _slowest_first(sources: Iterable[str], directory: Path) -> list[str]:
+    # With fewer workers than modules the long compilations start first. A module's size with its
+    # family header (kernels/<family>.cuh) is a fair proxy: lattice and kquants take ~10 s, floats 0.1 s.
+    def size(name: str) -> int:
+        return sum(p.stat().st_size for p in (directory / name, (directory / name).with_suffix(".cuh")) if p.is_file())
+
+    return sorted(sources, key=size, reverse=True)
+
+
+def _workers(jobs: int) -> int:
+    return max(1, min(jobs, os.cpu_count() or 1))
+
+
+def compile_all(arch: str | Sequence[str], sources: Iterable[str] | None = None,
+                progress: Callable[[ModuleBuild], None] | None = None, *, directory: Path | None = None,
+                lib: nvrtc.Library | None = None, cache: Path | None = None,
+                workers: int | None = None) -> list[ModuleBuild]:
+    """Every module (kernels/*.cu, or sources) compiled for arch (or each of several) as compile_module
+    compiles it, the cache misses concurrently in up to `workers` threads (default: one per core).
+    Cache hits are read first, in this thread, and cost a file read. progress(build) is called in
+    this thread as each module is done. Returns the builds in (arch, source) order. The first failure
+    (nvrtc.CompileException, ...) is raised at once; the compilations not started yet are dropped."""
+    directory = directory or kernels_dir()
+    lib = lib or nvrtc.library()
+    cache = cache or cache_dir() / "nvrtc"
+    archs = [arch] if isinstance(arch, str) else list(arch)
+    names = list(sources) if sources is not None else module_names(directory)
+    for a in archs:
+        module_options(a, directory)  # a malformed arch fails here, before any work
+    done: dict[tuple[str, str], ModuleBuild] = {}
+    misses: list[tuple[str, str]] = []
+    for a in archs:
+        for name in names:
+            start = time.perf_counter()
+            binary = cached_module(name, a, directory, lib, cache)
+            if binary is None:
+                misses.append((name, a))
+                continue
+            done[name, a] = ModuleBuild(name, a, binary, time.perf_counter() - start, True)
+            if progress:
+                progress(done[name, a])
+    if misses:
+        order = {name: i for i, name in enumerate(_slowest_first({n for n, _ in misses}, directory))}
+        misses.sort(key=lambda job: (order[job[0]], job[1]))
+        pool = ThreadPoolExecutor(max_workers=workers or _workers(len(misses)), thread_name_prefix="gpuquant-nvrtc")
+        try:
+            futures = [pool.submit(build_module, name, a, directory, lib, cache) for name, a in misses]
+            for future in as_completed(futures):
+                build = future.result()
+                done[build.source, build.arch] = build
+                if progress:
+                    progress(build)
+        finally:
+            # After a failure or an interrupt the compilations not started yet are dropped; those in
+            # flight cannot be cut off (the process waits for them at exit, and they land in the cache).
+            pool.shutdown(wait=False, cancel_futures=True)
+    return [done[name, a] for a in archs for name in names]
+
+
 def _runtime_library(cupy) -> nvrtc.Library:
     """The NVRTC for this process's GPU: of the driver's CUDA major version where there is one, as
     code from a newer major's NVRTC may not load on an older driver."""
@@ -153,6 +279,74 @@ def _runtime_library(cupy) -> nvrtc.Library:
     except Exception:  # a runtime that cannot say: the first NVRTC found
         major = None
     return nvrtc.library(prefer_major=major)
+
+
+def local_target() -> tuple[str, nvrtc.Library] | None:
+    """What the runtime compiles for CUDA device 0 (its arch, per target_arch) and with which NVRTC;
+    None without CuPy or a GPU."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+        compute_capability = int(cupy.cuda.Device(0).compute_capability)
+    except Exception:  # no CuPy, no driver, no device: not an error here
+        return None
+    lib = _runtime_library(cupy)
+    return target_arch(compute_capability, nvrtc.supported_archs(lib)), lib
+
+
+_noted = False
+_warm_pool: ThreadPoolExecutor | None = None
+_warming: dict[tuple[str, str, str, str], dict[str, Future[ModuleBuild]]] = {}
+
+
+def _quiet() -> bool:
+    return quiet or os.environ.get(QUIET_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _note(arch: str, lib: nvrtc.Library) -> None:
+    """One line, the first time in the process that the runtime compiles: a run otherwise sits
+    silent for up to a minute the first time."""
+    global _noted
+    if _noted:
+        return
+    _noted = True
+    if _quiet():
+        return
+    version = ".".join(map(str, nvrtc.version(lib)))
+    clear = "\r\033[K" if sys.stderr.isatty() else ""  # off the progress line it would otherwise end
+    sys.stderr.write(f"{clear}gpuquant: compiling the CUDA kernels for {arch} with NVRTC {version} (once; "
+                     "up to a minute; `gpuquant kernels --compile` does it ahead of a run)\n")
+    sys.stderr.flush()
+
+
+def _runtime_binary(source_name: str, arch: str, lib: nvrtc.Library) -> bytes:
+    """The module's binary for the runtime: from the cache, else from the background compilation of
+    every module that the first miss starts."""
+    global _warm_pool
+    directory, cache = kernels_dir(), cache_dir() / "nvrtc"
+    key = (arch, lib.path, str(directory), str(cache))
+    jobs = _warming.get(key)
+    if jobs is None:
+        binary = cached_module(source_name, arch, directory, lib, cache)
+        if binary is not None:
+            return binary
+        _note(arch, lib)
+        if not warm_all:
+            return compile_module(source_name, arch, directory, lib, cache)
+        names = module_names(directory)
+        # The module asked for first, then the slowest: the run waits only for its own.
+        order = [source_name] + [n for n in _slowest_first(names, directory) if n != source_name]
+        if _warm_pool is None:
+            # Never shut down: its threads end with the process, which waits for compilations in
+            # flight (they land in the cache) rather than cut NVRTC off mid-call.
+            _warm_pool = ThreadPoolExecutor(max_workers=_workers(len(order)), thread_name_prefix="gpuquant-nvrtc")
+        jobs = _warming[key] = {n: _warm_pool.submit(build_module, n, arch, directory, lib, cache) for n in order}
+    job = jobs.get(source_name)
+    if job is None:  # not a kernels/*.cu of when the warm started
+        return compile_module(source_name, arch, directory, lib, cache)
+    return job.result().binary  # a compilation error is raised here, for the module that needs it
 
 
 def load_module(source_name: str):
@@ -167,7 +361,7 @@ def load_module(source_name: str):
             return module
         lib = _runtime_library(cupy)
         arch = target_arch(int(device.compute_capability), nvrtc.supported_archs(lib))
-        binary = compile_module(source_name, arch, lib=lib)
+        binary = _runtime_binary(source_name, arch, lib)
         module = function.Module()
         module.load(binary)  # a CUBIN, or PTX that the driver compiles for this GPU
         _modules[(device.id, source_name)] = module
