@@ -83,12 +83,18 @@ HOST_FAMILIES: dict[str, tuple[str, ...]] = _host_families()
 HOST_TYPES: tuple[str, ...] = tuple(name for names in HOST_FAMILIES.values() for name in names)
 
 
-def kernel_sources_digest(directory: Path | None = None) -> str:
-    """A hash of every kernel source file, so that any edit invalidates compiled caches."""
+ALL_SOURCES = (".cuh", ".cu", ".cpp", ".h")
+DEVICE_SOURCES = (".cuh", ".cu")  # what NVRTC and the CUDA simulator compile (no host_*.cpp, no .h)
+
+
+def kernel_sources_digest(directory: Path | None = None, suffixes: tuple[str, ...] = ALL_SOURCES) -> str:
+    """A hash of the kernel source files with these suffixes, so that any edit of them invalidates
+    the caches built from them (the device builds hash the device sources only: a host-only edit
+    leaves their minute of NVRTC cached)."""
     directory = directory or kernels_dir()
     h = hashlib.sha256()
     for path in sorted(directory.iterdir()):
-        if path.suffix in (".cuh", ".cu", ".cpp", ".h"):
+        if path.suffix in suffixes:
             h.update(path.name.encode())
             h.update(b"\0")
             h.update(path.read_bytes())

@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..hostkernels import cache_dir, find_compiler, kernel_sources_digest, kernels_dir
+from ..hostkernels import DEVICE_SOURCES, cache_dir, find_compiler, kernel_sources_digest, kernels_dir
 
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "cuda_sim.h"
@@ -143,8 +143,9 @@ def _compiler() -> str:
 
 def _digest(compiler: str, directory: Path) -> str:
     h = hashlib.sha256()
-    for part in (kernel_sources_digest(directory), HEADER.read_text(), RUNTIME.read_text(), Path(__file__).read_text(),
-                 compiler, " ".join(CXX_FLAGS)):
+    parts = (kernel_sources_digest(directory, DEVICE_SOURCES), HEADER.read_text(), RUNTIME.read_text(),
+             Path(__file__).read_text(), compiler, " ".join(CXX_FLAGS))
+    for part in parts:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:20]

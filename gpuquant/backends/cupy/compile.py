@@ -35,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...hostkernels import cache_dir, kernel_sources_digest, kernels_dir
+from ...hostkernels import DEVICE_SOURCES, cache_dir, kernel_sources_digest, kernels_dir
 from . import nvrtc
 
 NVRTC_OPTIONS: tuple[str, ...] = (
@@ -71,11 +71,11 @@ def module_options(arch: str, directory: Path | None = None) -> tuple[str, ...]:
 
 
 def module_source(source_name: str, directory: Path | None = None) -> str:
-    """The .cu file's text, headed by a hash of all kernel sources: its #included headers are part
-    of what the binary depends on, and a cache keyed on this text must see their edits."""
+    """The .cu file's text, headed by a hash of all device sources (.cu, .cuh): its #included headers
+    are part of what the binary depends on, and a cache keyed on this text must see their edits."""
     directory = directory or kernels_dir()
     text = (directory / source_name).read_text()
-    return f"// gpuquant kernel sources {kernel_sources_digest(directory)}\n{text}"
+    return f"// gpuquant kernel sources {kernel_sources_digest(directory, DEVICE_SOURCES)}\n{text}"
 
 
 def target_arch(compute_capability: int, supported: tuple[int, ...]) -> str:
