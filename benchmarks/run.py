@@ -15,6 +15,9 @@ E. Native backend (the kernels built for this CPU) at 1 and 2 threads next to gg
    1 and 2 threads are timed in alternating pairs, 2t/1t is the median of the pairs' ratios.
 F. What the error measurement costs: the same llama file run with and without it.
 G. NumPy's lattice quantizers (IQ1_S..IQ3_S) at 1 thread next to ggml's C at 1 thread.
+H. F16/BF16 sources widened to float32, one pipeline chunk (8M weights): NumPy's astype (the old
+   path) and the lookup (the path without a backend) next to the native backend's C at 1 and N
+   threads, G weights/s and ratios to the first NumPy row (astype for F16, the shift for BF16).
 C. With a CUDA device: kernel-only GB/s per type (benchmarks/gpu_kernels.py), and full-size
    parler-tts-mini and dia file to file with the cupy and the numpy backend side by side
    (benchmarks/gpu_file.py).
@@ -337,12 +340,40 @@ def bench_error_pass(data_dir: Path, threads: int) -> None:
     print("(cost: extra wall time of the whole command with the error measured over every row, and over 64 rows)")
 
 
+def bench_widening(threads: int, rows: int = 2048, n_per_row: int = 4096) -> None:
+    """G weights/s of F16 and BF16 -> float32 as SourceModel.rows_as_float32 gets them, each call
+    writing a fresh array as the pipeline's chunks do."""
+    from gpuquant.backends.native import NativeBackend
+    from gpuquant.backends.numpy.rounding import fp16_bits_to_f32
+
+    n = rows * n_per_row
+    halves = np.random.default_rng(0).standard_normal(n).astype(np.float16).reshape(rows, n_per_row)
+    q = halves.view(np.uint8)
+    natives = {k: NativeBackend(k) for k in sorted({1, threads})}
+    print(f"\nH. widening to float32, {rows}x{n_per_row} (one {4 * n >> 20} MiB chunk), G weights/s")
+    print(f"{'type':<5} {'path':<26} {'G/s':>6} {'x numpy':>8}")
+    for name in ("F16", "BF16"):
+        if name == "F16":
+            paths = {"numpy astype (old)": lambda: halves.astype(np.float32),
+                     "numpy lookup (no backend)": lambda: fp16_bits_to_f32(halves.view(np.uint16))}
+        else:
+            bits = halves.view(np.uint16)
+            paths = {"numpy shift": lambda bits=bits: (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)}
+        for k, be in natives.items():
+            paths[f"native {k} thread{'s' if k > 1 else ''}"] = partial(be.dequantize, q, QTYPES[name], n_per_row)
+        base = None
+        for label, fn in paths.items():
+            rate = n / _time(fn, 1.0) / 1e9
+            base = base or rate
+            print(f"{name:<5} {label:<26} {rate:>6.2f} {rate / base:>8.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench")
     ap.add_argument("--skip-file", action="store_true", help="only the array benchmarks")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=["arrays", "tts", "llama", "native", "numpy-lattice", "error"],
+    ap.add_argument("--only", choices=["arrays", "tts", "llama", "native", "numpy-lattice", "error", "widen"],
                     help="one section")
     ap.add_argument("--llama-quantize", type=Path, default=ROOT / "build" / "reference" / "llama-quantize")
     args = ap.parse_args()
@@ -359,6 +390,8 @@ def main() -> None:
         bench_llama(args.data_dir, args.threads, args.llama_quantize, ("native", "numpy"))
     if not args.skip_file and args.only in (None, "error"):
         bench_error_pass(args.data_dir, args.threads)
+    if args.only in (None, "widen"):
+        bench_widening(args.threads)
     if args.only is not None:
         return
     try:

@@ -141,7 +141,7 @@ class MetadataEntry:
     sub_type: GGUFValueType | None
 
 
-_NUMPY_SOURCE_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+_NUMPY_SOURCE_DTYPES = {"F32": np.float32, "F16": np.uint16, "BF16": np.uint16}
 
 
 class SourceModel:
@@ -186,23 +186,27 @@ class SourceModel:
 
     def rows_as_float32(self, t: SourceTensor, row_start: int, row_stop: int,
                         dequantize: Callable[[np.ndarray, QType, int], np.ndarray] | None = None) -> np.ndarray:
-        """Rows [row_start, row_stop) of a tensor as float32 [rows, n_per_row]: a float tensor widened
-        exactly, a quantized one through `dequantize(rows, qtype, n_per_row)` (a backend's
-        dequantize_rows: the running backend's own, when requantizing)."""
-        dtype = _NUMPY_SOURCE_DTYPES.get(t.qtype.name)
-        if dtype is None:
+        """Rows [row_start, row_stop) of a tensor as float32 [rows, n_per_row]: an F32 tensor as a view,
+        any other through `dequantize(rows, qtype, n_per_row)` (a backend's dequantize_rows: the running
+        backend's own; the native backend widens F16 and BF16 in C over its threads). Without one, F16
+        and BF16 are widened here with NumPy, to the same bits (ggml's: NaNs quiet, bf16 << 16)."""
+        name = t.qtype.name
+        if name not in _NUMPY_SOURCE_DTYPES or (name != "F32" and dequantize is not None):
             return self._dequantized(t, row_start, row_stop, dequantize)
         row_bytes = t.n_per_row * t.qtype.type_size
-        raw = self.raw_bytes(t, row_start * row_bytes, row_stop * row_bytes).view(dtype)
+        raw = self.raw_bytes(t, row_start * row_bytes, row_stop * row_bytes).view(_NUMPY_SOURCE_DTYPES[name])
         raw = raw.reshape(row_stop - row_start, t.n_per_row)
-        if t.qtype.name == "F32":
+        if name == "F32":
             return raw
-        if t.qtype.name == "F16":
-            return raw.astype(np.float32)
+        if name == "F16":  # not raw.astype: NumPy's cast keeps a signalling NaN signalling, ggml quiets it
+            from .backends.numpy.rounding import fp16_bits_to_f32
+
+            return fp16_bits_to_f32(raw)
         return (raw.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
     def _dequantized(self, t: SourceTensor, row_start: int, row_stop: int, dequantize) -> np.ndarray:
-        """Rows of a quantized tensor as ggml's to_float gives them (for --allow-requantize)."""
+        """Rows of a quantized tensor as ggml's to_float gives them (for --allow-requantize), or of an
+        F16/BF16 one widened by the backend."""
         if dequantize is None or t.qtype.family not in FAMILIES:
             raise GGUFInputError(f"tensor {t.name}: source type {t.qtype.name} cannot be converted")
         row_bytes = t.qtype.row_bytes(t.n_per_row)

@@ -157,13 +157,20 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
     # (the GPU engine) overlaps tensors too, not only the chunks of one tensor.
     conversions = [(e, w) for e, w in zip(entries, weights, strict=True) if e.decision.qtype != e.source.qtype]
     chunk_ranges = {id(e): list(row_chunks(e.source, w, chunk_bytes)) for e, w in conversions}
-    meter = ErrorMeter(_error_backend(be, n_threads), report_sample) if measure_error else None
+    # F16/BF16 sources are widened on the host (the native build: in C over its threads, a GPU run's
+    # too), or with NumPy where a GPU run has no native build; quantized ones by the running backend.
+    # (A GPU run builds the native library only when it measures the error or widens.)
+    widening = any(e.source.qtype.name in ("F16", "BF16") for e, _ in conversions)
+    host = _error_backend(be, n_threads) if measure_error or widening else be
+    meter = ErrorMeter(host, report_sample) if measure_error else None
+    widen = None if host.runs_on_device else host.dequantize_rows
 
     def chunks():
         for e, _ in conversions:
             measured = meter.rows_to_measure(e.name, e.source.n_rows) if meter else None
+            dequantize = widen if e.source.qtype.is_float else be.dequantize_rows  # requantizing: be's own
             for r0, r1, wc in chunk_ranges[id(e)]:
-                x = model.rows_as_float32(e.source, r0, r1, be.dequantize_rows)  # requantizing: be's own
+                x = model.rows_as_float32(e.source, r0, r1, dequantize)
                 if meter:
                     meter.remember(x, r0, measured)
                 yield x, e.decision.qtype, wc

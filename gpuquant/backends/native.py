@@ -20,6 +20,11 @@ from . import BackendBase, Chunk, check_finite_rows
 
 # Rows per task: small enough to balance the threads, big enough to amortize a ctypes call.
 _MIN_WEIGHTS_PER_TASK = 1 << 16
+# F16/BF16 widening is elementwise and memory-bound (several G weights/s a thread): it is split by
+# weights, not rows (one row may be a whole chunk), in spans of at least this many (~0.1 ms each),
+# starting at multiples of _WIDEN_ALIGN weights (whole cache lines of input and output).
+_MIN_WIDEN_PER_TASK = 1 << 18
+_WIDEN_ALIGN = 64
 
 
 class NativeBackend(BackendBase):
@@ -88,6 +93,9 @@ class NativeBackend(BackendBase):
         if qtype.name == "F32":
             return np.ascontiguousarray(q).view(np.float32).reshape(rows, n_per_row).copy()
         out = np.empty((rows, n_per_row), dtype=np.float32)
+        if qtype.is_float:  # F16, BF16: every F16/BF16 source the pipeline reads comes through here
+            self._widen(np.ascontiguousarray(q), qtype, out)
+            return out
 
         def run(a: int, b: int) -> None:
             hostkernels.dequantize_into(q[a:b], qtype, n_per_row, out[a:b])
@@ -95,3 +103,18 @@ class NativeBackend(BackendBase):
         self._run(run, self._split(rows, n_per_row))
         return out
 
+    def _widen(self, q: np.ndarray, qtype: QType, out: np.ndarray) -> None:
+        """out (float32, C-contiguous) = the 16-bit words of q widened (host_floats.cpp: vcvtph2ps
+        where the CPU has it), in spans of weights over the threads."""
+        n = out.size
+        words, values = q.reshape(-1), out.reshape(-1)
+        if words.size != 2 * n:
+            raise ValueError(f"{words.size} bytes are not {n} {qtype.name} weights")
+        n_tasks = 1 if self._pool is None else max(1, min(self.n_threads * 4, n // _MIN_WIDEN_PER_TASK))
+        bounds = [n * i // n_tasks // _WIDEN_ALIGN * _WIDEN_ALIGN for i in range(n_tasks)] + [n]
+
+        def run(a: int, b: int) -> None:
+            hostkernels.dequantize_into(words[2 * a : 2 * b].reshape(1, -1), qtype, b - a,
+                                        values[a:b].reshape(1, -1))
+
+        self._run(run, [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
