@@ -175,6 +175,48 @@ def test_nvrtc_candidates(monkeypatch):
         nvrtc.library()
 
 
+_FALLBACK_SCRIPT = """
+import ctypes, sys, types
+from gpuquant.backends.cupy import nvrtc
+real = nvrtc.candidates()[0]  # the wheel's library, found before the wheel paths are hidden below
+nvrtc._WHEEL_PATHS = ()
+loaded = []
+if sys.argv[1] == "with-cupy":  # a CuPy that loads its NVRTC from where only it knows
+    nv = types.ModuleType("cupy.cuda.nvrtc")
+    nv.getVersion = lambda: loaded.append(ctypes.CDLL(real)) or (13, 0)
+    cuda = types.ModuleType("cupy.cuda")
+    cuda.nvrtc = nv
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = cuda
+    sys.modules.update({"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.nvrtc": nv})
+try:
+    print(nvrtc.library().path, len(loaded), nvrtc.version())
+except nvrtc.NVRTCError as e:
+    print("not found:", str(e).splitlines()[0])
+"""
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("cupy", ["with-cupy", "without"])
+def test_nvrtc_that_only_cupy_can_find(monkeypatch, cupy):
+    # A GPU machine whose NVRTC is neither a wheel nor in the loader's path, but CuPy's: once CuPy
+    # has loaded it, the soname resolves to it.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in (nvrtc.LIBRARY_ENV, "CUDA_PATH", "CUDA_HOME",
+                                                             "LD_LIBRARY_PATH")}
+    if any(Path(c).is_file() for c in nvrtc.candidates() if c.startswith("/usr/local/cuda")):
+        pytest.skip("this machine has a CUDA toolkit's libnvrtc in /usr/local/cuda")
+    done = subprocess.run([sys.executable, "-c", _FALLBACK_SCRIPT, cupy], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0, done.stderr
+    if cupy == "with-cupy":
+        assert done.stdout.startswith("libnvrtc.so.13 1 (13,"), done.stdout
+    else:
+        assert done.stdout.startswith("not found: NVRTC not found"), done.stdout
+
+
 @needs_nvrtc
 def test_nvrtc_error_carries_the_log():
     with pytest.raises(nvrtc.CompileException) as raised:

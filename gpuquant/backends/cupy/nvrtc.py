@@ -3,8 +3,9 @@
 The CuPy backend compiles kernels/*.cu through this module (compile.py), and so does the test suite:
 CI, which has no GPU, compiles exactly what the runtime compiles. NVRTC comes from, in order:
 $GPUQUANT_NVRTC_LIBRARY; the PyPI wheel `nvidia-cuda-nvrtc` (CUDA 13: nvidia/cu13/lib/libnvrtc.so.13,
-CUDA 12: nvidia/cuda_nvrtc/lib/libnvrtc.so.12); $CUDA_PATH or $CUDA_HOME lib64; the plain sonames, which
-also find one that CuPy has already loaded. A library that fails to load is passed over (but
+CUDA 12: nvidia/cuda_nvrtc/lib/libnvrtc.so.12); $CUDA_PATH, $CUDA_HOME or /usr/local/cuda lib64; the
+plain sonames, which also find one that CuPy has already loaded; and, when none of these loads, the
+same sonames again after CuPy has been asked to load its own. A library that fails to load is passed over (but
 $GPUQUANT_NVRTC_LIBRARY, which is the only candidate when set).
 
 ctypes releases the GIL around every foreign call, and NVRTC allows concurrent calls on different
@@ -98,8 +99,7 @@ def candidates(prefer_major: int | None = None) -> list[str]:
             path = Path(d) / relative
             if path.is_file() and str(path) not in found:
                 found.append(str(path))
-    for env in ("CUDA_PATH", "CUDA_HOME"):
-        root = os.environ.get(env)
+    for root in (os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
         if root:
             for soname in _SONAMES:
                 path = Path(root) / "lib64" / soname
@@ -124,18 +124,34 @@ def library(prefer_major: int | None = None) -> Library:
         if lib is not None:
             return lib
         errors = []
-        for path in candidates(prefer_major):
-            try:
-                lib = Library(path)
-            except (NVRTCError, AttributeError) as e:  # AttributeError: a library without NVRTC's API
-                errors.append(str(e))
-                continue
-            _loaded[key] = lib
-            return lib
+        for attempt in range(2):
+            if attempt == 1 and (os.environ.get(LIBRARY_ENV) or not _let_cupy_load_its_nvrtc()):
+                break
+            for path in candidates(prefer_major):
+                try:
+                    lib = Library(path)
+                except (NVRTCError, AttributeError) as e:  # AttributeError: a library without NVRTC's API
+                    errors.append(str(e))
+                    continue
+                _loaded[key] = lib
+                return lib
     raise NVRTCError(
         f"NVRTC not found: pip install nvidia-cuda-nvrtc, or set {LIBRARY_ENV} to a libnvrtc.so "
         f"({'; '.join(errors[-3:])})"
     )
+
+
+def _let_cupy_load_its_nvrtc() -> bool:
+    """Where none of the candidates loads but CuPy is installed: CuPy finds its own libnvrtc (its wheels
+    know where, e.g. through cuda-pathfinder); once loaded, the sonames above resolve to it. True when
+    CuPy loaded one."""
+    try:
+        from cupy.cuda import nvrtc as cupy_nvrtc
+
+        cupy_nvrtc.getVersion()
+    except Exception:  # no CuPy, or CuPy without NVRTC: nothing more to try
+        return False
+    return True
 
 
 def is_available() -> bool:
