@@ -98,8 +98,8 @@ def bench_arrays(types: list[str], rows_fast: int, rows_slow: int, rows_grid: in
         if name not in QUANTIZERS or name == "F32":  # F32 is a copy, not a quantizer
             continue
         t = QTYPES[name]
-        fast = t.family in ("float", "legacy", "fp4", "ternary", "lowbit")
-        rows = rows_fast if fast else rows_grid if t.family == "iq-grid" else rows_slow
+        fast = t.family in ("floats", "legacy", "fp4", "ternary", "lowbit")
+        rows = rows_fast if fast else rows_grid if t.family == "lattice" else rows_slow
         x = (rng.standard_normal((rows, 4096)) * 0.02).astype(np.float32)
         w = rng.random(4096).astype(np.float32)
         mb = x.nbytes / 1e6
@@ -300,7 +300,7 @@ def bench_numpy_lattice(harness: Path, rows: int) -> None:
         x.tofile(x_path)
         w.tofile(w_path)
         for name, t in QTYPES.items():
-            if t.family != "iq-grid":
+            if t.family != "lattice":
                 continue
             for im in [w] if t.requires_imatrix else [None, w]:
                 c1 = _ggml_mbps(harness, t, rows, x_path, w_path if im is not None else None, 1)
@@ -383,7 +383,7 @@ def main() -> None:
         bench_file(args.data_dir, ["Q4_0", "Q8_0"], args.threads)
     if args.only in (None, "native"):
         bench_native(ROOT / "build" / "reference" / "ggml-harness", list(QTYPES),
-                     {"float": 2048, "legacy": 2048, "fp4": 1024, "lowbit": 2048, "ternary": 1024})
+                     {"floats": 2048, "legacy": 2048, "fp4": 1024, "lowbit": 2048, "ternary": 1024})
     if args.only in (None, "numpy-lattice"):
         bench_numpy_lattice(ROOT / "build" / "reference" / "ggml-harness", rows=32)
     if not args.skip_file and args.only in (None, "llama"):
