@@ -26,6 +26,7 @@ C. With a CUDA device: kernel-only GB/s per type (benchmarks/gpu_kernels.py), an
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -368,12 +369,57 @@ def bench_widening(threads: int, rows: int = 2048, n_per_row: int = 4096) -> Non
             print(f"{name:<5} {label:<26} {rate:>6.2f} {rate / base:>8.2f}")
 
 
+def bench_gpu_host(data_dir: Path, threads: int) -> None:
+    """The GPU engine's host side alone: the CUDA simulator with a device that costs nothing (copies
+    and kernels taken off the host, as DMA engines and the GPU take them), file to file from an F16
+    source; GB/s of F16 file, with and without the error pass, per CPU thread count."""
+    from gpuquant.backends.cupy.device import SIMULATOR_ENV
+    from gpuquant.cudasim import cupy as simulated
+    from gpuquant.pipeline import quantize_file
+    from gpuquant.synthetic_llama import wide_llama_layout, write_llama_model
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    src = data_dir / "llama-4096-2layers-f16.gguf"
+    if not src.exists():
+        print(f"writing {src} ...", file=sys.stderr)
+        write_llama_model(wide_llama_layout(), src, dtype="F16")
+    size = src.stat().st_size / 1e9
+    subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)
+    dst = data_dir / "gpu-host.gguf"
+    print(f"\nI. GPU engine, host side only (a device that costs nothing), llama 4096-wide F16 {size:.2f} GB, "
+          f"warm cache, best of 2")
+    print(f"{'mix':<7} {'threads':>7} {'error':<6} {'s':>6} {'GB/s':>6}")
+    old = os.environ.get(SIMULATOR_ENV)
+    os.environ[SIMULATOR_ENV] = "1"
+    simulated.COST_FREE_DEVICE = True
+    try:
+        for mix in ("Q4_K_M",):
+            for n in sorted({1, threads}):
+                for measure in (False, True):
+                    best = float("inf")
+                    for _ in range(2):
+                        dst.unlink(missing_ok=True)
+                        t0 = time.perf_counter()
+                        quantize_file(src, dst, mix, backend="cupy", n_threads=n, measure_error=measure)
+                        best = min(best, time.perf_counter() - t0)
+                    print(f"{mix:<7} {n:>7} {'yes' if measure else 'no':<6} {best:>6.2f} {size / best:>6.2f}")
+    finally:
+        simulated.COST_FREE_DEVICE = False
+        if old is None:
+            os.environ.pop(SIMULATOR_ENV, None)
+        else:
+            os.environ[SIMULATOR_ENV] = old
+        dst.unlink(missing_ok=True)
+    print("(the output bytes of this mode are garbage; the figure is what the host can feed a GPU)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench")
     ap.add_argument("--skip-file", action="store_true", help="only the array benchmarks")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=["arrays", "tts", "llama", "native", "numpy-lattice", "error", "widen"],
+    ap.add_argument("--only", choices=["arrays", "tts", "llama", "native", "numpy-lattice", "error", "widen",
+                                       "gpu-host"],
                     help="one section")
     ap.add_argument("--llama-quantize", type=Path, default=ROOT / "build" / "reference" / "llama-quantize")
     args = ap.parse_args()
@@ -392,6 +438,8 @@ def main() -> None:
         bench_error_pass(args.data_dir, args.threads)
     if args.only in (None, "widen"):
         bench_widening(args.threads)
+    if not args.skip_file and args.only in (None, "gpu-host"):
+        bench_gpu_host(args.data_dir, args.threads)
     if args.only is not None:
         return
     try:

@@ -232,3 +232,21 @@ def test_row_statistics_lose_their_barrier_and_the_simulator_sees_it(tmp_path, m
     for j in range(96):  # in order, as ggml sums a row
         want += x[:, j] * x[:, j]
     assert sigma2.get().view(np.uint32).tolist() == (want / np.float32(96)).view(np.uint32).tolist()
+
+
+def test_a_cost_free_device_skips_copies_and_kernels_for_benchmarks(monkeypatch):
+    # benchmarks/run.py --only gpu-host times the streaming engine's host side with it
+    from gpuquant.backends.cupy import CupyBackend
+    from gpuquant.backends.cupy.device import SIMULATOR_ENV
+    from gpuquant.qtypes import QTYPES
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("a kernel ran on the cost-free device")
+
+    monkeypatch.setenv(SIMULATOR_ENV, "1")
+    monkeypatch.setattr(sim, "COST_FREE_DEVICE", True)
+    monkeypatch.setattr(sim.Function, "_launch", no_launch)
+    x = np.ones((64, 256), dtype=np.float32)
+    x[3, 5] = np.nan  # the finite check costs nothing either: it passes
+    outputs = [q.copy() for q in CupyBackend().quantize_chunks([(x, QTYPES["Q4_0"], None)], check_finite=True)]
+    assert outputs[0].shape == (64, 256 // 32 * 18) and (outputs[0] == 0xCD).all()  # never written: garbage
