@@ -161,7 +161,7 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
     # too), or with NumPy where a GPU run has no native build; quantized ones by the running backend.
     # (A GPU run builds the native library only when it measures the error or widens.)
     widening = any(e.source.qtype.name in ("F16", "BF16") for e, _ in conversions)
-    host = _error_backend(be, n_threads) if measure_error or widening else be
+    host = _host_backend(be, n_threads) if measure_error or widening else be
     meter = ErrorMeter(host, report_sample) if measure_error else None
     widen = None if host.runs_on_device else host.dequantize_rows
 
@@ -219,10 +219,10 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
     return summary
 
 
-def _error_backend(be, n_threads: int):
-    """The backend whose pass measures the error: the running one, except that a GPU run measures on
-    the host with the native build where there is one (the inputs are on the host anyway, and the
-    device memory belongs to the streaming engine)."""
+def _host_backend(be, n_threads: int):
+    """The backend that measures the error and widens F16/BF16 sources: the running one, except that a
+    GPU run does both on the host with the native build where there is one (the inputs are on the
+    host anyway, and the device memory belongs to the streaming engine)."""
     if be.runs_on_device:
         native, _ = native_backend(n_threads)
         if native is not None:

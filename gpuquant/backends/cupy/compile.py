@@ -37,6 +37,7 @@ from pathlib import Path
 
 from ...hostkernels import DEVICE_SOURCES, cache_dir, kernel_sources_digest, kernels_dir
 from . import nvrtc
+from .device import env_flag
 
 NVRTC_OPTIONS: tuple[str, ...] = (
     "--fmad=false",
@@ -302,7 +303,7 @@ _warming: dict[tuple[str, str, str, str], dict[str, Future[ModuleBuild]]] = {}
 
 
 def _quiet() -> bool:
-    return quiet or os.environ.get(QUIET_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return quiet or env_flag(QUIET_ENV)
 
 
 def _note(arch: str, lib: nvrtc.Library) -> None:

@@ -13,8 +13,13 @@ from types import ModuleType
 SIMULATOR_ENV = "GPUQUANT_CUDA_SIM"
 
 
+def env_flag(name: str) -> bool:
+    """Whether the environment variable `name` is set to something other than empty, 0, false, no, off."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def simulator_enabled() -> bool:
-    return os.environ.get(SIMULATOR_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return env_flag(SIMULATOR_ENV)
 
 
 def cupy_module() -> ModuleType:
