@@ -452,21 +452,43 @@ GQ_FN float gq_make_qx_quants(int nmax, const float* x, gq_i8* L, int rmse_type,
 
 // Trials of make_qkx3_quants run side by side (see there). On the host 24 (three AVX2 registers
 // per sum) measured 1.6-1.8x faster than 8 for Q4_K, Q2_K and Q4_1 with an imatrix (32 and 40 were
-// slower again); on the GPU 8 keeps the batch's 8 arrays in registers.
+// slower again). On the GPU one at a time: each thread holds one sub-block (its values and weights
+// in registers, no batch arrays beside them), and every thread of a warp runs the same nstep + 1
+// trials in step, whatever wins where.
 #ifdef __CUDACC__
-#define GQ_QKX_BATCH 8
+#define GQ_QKX_BATCH 1
 #else
 #define GQ_QKX_BATCH 24
 #endif
 
-// ggml's make_qkx3_quants: an asymmetric fit x ~ scale*L + min (min <= 0) on levels 0..nmax.
-// Starts from the min/max grid, then tries nstep+1 inverse scales (rmin + rdelta*is + nmax)/range,
-// each with a least-squares scale and min, keeping the one with the smallest weighted error
-// (squared, or absolute when use_mad). weights may be null (then x*x). Writes -min to *the_min and
-// returns the scale.
+// What make_qkx3_quants' search ends on: the fit x ~ scale * L + min, and what its levels are
+// computed from. Every candidate's levels are L[i] = clamp(nearest_int(level_iscale * (x[i] -
+// level_min)), 0, nmax) for its inverse scale and the min it was tried with, so the search keeps
+// those two numbers of the best candidate and the levels are computed once, after it (zero: all 0).
+struct GqQkxFit {
+    float scale;
+    float min;  // <= 0; ggml's *the_min is -min
+    float level_iscale;
+    float level_min;
+    bool zero;
+};
+
+GQ_FN int gq_qkx_level(int nmax, float iscale, float xi, float min) {
+    return gq_max_i(0, gq_min_i(nmax, gq_nearest_int(iscale * (xi - min))));
+}
+
+// The level of x[i] in the fit's search (0..nmax).
+GQ_FN int gq_qkx_fit_level(int nmax, const GqQkxFit& fit, float xi) {
+    return fit.zero ? 0 : gq_qkx_level(nmax, fit.level_iscale, xi, fit.level_min);
+}
+
+// ggml's make_qkx3_quants' search: an asymmetric fit x ~ scale*L + min (min <= 0) on levels
+// 0..nmax. Starts from the min/max grid, then tries nstep+1 inverse scales (rmin + rdelta*is +
+// nmax)/range, each with a least-squares scale and min, keeping the one with the smallest weighted
+// error (squared, or absolute when use_mad). weights may be null (then x*x).
 template <int N>
-GQ_FN float gq_make_qkx3_quants(int nmax, const float* x, const float* weights, gq_u8* L, float* the_min,
-                                float rmin, float rdelta, int nstep, bool use_mad) {
+GQ_FN GqQkxFit gq_qkx3_search(int nmax, const float* x, const float* weights, float rmin, float rdelta, int nstep,
+                              bool use_mad) {
     float min = x[0];
     float max = x[0];
     float sum_w = weights ? weights[0] : x[0] * x[0];
@@ -480,33 +502,40 @@ GQ_FN float gq_make_qkx3_quants(int nmax, const float* x, const float* weights, 
         sum_x += w * x[i];
     }
     if (min > 0.0f) min = 0.0f;
+    GqQkxFit fit;
     if (max <= min) {
-        GQ_UNROLL
-        for (int i = 0; i < N; ++i) L[i] = 0;
-        *the_min = -min;
-        return 0.0f;
+        fit.scale = 0.0f;
+        fit.min = min;
+        fit.level_iscale = 0.0f;
+        fit.level_min = min;
+        fit.zero = true;
+        return fit;
     }
+    fit.zero = false;
     float iscale = (float)nmax / (max - min);
     float scale = 1.0f / iscale;
     float best_error = 0.0f;
     GQ_UNROLL
     for (int i = 0; i < N; ++i) {
-        const int l = gq_nearest_int(iscale * (x[i] - min));
-        L[i] = (gq_u8)gq_max_i(0, gq_min_i(nmax, l));
-        float diff = scale * (float)L[i] + min - x[i];
+        const int l = gq_qkx_level(nmax, iscale, x[i], min);
+        float diff = scale * (float)l + min - x[i];
         diff = use_mad ? fabsf(diff) : diff * diff;
         const float w = weights ? weights[i] : x[i] * x[i];
         best_error += w * diff;
     }
+    fit.level_iscale = iscale;
+    fit.level_min = min;
     if (nstep < 1) {
-        *the_min = -min;
-        return scale;
+        fit.scale = scale;
+        fit.min = min;
+        return fit;
     }
     // ggml tries is = 0..nstep one after another, and a trial that wins changes min, which the
     // trials after it use. So trials are run GQ_QKX_BATCH at a time with the min of the batch's
     // start, each trial's sums in ggml's order (the same bits; side by side they overlap or
     // vectorize instead of waiting on one chain of additions), then judged in ggml's order; at a
-    // win the trials after it are dropped and the next batch starts after the winner.
+    // win the trials after it are dropped and the next batch starts after the winner. (A batch of
+    // one, the GPU's, is ggml's loop as it stands.)
     int is = 0;
     while (is <= nstep) {
         const float batch_min = min;
@@ -521,10 +550,9 @@ GQ_FN float gq_make_qkx3_quants(int nmax, const float* x, const float* weights, 
         GQ_UNROLL
         for (int i = 0; i < N; ++i) {
             const float w = weights ? weights[i] : x[i] * x[i];
-            const float xm = x[i] - batch_min;
             GQ_UNROLL
             for (int k = 0; k < GQ_QKX_BATCH; ++k) {
-                const float fl = (float)gq_max_i(0, gq_min_i(nmax, gq_nearest_int(t_iscale[k] * xm)));
+                const float fl = (float)gq_qkx_level(nmax, t_iscale[k], x[i], batch_min);
                 const float wl = w * fl;
                 t_l[k] += wl;
                 t_l2[k] += wl * fl;
@@ -549,31 +577,42 @@ GQ_FN float gq_make_qkx3_quants(int nmax, const float* x, const float* weights, 
         GQ_UNROLL
         for (int i = 0; i < N; ++i) {
             const float w = weights ? weights[i] : x[i] * x[i];
-            const float xm = x[i] - batch_min;
             GQ_UNROLL
             for (int k = 0; k < GQ_QKX_BATCH; ++k) {
-                const int l = gq_max_i(0, gq_min_i(nmax, gq_nearest_int(t_iscale[k] * xm)));
+                const int l = gq_qkx_level(nmax, t_iscale[k], x[i], batch_min);
                 float diff = t_scale[k] * (float)l + t_min[k] - x[i];
                 diff = use_mad ? fabsf(diff) : diff * diff;
                 t_error[k] += w * diff;
             }
         }
         int next = gq_min_i(nstep + 1, is + GQ_QKX_BATCH);
-        for (int k = 0; k < GQ_QKX_BATCH && is + k <= nstep; ++k) {
-            if (t_D[k] > 0.0f && t_error[k] < best_error) {
-                GQ_UNROLL
-                for (int i = 0; i < N; ++i) {
-                    L[i] = (gq_u8)gq_max_i(0, gq_min_i(nmax, gq_nearest_int(t_iscale[k] * (x[i] - batch_min))));
-                }
+        GQ_UNROLL
+        for (int k = 0; k < GQ_QKX_BATCH; ++k) {
+            if (is + k <= nstep && t_D[k] > 0.0f && t_error[k] < best_error) {
                 best_error = t_error[k];
                 scale = t_scale[k];
                 min = t_min[k];
+                fit.level_iscale = t_iscale[k];
+                fit.level_min = batch_min;
                 next = is + k + 1;
                 break;
             }
         }
         is = next;
     }
-    *the_min = -min;
-    return scale;
+    fit.scale = scale;
+    fit.min = min;
+    return fit;
+}
+
+// ggml's make_qkx3_quants: gq_qkx3_search, its levels written to L (N of them). Writes -min to
+// *the_min and returns the scale.
+template <int N>
+GQ_FN float gq_make_qkx3_quants(int nmax, const float* x, const float* weights, gq_u8* L, float* the_min,
+                                float rmin, float rdelta, int nstep, bool use_mad) {
+    const GqQkxFit fit = gq_qkx3_search<N>(nmax, x, weights, rmin, rdelta, nstep, use_mad);
+    GQ_UNROLL
+    for (int i = 0; i < N; ++i) L[i] = (gq_u8)gq_qkx_fit_level(nmax, fit, x[i]);
+    *the_min = -fit.min;
+    return fit.scale;
 }
