@@ -605,14 +605,20 @@ GQ_FN GqQkxFit gq_qkx3_search(int nmax, const float* x, const float* weights, fl
     return fit;
 }
 
+// The N levels of a search's fit (gq_qkx3_search), as make_qkx3_quants leaves them in L.
+template <int N>
+GQ_FN void gq_qkx_levels(int nmax, const GqQkxFit& fit, const float* x, gq_u8* L) {
+    GQ_UNROLL
+    for (int i = 0; i < N; ++i) L[i] = (gq_u8)gq_qkx_fit_level(nmax, fit, x[i]);
+}
+
 // ggml's make_qkx3_quants: gq_qkx3_search, its levels written to L (N of them). Writes -min to
 // *the_min and returns the scale.
 template <int N>
 GQ_FN float gq_make_qkx3_quants(int nmax, const float* x, const float* weights, gq_u8* L, float* the_min,
                                 float rmin, float rdelta, int nstep, bool use_mad) {
     const GqQkxFit fit = gq_qkx3_search<N>(nmax, x, weights, rmin, rdelta, nstep, use_mad);
-    GQ_UNROLL
-    for (int i = 0; i < N; ++i) L[i] = (gq_u8)gq_qkx_fit_level(nmax, fit, x[i]);
+    gq_qkx_levels<N>(nmax, fit, x, L);
     *the_min = -fit.min;
     return fit.scale;
 }

@@ -14,8 +14,12 @@
 // scales against one fp16 super-block scale, read that fp16 value back, and requantize every
 // sub-block whose stored scale is not zero (a zero one keeps the levels of its search).
 //
-// Stack use per thread: the levels of the super-block (256 bytes) and the sub-block scales stay in
-// local memory; a sub-block's values and weights are copied into registers for its search.
+// Each quantizer is written per sub-block where it can be: a sub-block's search (gq_q2_k_sub_block,
+// gq_k4_sub_block, ... : the values, weights and search state of 16 or 32 weights), then the
+// super-block's scale quantization from all sub-blocks' results (gq_q2_k_scales, gq_k4_scales,
+// ...), then each sub-block's levels from the stored scales. The host build runs the three steps
+// in turn per super-block (gq_quantize_superblock_*); the GPU gives Q2_K's, Q4_K's and Q5_K's
+// sub-blocks a thread each, which exchange their results by shuffles (kquants.cu).
 #pragma once
 
 #include "common.cuh"
@@ -60,17 +64,19 @@ GQ_FN float gq_imatrix_weights(const float* xs, const float* qw, float sigma2, f
     return sum;
 }
 
+// The level of x in 0..nmax with a sub-block's stored scale d (not 0) and min dm, as every K-quant
+// with a min requantizes: nearest_int((x + dm) / d), clamped.
+GQ_FN int gq_requantize_level(float x, float dm, float d, int nmax) {
+    return gq_clamp_i(gq_nearest_int((x + dm) / d), 0, nmax);
+}
+
 // ---------------------------------------------------------------- scale searches (K-quants only)
 
 // ggml's make_qkx2_quants (asymmetric fit, explicit weights, search over nstep+1 inverse scales,
 // the min moving with each accepted candidate) performs exactly the operations of its
 // make_qkx3_quants given non-null weights: the only textual difference, `max == min` against
-// `max <= min`, cannot differ because max >= min always holds there (or both are NaN).
-template <int N>
-GQ_FN float gq_make_qkx2_quants(int nmax, const float* x, const float* weights, gq_u8* L, float* the_min,
-                                float rmin, float rdelta, int nstep, bool use_mad) {
-    return gq_make_qkx3_quants<N>(nmax, x, weights, L, the_min, rmin, rdelta, nstep, use_mad);
-}
+// `max <= min`, cannot differ because max >= min always holds there (or both are NaN). So the
+// _ref paths of Q2_K, Q4_K and Q5_K run gq_qkx3_search (common.cuh) too.
 
 // ggml's make_q3_quants with do_rmse: symmetric levels -nmax..nmax-1 from -nmax/max (max being the
 // first value of largest magnitude), weights x^2, then up to 5 passes of coordinate descent that
@@ -276,7 +282,7 @@ GQ_FN void gq_finish_q2_k(const float* x, const gq_u8* sb, gq_u16 d_bits, gq_u16
         float xs[16];
         gq_load_floats<16>(x + 16 * j, xs);
         GQ_UNROLL
-        for (int i = 0; i < 16; ++i) L[16 * j + i] = (gq_u8)gq_clamp_i(gq_nearest_int((xs[i] + dm) / d), 0, 3);
+        for (int i = 0; i < 16; ++i) L[16 * j + i] = (gq_u8)gq_requantize_level(xs[i], dm, d, 3);
     }
     GQ_UNROLL
     for (int j = 0; j < 16; ++j) out[j] = sb[j];
@@ -285,65 +291,107 @@ GQ_FN void gq_finish_q2_k(const float* x, const gq_u8* sb, gq_u16 d_bits, gq_u16
     gq_store_u16(out + 82, dmin_bits);
 }
 
-// quantize_row_q2_K_ref: per 16 values a scale and min (weights |x|, minimizing absolute error),
-// then both sets rounded to 4 bits against their maximum.
-GQ_FN void gq_quantize_superblock_q2_k(const float* x, gq_u8* out) {
-    gq_u8 L[GQ_QK_K];
-    float scales[16];
-    float mins[16];
+// quantize_row_q2_K_ref, one sub-block of 16 values: make_qkx2_quants with weights |x|,
+// minimizing absolute error.
+GQ_FN GqQkxFit gq_q2_k_sub_block(const float* xs) {
+    float w[16];
+    GQ_UNROLL
+    for (int l = 0; l < 16; ++l) w[l] = fabsf(xs[l]);
+    return gq_qkx3_search<16>(3, xs, w, -0.5f, 0.1f, 15, true);
+}
+
+// quantize_row_q2_K_ref's scale bytes (4-bit scale | 4-bit min << 4) and fp16 d and dmin: the 16
+// scales and mins (-fit.min) rounded to 4 bits against their maxima.
+GQ_FN void gq_q2_k_scales(const float* scales, const float* mins, gq_u8* sb, gq_u16* d_bits, gq_u16* dmin_bits) {
     float max_scale = 0.0f;
     float max_min = 0.0f;
     for (int j = 0; j < 16; ++j) {
-        float xs[16];
-        float w[16];
-        gq_load_floats<16>(x + 16 * j, xs);
-        GQ_UNROLL
-        for (int l = 0; l < 16; ++l) w[l] = fabsf(xs[l]);
-        scales[j] = gq_make_qkx2_quants<16>(3, xs, w, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, true);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
-    gq_u8 sb[16];
-    gq_u16 d_bits = 0;  // fp16 0.0
-    gq_u16 dmin_bits = 0;
+    *d_bits = 0;  // fp16 0.0
+    *dmin_bits = 0;
     if (max_scale > 0.0f) {
         const float iscale = 15.0f / max_scale;
+        GQ_UNROLL
         for (int j = 0; j < 16; ++j) sb[j] = (gq_u8)gq_nearest_int(iscale * scales[j]);
-        d_bits = gq_fp32_to_fp16(max_scale / 15.0f);
+        *d_bits = gq_fp32_to_fp16(max_scale / 15.0f);
     } else {
+        GQ_UNROLL
         for (int j = 0; j < 16; ++j) sb[j] = 0;
     }
     if (max_min > 0.0f) {
         const float iscale = 15.0f / max_min;
+        GQ_UNROLL
         for (int j = 0; j < 16; ++j) sb[j] = (gq_u8)(sb[j] | ((gq_u32)gq_nearest_int(iscale * mins[j]) << 4));
-        dmin_bits = gq_fp32_to_fp16(max_min / 15.0f);
+        *dmin_bits = gq_fp32_to_fp16(max_min / 15.0f);
     }
+}
+
+// quantize_row_q2_K_impl, one sub-block: importance-weighted make_qkx3_quants; *sw gets the sum of
+// its weights.
+GQ_FN GqQkxFit gq_q2_k_sub_block_weighted(const float* xs, const float* qw, float sigma2, float* sw) {
+    float w[16];
+    *sw = gq_imatrix_weights<16>(xs, qw, sigma2, w);
+    return gq_qkx3_search<16>(3, xs, w, -0.9f, 0.05f, 36, false);
+}
+
+// quantize_row_q2_K_impl's sigma2: the mean square of the super-block.
+GQ_FN float gq_q2_k_sigma2(const float* x) { return gq_superblock_sum_x2(x) / 256.0f; }
+
+// quantize_row_q2_K_impl's scale bytes: the scales and the mins each quantized to 4 bits by
+// make_qp_quants, weighted by the sub-blocks' weight sums.
+GQ_FN void gq_q2_k_scales_weighted(const float* scales, const float* mins, const float* sw, gq_u8* sb,
+                                   gq_u16* d_bits, gq_u16* dmin_bits) {
+    gq_u8 Ls[16];
+    gq_u8 Lm[16];
+    const float dm = gq_make_qp_quants<16>(15, scales, Ls, sw);
+    const float mm = gq_make_qp_quants<16>(15, mins, Lm, sw);
+    GQ_UNROLL
+    for (int j = 0; j < 16; ++j) sb[j] = (gq_u8)(Ls[j] | (Lm[j] << 4));
+    *d_bits = gq_fp32_to_fp16(dm);
+    *dmin_bits = gq_fp32_to_fp16(mm);
+}
+
+// quantize_row_q2_K_ref: per 16 values a scale and min, then both sets rounded to 4 bits.
+GQ_FN void gq_quantize_superblock_q2_k(const float* x, gq_u8* out) {
+    gq_u8 L[GQ_QK_K];
+    float scales[16];
+    float mins[16];
+    for (int j = 0; j < 16; ++j) {
+        float xs[16];
+        gq_load_floats<16>(x + 16 * j, xs);
+        const GqQkxFit fit = gq_q2_k_sub_block(xs);
+        scales[j] = fit.scale;
+        mins[j] = -fit.min;
+        gq_qkx_levels<16>(3, fit, xs, L + 16 * j);
+    }
+    gq_u8 sb[16];
+    gq_u16 d_bits, dmin_bits;
+    gq_q2_k_scales(scales, mins, sb, &d_bits, &dmin_bits);
     gq_finish_q2_k(x, sb, d_bits, dmin_bits, L, out);
 }
 
-// quantize_row_q2_K_impl: importance-weighted make_qkx3_quants per 16 values, then the scales and
-// the mins each quantized to 4 bits by make_qp_quants, weighted by the sub-blocks' weight sums.
+// quantize_row_q2_K_impl: importance-weighted searches per 16 values, then the scales and the mins
+// each quantized to 4 bits by make_qp_quants.
 GQ_FN void gq_quantize_superblock_q2_k_weighted(const float* x, const float* qw, gq_u8* out) {
-    const float sigma2 = gq_superblock_sum_x2(x) / 256.0f;
+    const float sigma2 = gq_q2_k_sigma2(x);
     gq_u8 L[GQ_QK_K];
     float scales[16];
     float mins[16];
     float sw[16];
     for (int j = 0; j < 16; ++j) {
         float xs[16];
-        float w[16];
         gq_load_floats<16>(x + 16 * j, xs);
-        sw[j] = gq_imatrix_weights<16>(xs, qw + 16 * j, sigma2, w);
-        scales[j] = gq_make_qkx3_quants<16>(3, xs, w, L + 16 * j, &mins[j], -0.9f, 0.05f, 36, false);
+        const GqQkxFit fit = gq_q2_k_sub_block_weighted(xs, qw + 16 * j, sigma2, &sw[j]);
+        scales[j] = fit.scale;
+        mins[j] = -fit.min;
+        gq_qkx_levels<16>(3, fit, xs, L + 16 * j);
     }
-    gq_u8 Ls[16];
-    gq_u8 Lm[16];
-    const float dm = gq_make_qp_quants<16>(15, scales, Ls, sw);
-    const float mm = gq_make_qp_quants<16>(15, mins, Lm, sw);
     gq_u8 sb[16];
-    GQ_UNROLL
-    for (int j = 0; j < 16; ++j) sb[j] = (gq_u8)(Ls[j] | (Lm[j] << 4));
-    gq_finish_q2_k(x, sb, gq_fp32_to_fp16(dm), gq_fp32_to_fp16(mm), L, out);
+    gq_u16 d_bits, dmin_bits;
+    gq_q2_k_scales_weighted(scales, mins, sw, sb, &d_bits, &dmin_bits);
+    gq_finish_q2_k(x, sb, d_bits, dmin_bits, L, out);
 }
 
 // Weights 32*part .. 32*part + 31 of a Q2_K super-block (part 0..7).
@@ -490,38 +538,38 @@ GQ_FN void gq_finish_k4(const float* x, const gq_u8* ls, const gq_u8* lm, gq_u16
         float xs[32];
         gq_load_floats<32>(x + 32 * j, xs);
         GQ_UNROLL
-        for (int i = 0; i < 32; ++i) L[32 * j + i] = (gq_u8)gq_clamp_i(gq_nearest_int((xs[i] + dm) / d), 0, NMAX);
+        for (int i = 0; i < 32; ++i) L[32 * j + i] = (gq_u8)gq_requantize_level(xs[i], dm, d, NMAX);
     }
 }
 
-// quantize_row_q4_K_ref / q5_K_ref: make_qkx2_quants per 32 values with weights av_x + |x|
-// (av_x the sub-block's root mean square), then scales and mins rounded to 6 bits against their
-// maxima. Leaves the header fields and the levels for the caller's packing.
+// quantize_row_q4_K_ref / q5_K_ref, one sub-block of 32 values: make_qkx2_quants with weights
+// av_x + |x| (av_x the sub-block's root mean square), Q4_K's trials from rmin -1 in 21 steps,
+// Q5_K's from -0.5 in 16.
 template <int NMAX>
-GQ_FN void gq_k4_plain(const float* x, float rmin, float rdelta, int nstep, gq_u16* d_bits, gq_u16* dmin_bits,
-                       gq_u8* packed, gq_u8* L) {
-    float scales[8];
-    float mins[8];
+GQ_FN GqQkxFit gq_k4_sub_block(const float* xs) {
+    float sum_x2 = 0.0f;
+    GQ_UNROLL
+    for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
+    const float av_x = sqrtf(sum_x2 / 32.0f);
+    float w[32];
+    GQ_UNROLL
+    for (int l = 0; l < 32; ++l) w[l] = av_x + fabsf(xs[l]);
+    return NMAX == 15 ? gq_qkx3_search<32>(NMAX, xs, w, -1.0f, 0.1f, 20, false)
+                      : gq_qkx3_search<32>(NMAX, xs, w, -0.5f, 0.1f, 15, false);
+}
+
+// quantize_row_q4_K_ref / q5_K_ref's scales: the 8 scales and mins (-fit.min) rounded to 6 bits
+// against their maxima, and those maxima / 63 as fp16.
+GQ_FN void gq_k4_scales(const float* scales, const float* mins, gq_u8* ls, gq_u8* lm, gq_u16* d_bits,
+                        gq_u16* dmin_bits) {
     float max_scale = 0.0f;
     float max_min = 0.0f;
     for (int j = 0; j < 8; ++j) {
-        float xs[32];
-        float w[32];
-        gq_load_floats<32>(x + 32 * j, xs);
-        float sum_x2 = 0.0f;
-        GQ_UNROLL
-        for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
-        const float av_x = sqrtf(sum_x2 / 32.0f);
-        GQ_UNROLL
-        for (int l = 0; l < 32; ++l) w[l] = av_x + fabsf(xs[l]);
-        scales[j] = gq_make_qkx2_quants<32>(NMAX, xs, w, L + 32 * j, &mins[j], rmin, rdelta, nstep, false);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
     const float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
     const float inv_min = max_min > 0.0f ? 63.0f / max_min : 0.0f;
-    gq_u8 ls[8];
-    gq_u8 lm[8];
     GQ_UNROLL
     for (int j = 0; j < 8; ++j) {
         ls[j] = (gq_u8)gq_min_i(63, (gq_u8)gq_nearest_int(inv_scale * scales[j]));
@@ -529,28 +577,25 @@ GQ_FN void gq_k4_plain(const float* x, float rmin, float rdelta, int nstep, gq_u
     }
     *d_bits = gq_fp32_to_fp16(max_scale / 63.0f);
     *dmin_bits = gq_fp32_to_fp16(max_min / 63.0f);
-    gq_finish_k4<NMAX>(x, ls, lm, *d_bits, *dmin_bits, packed, L);
 }
 
-// quantize_row_q4_K_impl / q5_K_impl: importance-weighted make_qkx3_quants per 32 values, then
-// scales and mins quantized to 6 bits by make_qp_quants. Q5_K clamps those to 63; Q4_K stores
-// them as they are (make_qp_quants can wrap a negative level).
+// quantize_row_q4_K_impl / q5_K_impl, one sub-block: importance-weighted make_qkx3_quants; *sw gets
+// the sum of its weights.
 template <int NMAX>
-GQ_FN void gq_k4_weighted(const float* x, const float* qw, bool clamp_to_63, gq_u16* d_bits, gq_u16* dmin_bits,
-                          gq_u8* packed, gq_u8* L) {
-    const float sigma2 = 2.0f * gq_superblock_sum_x2(x) / 256.0f;
-    float scales[8];
-    float mins[8];
-    float sw[8];
-    for (int j = 0; j < 8; ++j) {
-        float xs[32];
-        float w[32];
-        gq_load_floats<32>(x + 32 * j, xs);
-        sw[j] = gq_imatrix_weights<32>(xs, qw + 32 * j, sigma2, w);
-        scales[j] = gq_make_qkx3_quants<32>(NMAX, xs, w, L + 32 * j, &mins[j], -0.9f, 0.05f, 36, false);
-    }
-    gq_u8 ls[8];
-    gq_u8 lm[8];
+GQ_FN GqQkxFit gq_k4_sub_block_weighted(const float* xs, const float* qw, float sigma2, float* sw) {
+    float w[32];
+    *sw = gq_imatrix_weights<32>(xs, qw, sigma2, w);
+    return gq_qkx3_search<32>(NMAX, xs, w, -0.9f, 0.05f, 36, false);
+}
+
+// quantize_row_q4_K_impl / q5_K_impl's sigma2: twice the mean square of the super-block.
+GQ_FN float gq_k4_sigma2(const float* x) { return 2.0f * gq_superblock_sum_x2(x) / 256.0f; }
+
+// quantize_row_q4_K_impl / q5_K_impl's scales: scales and mins quantized to 6 bits by
+// make_qp_quants, weighted by the sub-blocks' weight sums. Q5_K clamps those to 63; Q4_K stores
+// them as they are (make_qp_quants can wrap a negative level).
+GQ_FN void gq_k4_scales_weighted(const float* scales, const float* mins, const float* sw, bool clamp_to_63,
+                                 gq_u8* ls, gq_u8* lm, gq_u16* d_bits, gq_u16* dmin_bits) {
     const float d_block = gq_make_qp_quants<8>(63, scales, ls, sw);
     const float m_block = gq_make_qp_quants<8>(63, mins, lm, sw);
     if (clamp_to_63) {
@@ -562,6 +607,47 @@ GQ_FN void gq_k4_weighted(const float* x, const float* qw, bool clamp_to_63, gq_
     }
     *d_bits = gq_fp32_to_fp16(d_block);
     *dmin_bits = gq_fp32_to_fp16(m_block);
+}
+
+// quantize_row_q4_K_ref / q5_K_ref for a super-block: leaves the header fields and the levels for
+// the caller's packing.
+template <int NMAX>
+GQ_FN void gq_k4_plain(const float* x, gq_u16* d_bits, gq_u16* dmin_bits, gq_u8* packed, gq_u8* L) {
+    float scales[8];
+    float mins[8];
+    for (int j = 0; j < 8; ++j) {
+        float xs[32];
+        gq_load_floats<32>(x + 32 * j, xs);
+        const GqQkxFit fit = gq_k4_sub_block<NMAX>(xs);
+        scales[j] = fit.scale;
+        mins[j] = -fit.min;
+        gq_qkx_levels<32>(NMAX, fit, xs, L + 32 * j);
+    }
+    gq_u8 ls[8];
+    gq_u8 lm[8];
+    gq_k4_scales(scales, mins, ls, lm, d_bits, dmin_bits);
+    gq_finish_k4<NMAX>(x, ls, lm, *d_bits, *dmin_bits, packed, L);
+}
+
+// quantize_row_q4_K_impl / q5_K_impl for a super-block.
+template <int NMAX>
+GQ_FN void gq_k4_weighted(const float* x, const float* qw, bool clamp_to_63, gq_u16* d_bits, gq_u16* dmin_bits,
+                          gq_u8* packed, gq_u8* L) {
+    const float sigma2 = gq_k4_sigma2(x);
+    float scales[8];
+    float mins[8];
+    float sw[8];
+    for (int j = 0; j < 8; ++j) {
+        float xs[32];
+        gq_load_floats<32>(x + 32 * j, xs);
+        const GqQkxFit fit = gq_k4_sub_block_weighted<NMAX>(xs, qw + 32 * j, sigma2, &sw[j]);
+        scales[j] = fit.scale;
+        mins[j] = -fit.min;
+        gq_qkx_levels<32>(NMAX, fit, xs, L + 32 * j);
+    }
+    gq_u8 ls[8];
+    gq_u8 lm[8];
+    gq_k4_scales_weighted(scales, mins, sw, clamp_to_63, ls, lm, d_bits, dmin_bits);
     gq_finish_k4<NMAX>(x, ls, lm, *d_bits, *dmin_bits, packed, L);
 }
 
@@ -609,7 +695,7 @@ GQ_FN void gq_quantize_superblock_q4_k(const float* x, gq_u8* out) {
     gq_u8 L[GQ_QK_K];
     gq_u8 packed[12];
     gq_u16 d_bits, dmin_bits;
-    gq_k4_plain<15>(x, -1.0f, 0.1f, 20, &d_bits, &dmin_bits, packed, L);
+    gq_k4_plain<15>(x, &d_bits, &dmin_bits, packed, L);
     gq_write_header_k4(d_bits, dmin_bits, packed, out);
     gq_pack_q4_k(L, out + 16);
 }
@@ -627,7 +713,7 @@ GQ_FN void gq_quantize_superblock_q5_k(const float* x, gq_u8* out) {
     gq_u8 L[GQ_QK_K];
     gq_u8 packed[12];
     gq_u16 d_bits, dmin_bits;
-    gq_k4_plain<31>(x, -0.5f, 0.1f, 15, &d_bits, &dmin_bits, packed, L);
+    gq_k4_plain<31>(x, &d_bits, &dmin_bits, packed, L);
     gq_write_header_k4(d_bits, dmin_bits, packed, out);
     gq_pack_q5_k(L, out + 16, out + 48);
 }
