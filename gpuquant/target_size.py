@@ -63,7 +63,10 @@ words (`while (file >> arg)`), each of which must be PATTERN=TYPE or the program
 "malformed tensor type"; there are no comments. The recipe therefore holds only PATTERN=TYPE
 lines, and the options it needs (--output-tensor-type, --token-embedding-type, which win over
 patterns, and the base type) go to a sidecar file `<recipe>.options`, which is for people and
-scripts and never given to llama-quantize.
+scripts and never given to llama-quantize. The recipe follows llama.cpp's current rule (as
+gpuquant's archs/llama_cpp.py does): a tensor that a pattern matches is "manual" whatever the type,
+so the mix rules skip it. Some older llama.cpp releases counted a match only when its type differed
+from the base type; there a line naming the base type does not pin the tensor.
 """
 
 from __future__ import annotations
@@ -327,7 +330,7 @@ def allocate(
         deltas.append((rows, m))
     lower = e_ref + m_sum - lam * slack
     best_de = 0.0  # incumbent's error - e_ref
-    gap = -lower + e_ref  # = e_ref - lower: only reduced costs below it can improve
+    gap = e_ref - lower  # only candidates whose reduced cost is below it can improve on the reference
     chosen = list(ref)
     optimal = True
     states_total = 0
@@ -445,11 +448,18 @@ class CacheKey:
     sampling: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"rows": 256, "seed": 0}: JSON values
     version: int = CACHE_FORMAT
 
+    def __post_init__(self) -> None:
+        try:
+            json.dumps(dict(self.sampling), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"cache key sampling parameters must be plain JSON values: {e}") from None
+
     def as_json(self) -> dict[str, Any]:
-        return {
+        """The key as it reads back from JSON (tuples as lists), so stored and asked keys compare equal."""
+        return json.loads(json.dumps({
             "input": self.input, "imatrix": self.imatrix, "candidates": list(self.candidates),
             "sampling": dict(self.sampling), "version": self.version,
-        }
+        }))
 
     def digest(self) -> str:
         text = json.dumps(self.as_json(), sort_keys=True, separators=(",", ":"))
@@ -674,7 +684,7 @@ def write_recipe(
         options += ["--output-tensor-type", output_tensor_type]
     if token_embedding_type:
         options += ["--token-embedding-type", token_embedding_type]
-    path.write_text("".join(f"{p}={t}\n" for p, t in entries))
+    path.write_text("".join(f"{p}={t}\n" for p, t in entries), encoding="utf-8")
     notes = [
         f"# llama-quantize options for the recipe {path.name} (its --tensor-type-file takes PATTERN=TYPE words",
         "# and nothing else, so they are kept here); TYPE, the base mix, is the positional type argument.",
@@ -686,7 +696,7 @@ def write_recipe(
             f"total error {choice.total_error:.6g} ({proven})"
         )
     body = "\n".join(notes + [" ".join(options), f"TYPE={mix.name}"]) + "\n"
-    options_path.write_text(body)
+    options_path.write_text(body, encoding="utf-8")
     return Recipe(path, options_path, tuple(entries), tuple(options), mix.name)
 
 

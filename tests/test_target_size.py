@@ -629,3 +629,21 @@ def test_tensor_pattern_names_exactly_one_tensor(tmp_path, name):
 def test_tensor_pattern_refuses_what_lowercasing_would_break():
     with pytest.raises(ValueError, match="cannot be written"):
         ts.tensor_pattern("ÄBC.weight")
+
+
+def test_cache_key_with_tuples_in_sampling_hits(tmp_path):
+    key = _key(sampling={"rows": (0, 64, 128), "imatrix_weighted": True})
+    cache = MeasurementCache(tmp_path)
+    cache.store(key, _DATA)
+    assert cache.load(key) == _DATA
+    with pytest.raises(ValueError, match="plain JSON"):
+        _key(sampling={"rows": object()})
+    with pytest.raises(ValueError, match="plain JSON"):
+        _key(sampling={"scale": float("nan")})
+
+
+def test_allocator_no_tensors():
+    a = allocate([], 64, 64)
+    assert a.types == {} and a.total_size == 64 and a.total_error == 0.0 and a.optimal
+    with pytest.raises(BudgetError):
+        allocate([], 65, 64)
