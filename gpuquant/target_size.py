@@ -33,8 +33,9 @@ The programme's size is bounded: at most `max_states` states are kept per tensor
 states are generated in all (beyond that, at most 256 per tensor); where states had to be
 dropped, the best solution found is returned with `optimal=False`: it never hangs, and a result
 that is not proven says so. Everything is deterministic: no randomness, stable sorts, ties of
-equal size and error go to the first candidate listed, and equal hull rates to the lower tensor
-index.
+equal size and error go to the first candidate listed, equal hull rates to the lower tensor
+index, and a whole solution replaces the incumbent only when its error is strictly smaller (the
+first found wins a tie; among the programme's states of equal error, the smaller size).
 
 Budget limits: the sizes the candidates can reach run from every tensor's smallest candidate to
 every tensor's largest (plus the fixed bytes). A budget outside that range is one `BudgetError`
@@ -79,7 +80,7 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +115,7 @@ def parse_size(text: str) -> int:
             f"invalid size {text!r}: expected a number of bytes with an optional unit "
             "K, M, G, T (1000s) or Ki, Mi, Gi, Ti (1024s), e.g. 7.5G or 4096MiB"
         )
-    try:
-        value = Decimal(m.group("num"))
-    except InvalidOperation:
-        raise ValueError(f"invalid size {text!r}: {m.group('num')!r} is not a number") from None
-    if not value.is_finite():
-        raise ValueError(f"invalid size {text!r}: not a finite number")
+    value = Decimal(m.group("num"))  # digits, a point and an exponent: always finite, exact
     if value > Decimal(_MAX_SIZE):  # before scaling: keeps "1e999999999" from building a huge integer
         raise ValueError(f"invalid size {text!r}: larger than {_MAX_SIZE} bytes")
     n = int(value * _UNITS[unit])  # int() of a non-negative Decimal rounds down
