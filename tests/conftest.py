@@ -32,13 +32,20 @@ def golden_cases(type_name: str):
         yield key, CASES[case], imatrix, expected
 
 
+# The test modules whose tests read the kernels' NVRTC builds (test_kernels_nvrtc.build).
+_BUILD_MODULES = ("test_kernels_nvrtc", "test_kernel_resources")
+
+
 def pytest_collection_finish(session):
-    """Starts the NVRTC compilations of test_kernels_nvrtc.py in worker threads as soon as the tests are
-    collected, so that they overlap the tests that run before that module's (see its docstring)."""
-    items = [item for item in session.items if getattr(getattr(item, "module", None), "__name__", "") ==
-             "test_kernels_nvrtc"]
-    if items:
-        items[0].module.start_background(items, others=len(items) < len(session.items))
+    """Starts the NVRTC compilations of test_kernels_nvrtc.py and test_kernel_resources.py in worker
+    threads as soon as the tests are collected, so that they overlap the tests that run before those
+    modules' (see test_kernels_nvrtc's docstring). One compilation serves both: its CUBIN, PTX and
+    ptxas report."""
+    items = [item for item in session.items if getattr(getattr(item, "module", None), "__name__", "") in
+             _BUILD_MODULES]
+    module = sys.modules.get("test_kernels_nvrtc")  # imported by either module
+    if items and module is not None:
+        module.start_background(items, others=len(items) < len(session.items))
 
 
 def pytest_sessionfinish(session):

@@ -54,6 +54,7 @@ class Build:
     cubin: bytes
     ptx: str  # the PTX of the same compilation (compute_XY)
     sass: sass_check.CubinReport | None  # None without nvdisasm
+    log: str  # NVRTC's log of the compilation: ptxas's resource report (test_kernel_resources.py)
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,13 @@ class Where:
 
 
 def _build(source: str, arch: str, where: Where) -> Build:
-    cubin = cupy_compile.compile_module(source, arch, where.kernels, where.lib, where.cache / "nvrtc")
+    module = cupy_compile.build_module(source, arch, where.kernels, where.lib, where.cache / "nvrtc")
+    cubin = module.binary
     # Cached by the compilation above: NVRTC keeps the compute_XY PTX beside an sm_XY CUBIN.
     ptx_arch = "compute_" + arch.split("_")[1]
     ptx = cupy_compile.compile_module(source, ptx_arch, where.kernels, where.lib, where.cache / "nvrtc").decode()
     sass = sass_check.analyze_cubin(cubin, NVDISASM, where.cache / "nvrtc-sass") if NVDISASM else None
-    return Build(cubin, ptx, sass)
+    return Build(cubin, ptx, sass, module.log)
 
 
 _jobs: dict[tuple[str, str], Future] = {}
@@ -141,7 +143,8 @@ def test_nvrtc_compiles_for_the_readme_archs():
 
 def test_module_options_are_the_runtime_contract():
     options = cupy_compile.module_options("sm_90")
-    assert options == cupy_compile.NVRTC_OPTIONS + (f"-I{KERNELS}", "-arch=sm_90")
+    assert options == cupy_compile.NVRTC_OPTIONS + cupy_compile.REPORT_OPTIONS + (f"-I{KERNELS}", "-arch=sm_90")
+    assert cupy_compile.REPORT_OPTIONS == ("--ptxas-options=-v",)  # a report only: the code is the same
     assert cupy_compile.NVRTC_OPTIONS == ("--fmad=false", "-ftz=false", "-prec-div=true", "-prec-sqrt=true",
                                           "-std=c++17")
     assert cupy_compile.module_options("compute_80", Path("/k"))[-2:] == ("-I/k", "-arch=compute_80")
@@ -259,7 +262,7 @@ def test_ptx_beside_the_cubin_is_the_compute_ptx():
     code = 'extern "C" __global__ void k(const float* x, float* y) { y[0] = sqrtf(x[0]) / x[1]; }'
     for arch in ARCHS:
         number = arch.split("_")[1]
-        cubin, ptx = nvrtc.compile_outputs(code, "k.cu", cupy_compile.module_options(arch))
+        cubin, ptx, _ = nvrtc.compile_outputs(code, "k.cu", cupy_compile.module_options(arch))
         assert cubin is not None and cubin.startswith(b"\x7fELF")
         assert ptx == nvrtc.compile(code, "k.cu", cupy_compile.module_options(f"compute_{number}"))
         assert f".target sm_{number}" in ptx.decode()

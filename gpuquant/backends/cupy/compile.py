@@ -9,8 +9,14 @@ exactly what the runtime compiles and check the machine code (tests/test_kernels
 options below are the whole contract: IEEE division and square root, no fused multiply-add,
 subnormals kept, never fast math.
 
-Compiled binaries are cached under hostkernels.cache_dir()/nvrtc, keyed by the source text (headed
-by a digest of every kernel source), the options and the NVRTC build.
+Every compilation also asks ptxas for its resource report (--ptxas-options=-v: each kernel's
+registers, stack frame, spill stores and spill loads, in NVRTC's program log; ptxas_resources reads
+it), which the tests hold to no spills. It changes nothing in the code: the CUBIN differs only in the
+note that records the options.
+
+Compiled binaries are cached under hostkernels.cache_dir()/nvrtc, with the log of their compilation
+(the report comes from the cache too), keyed by the source text (headed by a digest of every kernel
+source), the options and the NVRTC build.
 
 compile_all compiles every module at once, in threads (ctypes releases the GIL and NVRTC compiles
 different programs concurrently), which is what `gpuquant kernels --compile` runs ahead of a run. At
@@ -46,8 +52,12 @@ NVRTC_OPTIONS: tuple[str, ...] = (
     "-prec-sqrt=true",
     "-std=c++17",
 )
+# What ptxas reports into NVRTC's log: per function, registers, stack frame and spills.
+REPORT_OPTIONS: tuple[str, ...] = ("--ptxas-options=-v",)
 
-_CACHE_MAGIC = b"gpuquant-nvrtc-1\n"
+# An entry: the magic, sha256 of the payload, the payload: the log's length (8 bytes, little-endian),
+# the log (UTF-8), the binary.
+_CACHE_MAGIC = b"gpuquant-nvrtc-2\n"
 _ARCH = re.compile(r"^(sm|compute)_(\d+)$")
 
 QUIET_ENV = "GPUQUANT_QUIET"
@@ -64,11 +74,11 @@ _functions: dict[tuple[int, str, str], object] = {}
 
 
 def module_options(arch: str, directory: Path | None = None) -> tuple[str, ...]:
-    """The NVRTC options for a kernels/*.cu file: NVRTC_OPTIONS, the include path and the target
-    (sm_XY for a CUBIN, compute_XY for PTX)."""
+    """The NVRTC options for a kernels/*.cu file: NVRTC_OPTIONS, REPORT_OPTIONS, the include path and
+    the target (sm_XY for a CUBIN, compute_XY for PTX)."""
     if not _ARCH.match(arch):
         raise ValueError(f"not a CUDA architecture: {arch!r} (sm_90, compute_90, ...)")
-    return NVRTC_OPTIONS + (f"-I{directory or kernels_dir()}", f"-arch={arch}")
+    return NVRTC_OPTIONS + REPORT_OPTIONS + (f"-I{directory or kernels_dir()}", f"-arch={arch}")
 
 
 def module_source(source_name: str, directory: Path | None = None) -> str:
@@ -103,21 +113,28 @@ def _cache_path(code: str, options: tuple[str, ...], include_dir: Path, lib: nvr
     return cache / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.bin"
 
 
-def _read_cache(path: Path) -> bytes | None:
-    """The entry's payload, or None when it is missing, truncated or corrupt."""
+def _read_cache(path: Path) -> tuple[bytes, str] | None:
+    """The entry's binary and log, or None when it is missing, truncated or corrupt."""
     try:
         data = path.read_bytes()
     except OSError:
         return None
     header = len(_CACHE_MAGIC) + 32
-    if len(data) < header or not data.startswith(_CACHE_MAGIC):
+    if len(data) < header + 8 or not data.startswith(_CACHE_MAGIC):
         return None
     digest, payload = data[len(_CACHE_MAGIC) : header], data[header:]
-    return payload if hashlib.sha256(payload).digest() == digest else None
+    if hashlib.sha256(payload).digest() != digest:
+        return None
+    size = int.from_bytes(payload[:8], "little")
+    if size > len(payload) - 8:
+        return None
+    return payload[8 + size :], payload[8 : 8 + size].decode(errors="replace")
 
 
-def _write_cache(path: Path, payload: bytes) -> None:
+def _write_cache(path: Path, binary: bytes, log: str) -> None:
     """Written to a temporary file and renamed over the entry: a reader sees all of it or none."""
+    encoded = log.encode()
+    payload = len(encoded).to_bytes(8, "little") + encoded + binary
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
@@ -141,25 +158,30 @@ def compile_cached(code: str, name: str, options: tuple[str, ...], include_dir: 
 
 
 def _compile_cached(code: str, name: str, options: tuple[str, ...], include_dir: Path,
-                    lib: nvrtc.Library | None, cache: Path | None) -> tuple[bytes, bool]:
-    """compile_cached's binary, and whether it came from the cache."""
+                    lib: nvrtc.Library | None, cache: Path | None) -> tuple[bytes, str, bool]:
+    """compile_cached's binary, the log of its compilation, and whether they came from the cache."""
     lib = lib or nvrtc.library()
     cache = cache or cache_dir() / "nvrtc"
     path = _cache_path(code, options, include_dir, lib, cache)
-    binary = _read_cache(path)
-    if binary is not None:
-        return binary, True
-    binary, ptx = nvrtc.compile_outputs(code, name, options, lib)
+    entry = _read_cache(path)
+    if entry is not None:
+        return *entry, True
+    binary, ptx, log = nvrtc.compile_outputs(code, name, options, lib)
+    # Without ptxas's timings, which differ from one compilation to the next: the same source gives
+    # the same entry.
+    log = "".join(line for line in log.splitlines(keepends=True) if not _PTXAS_TIME.match(line))
     if binary is None:
         binary = ptx
     elif ptx is not None:
         # The PTX that NVRTC made on the way to sm_XY's CUBIN is what -arch=compute_XY gives (same
-        # source and options; a test checks it): cached as that, it saves a compilation.
+        # source and options; a test checks it): cached as that, it saves a compilation. Its log is
+        # the compilation's less ptxas's lines (ptxas does not run for compute_XY).
         ptx_options = tuple("-arch=compute_" + o[len("-arch=sm_"):] if o.startswith("-arch=sm_") else o
                             for o in options)
-        _write_cache(_cache_path(code, ptx_options, include_dir, lib, cache), ptx)
-    _write_cache(path, binary)
-    return binary, False
+        ptx_log = "".join(line for line in log.splitlines(keepends=True) if not line.startswith("ptxas"))
+        _write_cache(_cache_path(code, ptx_options, include_dir, lib, cache), ptx, ptx_log)
+    _write_cache(path, binary, log)
+    return binary, log, False
 
 
 def compile_module(source_name: str, arch: str, directory: Path | None = None,
@@ -174,6 +196,12 @@ def compile_module(source_name: str, arch: str, directory: Path | None = None,
 def cached_module(source_name: str, arch: str, directory: Path | None = None,
                   lib: nvrtc.Library | None = None, cache: Path | None = None) -> bytes | None:
     """compile_module's result when the cache holds it, else None (and nothing is compiled)."""
+    entry = _cached_entry(source_name, arch, directory, lib, cache)
+    return None if entry is None else entry[0]
+
+
+def _cached_entry(source_name: str, arch: str, directory: Path | None = None, lib: nvrtc.Library | None = None,
+                  cache: Path | None = None) -> tuple[bytes, str] | None:
     directory = directory or kernels_dir()
     lib = lib or nvrtc.library()
     options = module_options(arch, directory)
@@ -190,6 +218,7 @@ class ModuleBuild:
     binary: bytes
     seconds: float  # the wall time of the lookup and, on a miss, the compilation
     cached: bool
+    log: str = ""  # NVRTC's program log of the compilation: ptxas's report for sm_XY (ptxas_resources)
 
 
 def module_names(directory: Path | None = None) -> list[str]:
@@ -205,12 +234,12 @@ def kernel_names(ptx: bytes | str) -> list[str]:
 
 def build_module(source_name: str, arch: str, directory: Path | None = None,
                  lib: nvrtc.Library | None = None, cache: Path | None = None) -> ModuleBuild:
-    """compile_module, timed, saying whether the cache had it."""
+    """compile_module, timed, saying whether the cache had it, with the compilation's log."""
     directory = directory or kernels_dir()
     start = time.perf_counter()
-    binary, cached = _compile_cached(module_source(source_name, directory), source_name,
-                                     module_options(arch, directory), directory, lib, cache)
-    return ModuleBuild(source_name, arch, binary, time.perf_counter() - start, cached)
+    binary, log, cached = _compile_cached(module_source(source_name, directory), source_name,
+                                          module_options(arch, directory), directory, lib, cache)
+    return ModuleBuild(source_name, arch, binary, time.perf_counter() - start, cached, log)
 
 
 def _slowest_first(sources: Iterable[str], directory: Path) -> list[str]:
@@ -247,11 +276,11 @@ def compile_all(arch: str | Sequence[str], sources: Iterable[str] | None = None,
     for a in archs:
         for name in names:
             start = time.perf_counter()
-            binary = cached_module(name, a, directory, lib, cache)
-            if binary is None:
+            entry = _cached_entry(name, a, directory, lib, cache)
+            if entry is None:
                 misses.append((name, a))
                 continue
-            done[name, a] = ModuleBuild(name, a, binary, time.perf_counter() - start, True)
+            done[name, a] = ModuleBuild(name, a, entry[0], time.perf_counter() - start, True, entry[1])
             if progress:
                 progress(done[name, a])
     if misses:
@@ -270,6 +299,47 @@ def compile_all(arch: str | Sequence[str], sources: Iterable[str] | None = None,
             # flight cannot be cut off (the process waits for them at exit, and they land in the cache).
             pool.shutdown(wait=False, cancel_futures=True)
     return [done[name, a] for a in archs for name in names]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What ptxas reports for one function: its registers (kernels only: None for a device function
+    that was not inlined), stack frame, spill stores and spill loads (bytes)."""
+
+    registers: int | None
+    stack_frame: int
+    spill_stores: int
+    spill_loads: int
+
+
+_PTXAS_TIME = re.compile(r"^ptxas\s+info\s+:\s+Compile time\b")
+_PTXAS_ENTRY = re.compile(r"^ptxas\s+info\s+:\s+Compiling entry function '([\w$]+)'")
+_PTXAS_PROPERTIES = re.compile(r"^ptxas\s+info\s+:\s+Function properties for ([\w$]+)")
+_PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_PTXAS_REGISTERS = re.compile(r"^ptxas\s+info\s+:\s+Used (\d+) registers")
+
+
+def ptxas_resources(log: str) -> dict[str, Resources]:
+    """Each function's resources from ptxas's report in an sm_XY compilation's log (REPORT_OPTIONS),
+    by its name in the CUBIN (a kernel's extern "C" name, a device function's mangled one). ptxas
+    writes "Compiling entry function 'k'" for a kernel; "Function properties for f" then "N bytes
+    stack frame, N bytes spill stores, N bytes spill loads" for every function; "Used N registers" for
+    the kernel being compiled."""
+    frames: dict[str, tuple[int, int, int]] = {}
+    registers: dict[str, int] = {}
+    entry = properties = None
+    for line in log.splitlines():
+        if m := _PTXAS_ENTRY.match(line):
+            entry = m.group(1)
+        elif m := _PTXAS_PROPERTIES.match(line):
+            properties = m.group(1)
+        elif (m := _PTXAS_FRAME.search(line)) and properties is not None:
+            frames[properties] = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+            properties = None
+        elif (m := _PTXAS_REGISTERS.match(line)) and entry is not None:
+            registers[entry] = int(m.group(1))
+            entry = None
+    return {name: Resources(registers.get(name), *frame) for name, frame in frames.items()}
 
 
 def _runtime_library(cupy) -> nvrtc.Library:

@@ -22,6 +22,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 LIBRARY_ENV = "GPUQUANT_NVRTC_LIBRARY"
 _SONAMES = ("libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so")
@@ -200,19 +201,29 @@ def emits_cubin(options: Sequence[str]) -> bool:
     return bool(kinds) and kinds[-1] == "sm"
 
 
+class Outputs(NamedTuple):
+    """What one compilation gives: the CUBIN (None without -arch=sm_XX), the PTX (may be None beside
+    a CUBIN) and NVRTC's program log (warnings; with --ptxas-options=-v, ptxas's report of each
+    function's registers, stack frame and spills)."""
+
+    binary: bytes | None
+    ptx: bytes | None
+    log: str
+
+
 def compile(code: str, name: str = "program.cu", options: Sequence[str] = (), lib: Library | None = None) -> bytes:
     """Compile one CUDA C++ translation unit: the CUBIN with -arch=sm_XX, else the PTX (without its
     terminating NUL). Raises CompileException, carrying NVRTC's program log, when it does not compile."""
-    binary, ptx = compile_outputs(code, name, options, lib)
+    binary, ptx, _ = compile_outputs(code, name, options, lib)
     result = binary if binary is not None else ptx
     assert result is not None  # compile_outputs raises when there is neither
     return result
 
 
 def compile_outputs(code: str, name: str = "program.cu", options: Sequence[str] = (),
-                    lib: Library | None = None) -> tuple[bytes | None, bytes | None]:
-    """(CUBIN, PTX) of one compilation: with -arch=sm_XX NVRTC generates the PTX of compute_XX on the
-    way to the CUBIN and keeps both, so one compilation yields the two (the CUBIN is None without
+                    lib: Library | None = None) -> Outputs:
+    """(CUBIN, PTX, log) of one compilation: with -arch=sm_XX NVRTC generates the PTX of compute_XX on
+    the way to the CUBIN and keeps both, so one compilation yields the two (the CUBIN is None without
     -arch=sm_XX; the PTX may be None beside a CUBIN)."""
     lib = lib or library()
     nv = lib.lib
@@ -234,7 +245,7 @@ def compile_outputs(code: str, name: str = "program.cu", options: Sequence[str] 
             if binary is None:
                 raise
             ptx = None  # an NVRTC that keeps no PTX beside the CUBIN
-        return binary, ptx
+        return Outputs(binary, ptx, log)
     finally:
         nv.nvrtcDestroyProgram(ctypes.byref(prog))
 
