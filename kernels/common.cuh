@@ -366,6 +366,15 @@ GQ_FN float gq_first_max_abs(const float* x, float* amax = nullptr) {
     return max;
 }
 
+// make_qx_quants' 18 trials are accumulated this many at a time (a divisor of 18): on the host all
+// of them side by side; on the GPU, where each thread holds one sub-block, 3 keep the sums in few
+// registers.
+#ifdef __CUDACC__
+#define GQ_QX_BATCH 3
+#else
+#define GQ_QX_BATCH 18
+#endif
+
 // ggml's make_qx_quants: a symmetric scale for N values on the levels -nmax..nmax-1, stored in L
 // as level + nmax. rmse_type 0 takes the plain max-based scale; otherwise a weighted least-squares
 // scale is fitted and 18 nearby inverse scales are tried (a negative rmse_type stops after the
@@ -408,42 +417,46 @@ GQ_FN float gq_make_qx_quants(int nmax, const float* x, gq_i8* L, int rmse_type,
     if (return_early) return suml2 > 0.0f ? 0.5f * (scale + 1.0f / iscale) : 1.0f / iscale;
     float best = scale * sumlx;
     // The 18 trial scales is = -9..9 (not 0), as ggml tries them one after another. Their sums are
-    // independent, so they are accumulated side by side (each in ggml's order: the same bits), which
-    // turns one long chain of dependent additions into 18 that a CPU overlaps or vectorizes; then the
-    // trials are judged in ggml's order.
-    float trial_iscale[18], trial_sumlx[18], trial_suml2[18];
-    GQ_UNROLL
-    for (int k = 0; k < 18; ++k) {
-        const int is = k < 9 ? k - 9 : k - 8;
-        trial_iscale[k] = -((float)nmax + 0.1f * (float)is) / max;
-        trial_sumlx[k] = 0.0f;
-        trial_suml2[k] = 0.0f;
-    }
-    GQ_UNROLL
-    for (int i = 0; i < N; ++i) {
-        const float w = qw ? qw[i] : gq_rmse_weight(rmse_type, x[i]);
-        const float wx = w * x[i];
+    // independent, so they are accumulated GQ_QX_BATCH side by side (each in ggml's order: the same
+    // bits), which turns one long chain of dependent additions into several that a CPU overlaps or
+    // vectorizes; then the batch's trials are judged in ggml's order.
+    bool won = false;
+    float won_iscale = iscale;
+    for (int k0 = 0; k0 < 18; k0 += GQ_QX_BATCH) {
+        float trial_iscale[GQ_QX_BATCH], trial_sumlx[GQ_QX_BATCH], trial_suml2[GQ_QX_BATCH];
         GQ_UNROLL
-        for (int k = 0; k < 18; ++k) {
-            const int l = gq_max_i(-nmax, gq_min_i(nmax - 1, gq_nearest_int(trial_iscale[k] * x[i])));
-            const float fl = (float)l;
-            trial_sumlx[k] += wx * fl;
-            trial_suml2[k] += w * fl * fl;
+        for (int k = 0; k < GQ_QX_BATCH; ++k) {
+            const int is = k0 + k < 9 ? k0 + k - 9 : k0 + k - 8;
+            trial_iscale[k] = -((float)nmax + 0.1f * (float)is) / max;
+            trial_sumlx[k] = 0.0f;
+            trial_suml2[k] = 0.0f;
         }
-    }
-    int winner = -1;
-    for (int k = 0; k < 18; ++k) {
-        if (trial_suml2[k] > 0.0f && trial_sumlx[k] * trial_sumlx[k] > best * trial_suml2[k]) {
-            scale = trial_sumlx[k] / trial_suml2[k];
-            best = scale * trial_sumlx[k];
-            winner = k;
-        }
-    }
-    if (winner >= 0) {  // L of the last trial that won, as ggml's loop leaves it
-        iscale = trial_iscale[winner];
         GQ_UNROLL
         for (int i = 0; i < N; ++i) {
-            const int l = gq_nearest_int(iscale * x[i]);
+            const float w = qw ? qw[i] : gq_rmse_weight(rmse_type, x[i]);
+            const float wx = w * x[i];
+            GQ_UNROLL
+            for (int k = 0; k < GQ_QX_BATCH; ++k) {
+                const int l = gq_max_i(-nmax, gq_min_i(nmax - 1, gq_nearest_int(trial_iscale[k] * x[i])));
+                const float fl = (float)l;
+                trial_sumlx[k] += wx * fl;
+                trial_suml2[k] += w * fl * fl;
+            }
+        }
+        GQ_UNROLL
+        for (int k = 0; k < GQ_QX_BATCH; ++k) {
+            if (trial_suml2[k] > 0.0f && trial_sumlx[k] * trial_sumlx[k] > best * trial_suml2[k]) {
+                scale = trial_sumlx[k] / trial_suml2[k];
+                best = scale * trial_sumlx[k];
+                won_iscale = trial_iscale[k];
+                won = true;
+            }
+        }
+    }
+    if (won) {  // L of the last trial that won, as ggml's loop leaves it
+        GQ_UNROLL
+        for (int i = 0; i < N; ++i) {
+            const int l = gq_nearest_int(won_iscale * x[i]);
             L[i] = (gq_i8)(nmax + gq_max_i(-nmax, gq_min_i(nmax - 1, l)));
         }
     }

@@ -7,14 +7,13 @@
 // a row uses imatrix[i % n_per_row] (the matrix covers one row; ggml's K-quant statistics, sigma2
 // included, are per super-block, so no row pass is needed).
 //
-// Quantizing Q2_K, Q4_K and Q5_K: one thread per sub-block (16 threads per super-block for Q2_K's
+// Quantizing: one thread per sub-block (16 threads per super-block for Q2_K's, Q3_K's and Q6_K's
 // 16-weight sub-blocks, 8 for Q4_K's and Q5_K's 32-weight ones: neighbouring lanes of one warp).
-// Each runs its sub-block's scale search (kquants.cuh), all of them the same number of trials, so
-// the lanes of a warp stay in step; the super-block's scales and mins go to every lane of it by
-// shuffles, where each lane quantizes them as the host build does (the same functions), then
-// requantizes its own sub-block and writes its share of the bytes, the levels that share a byte
-// exchanged by shuffles. Q3_K and Q6_K: one thread per super-block, running the host build's
-// per-super-block functions.
+// Each runs its sub-block's scale search (kquants.cuh; Q2_K's, Q4_K's and Q5_K's all the same
+// number of trials, so the lanes of a warp stay in step); the super-block's scales (and mins, and
+// weight sums) go to every lane of it by shuffles, where each lane quantizes them as the host build
+// does (the same functions), then requantizes its own sub-block and writes its share of the bytes,
+// the levels that share a byte exchanged by shuffles.
 // Dequantizing: one thread per 32 weights (8 threads per super-block), coalesced float4 stores.
 #include "kquants.cuh"
 
@@ -63,6 +62,41 @@ __device__ __forceinline__ T pick(const T* a, int j) {
     return r;
 }
 
+// ---------------------------------------------------------------- the bytes that sub-blocks share
+
+// A 64-byte field of 2-bit values laid out as Q2_K's qs (also Q3_K's qs and Q6_K's qh): byte 32h + l
+// holds, at bits 2k, the value of level 128h + 32k + l, which is level l % 16 of sub-block
+// 8h + 2k + l / 16. Each of the 16 lanes gives its sub-block's 16 values in one word (value i at
+// bits 2i) and gets bytes 4 sub .. 4 sub + 3 of the field (h = sub / 8, l = 4 (sub % 8) + i).
+__device__ __forceinline__ gq_u32 share_2bit_field(gq_u32 values, int sub) {
+    const int h = sub >> 3;
+    const int l0 = 4 * (sub & 7);
+    gq_u32 from[4];
+    GQ_UNROLL
+    for (int k = 0; k < 4; ++k) from[k] = __shfl_sync(kWarp, values, 8 * h + 2 * k + (l0 >> 4), 16);
+    gq_u32 word = 0;
+    GQ_UNROLL
+    for (int i = 0; i < 4; ++i) {
+        const int e = (l0 & 15) + i;
+        gq_u32 byte = 0;
+        GQ_UNROLL
+        for (int k = 0; k < 4; ++k) byte |= ((from[k] >> (2 * e)) & 3u) << (2 * k);
+        word |= byte << (8 * i);
+    }
+    return word;
+}
+
+// Bytes 4i .. 4i + 3 of 8 from two words of 8 nibbles: nibble n of lo | nibble n of hi << 4.
+__device__ __forceinline__ gq_u32 interleave_nibbles(gq_u32 lo, gq_u32 hi, int half) {
+    gq_u32 word = 0;
+    GQ_UNROLL
+    for (int i = 0; i < 4; ++i) {
+        const int n = 4 * half + i;
+        word |= (((lo >> (4 * n)) & 0xFu) | (((hi >> (4 * n)) & 0xFu) << 4)) << (8 * i);
+    }
+    return word;
+}
+
 // ---------------------------------------------------------------- Q2_K: 16 lanes per super-block
 
 template <bool kWeighted>
@@ -104,26 +138,11 @@ __device__ __forceinline__ void quantize_q2_k(const float* __restrict__ x, const
         const int l = d != 0.0f ? gq_requantize_level(xs[i], dm, d, 3) : gq_qkx_fit_level(3, fit, xs[i]);
         levels |= (gq_u32)l << (2 * i);
     }
-    // qs byte 32h + l holds level l % 16 of sub-block 8h + 2k + l / 16 at bits 2k (gq_pack_2bit).
-    // This lane writes bytes 4 sub .. 4 sub + 3: h = sub / 8, l = 4 (sub % 8) + i.
-    const int h = b.sub >> 3;
-    const int l0 = 4 * (b.sub & 7);
-    gq_u32 from[4];
-    GQ_UNROLL
-    for (int k = 0; k < 4; ++k) from[k] = __shfl_sync(kWarp, levels, 8 * h + 2 * k + (l0 >> 4), 16);
-    gq_u32 word = 0;
-    GQ_UNROLL
-    for (int i = 0; i < 4; ++i) {
-        const int e = (l0 & 15) + i;
-        gq_u32 byte = 0;
-        GQ_UNROLL
-        for (int k = 0; k < 4; ++k) byte |= ((from[k] >> (2 * e)) & 3u) << (2 * k);
-        word |= byte << (8 * i);
-    }
+    const gq_u32 qs = share_2bit_field(levels, b.sub);  // gq_pack_2bit's bytes 4 sub ...
     if (!b.active) return;
     gq_u8* dst = out + b.super * GQ_Q2_K_BYTES;
     dst[b.sub] = (gq_u8)own;
-    gq_store_u32(dst + 16 + 4 * b.sub, word);
+    gq_store_u32(dst + 16 + 4 * b.sub, qs);
     if (b.sub == 0) {
         gq_store_u16(dst + 80, d_bits);
         gq_store_u16(dst + 82, dmin_bits);
@@ -131,17 +150,6 @@ __device__ __forceinline__ void quantize_q2_k(const float* __restrict__ x, const
 }
 
 // ---------------------------------------------------------------- Q4_K and Q5_K: 8 lanes per super-block
-
-// Bytes 4i .. 4i + 3 of 8 from two words of 8 nibbles: nibble n of lo | nibble n of hi << 4.
-__device__ __forceinline__ gq_u32 interleave_nibbles(gq_u32 lo, gq_u32 hi, int half) {
-    gq_u32 word = 0;
-    GQ_UNROLL
-    for (int i = 0; i < 4; ++i) {
-        const int n = 4 * half + i;
-        word |= (((lo >> (4 * n)) & 0xFu) | (((hi >> (4 * n)) & 0xFu) << 4)) << (8 * i);
-    }
-    return word;
-}
 
 template <int NMAX, bool kWeighted>
 __device__ __forceinline__ void quantize_k4(const float* __restrict__ x, const float* __restrict__ imatrix,
@@ -233,18 +241,135 @@ __device__ __forceinline__ void quantize_k4(const float* __restrict__ x, const f
     if constexpr (NMAX == 31) gq_store_u32(dst + 16 + 4 * b.sub, qh);
 }
 
-// ---------------------------------------------------------------- one thread per super-block
+// ---------------------------------------------------------------- Q3_K: 16 lanes per super-block
 
-template <int Bytes, void (*QuantizeWeighted)(const float*, const float*, gq_u8*)>
-__device__ __forceinline__ void quantize_superblocks_weighted(const float* __restrict__ x,
-                                                              const float* __restrict__ imatrix,
-                                                              gq_u8* __restrict__ out, gq_i64 n_superblocks,
-                                                              gq_i64 superblocks_per_row) {
-    const gq_i64 b = gq_thread_index();
-    if (b >= n_superblocks) return;
-    const gq_i64 in_row = b % superblocks_per_row;
-    QuantizeWeighted(x + b * GQ_QK_K, imatrix + in_row * GQ_QK_K, out + b * Bytes);
+template <bool kWeighted>
+__device__ __forceinline__ void quantize_q3_k(const float* __restrict__ x, const float* __restrict__ imatrix,
+                                              gq_u8* __restrict__ out, gq_i64 n_subs, gq_i64 subs_per_row) {
+    const SubBlock<16> b = sub_block_of<16>(n_subs);
+    if (b.idle_warp) return;
+    const float* xsuper = x + b.super * GQ_QK_K;
+    float xs[16];
+    gq_load_floats<16>(xsuper + 16 * b.sub, xs);
+    gq_i8 L[16];  // the search's levels + 4
+    float scale;
+    float sw;
+    if constexpr (kWeighted) {
+        float qw[16];
+        gq_load_floats<16>(imatrix + (b.s % subs_per_row) * 16, qw);
+        scale = gq_q3_k_sub_block_weighted(xs, qw, gq_q3_k_sigma2(xsuper), L, &sw);
+    } else {
+        scale = gq_make_q3_quants<16>(4, xs, L);
+    }
+    // The sub-block's levels, as bits: the low 2 bits of level i at bits 2i of low, bit 2 at bit i
+    // of third. The search's for now (packed, they hold 2 registers, not 16).
+    gq_u32 low = 0;
+    gq_u32 third = 0;
+    GQ_UNROLL
+    for (int i = 0; i < 16; ++i) {
+        low |= (gq_u32)(L[i] & 3) << (2 * i);
+        third |= (gq_u32)((L[i] >> 2) & 1) << i;
+    }
+    float scales[16];
+    gq_u8 packed[12];
+    gq_u16 d_bits;
+    gather<16>(scale, scales);
+    if constexpr (kWeighted) {
+        float sws[16];
+        gather<16>(sw, sws);
+        gq_q3_k_scales_weighted(scales, sws, packed, &d_bits);
+    } else {
+        gq_q3_k_scales(scales, packed, &d_bits);
+    }
+    // gq_finish_q3_k's levels: requantized with the sub-block's stored scale unless that is 0.
+    int sc = 0;
+    GQ_UNROLL
+    for (int k = 0; k < 16; ++k) sc = k == b.sub ? gq_scale_q3(packed, k) : sc;
+    const float d = gq_fp16_to_fp32(d_bits) * (float)(sc - 32);
+    if (d != 0.0f) {
+        low = 0;
+        third = 0;
+        GQ_UNROLL
+        for (int i = 0; i < 16; ++i) {
+            const int l = gq_q3_k_level(xs[i], d);
+            low |= (gq_u32)(l & 3) << (2 * i);
+            third |= (gq_u32)((l >> 2) & 1) << i;
+        }
+    }
+    const gq_u32 qs = share_2bit_field(low, b.sub);
+    // hmask[m] bit k = bit 2 of level 32k + m, level m % 16 of sub-block 2k + m / 16; this lane
+    // writes hmask[2 sub], hmask[2 sub + 1].
+    gq_u32 hmask = 0;
+    GQ_UNROLL
+    for (int k = 0; k < 8; ++k) {
+        const gq_u32 bits = __shfl_sync(kWarp, third, 2 * k + (b.sub >> 3), 16) >> ((2 * b.sub) & 15);
+        hmask |= ((bits & 1u) << k) | (((bits >> 1) & 1u) << (8 + k));
+    }
+    if (!b.active) return;
+    gq_u8* dst = out + b.super * GQ_Q3_K_BYTES;
+    gq_store_u16(dst + 2 * b.sub, (gq_u16)hmask);
+    gq_store_u32(dst + 32 + 4 * b.sub, qs);
+    if (b.sub == 0) {
+        gq_copy_bytes<12>(dst + 96, packed);
+        gq_store_u16(dst + 108, d_bits);
+    }
 }
+
+// ---------------------------------------------------------------- Q6_K: 16 lanes per super-block
+
+template <bool kWeighted>
+__device__ __forceinline__ void quantize_q6_k(const float* __restrict__ x, const float* __restrict__ imatrix,
+                                              gq_u8* __restrict__ out, gq_i64 n_subs, gq_i64 subs_per_row) {
+    const SubBlock<16> b = sub_block_of<16>(n_subs);
+    if (b.idle_warp) return;
+    float xs[16];
+    gq_load_floats<16>(x + b.s * 16, xs);
+    gq_i8 L[16];  // the search's levels + 32
+    float scale;
+    if constexpr (kWeighted) {
+        float qw[16];
+        gq_load_floats<16>(imatrix + (b.s % subs_per_row) * 16, qw);
+        scale = gq_q6_k_sub_block(xs, qw, L);
+    } else {
+        scale = gq_q6_k_sub_block(xs, nullptr, L);
+    }
+    float scales[16];
+    gather<16>(scale, scales);
+    gq_i8 sc_all[16];
+    gq_u16 d_bits = 0;
+    const bool nonzero = gq_q6_k_scales(scales, sc_all, &d_bits);  // else the super-block is zeros
+    const int sc = nonzero ? pick<16>(sc_all, b.sub) : 0;
+    // The sub-block's levels: requantized with its stored scale unless that is 0.
+    const float d = gq_fp16_to_fp32(d_bits) * (float)sc;
+    gq_u32 low[2] = {0, 0};  // the low 4 bits of level i in nibble i % 8 of low[i / 8]
+    gq_u32 top = 0;          // the top 2 bits of level i at bits 2i
+    GQ_UNROLL
+    for (int i = 0; i < 16; ++i) {
+        const int l = !nonzero ? 0 : d != 0.0f ? gq_q6_k_level(xs[i], d) : L[i];
+        low[i / 8] |= (gq_u32)(l & 0xF) << (4 * (i % 8));
+        top |= (gq_u32)(l >> 4) << (2 * i);
+    }
+    const gq_u32 qh = share_2bit_field(top, b.sub);
+    // ql[64h + 32k + l] = low bits of level 128h + 32k + l | those of level 128h + 32(k + 2) + l << 4
+    // (k = 0, 1); this lane writes ql[8 sub ...]: h = sub / 8, k = sub % 8 / 4, l = 8 (sub % 4) + i,
+    // levels 8 (sub % 2) + i of sub-blocks 8h + 2k + (sub % 4) / 2 and 4 after it.
+    const int from = 8 * (b.sub >> 3) + 2 * ((b.sub & 7) >> 2) + ((b.sub & 3) >> 1);
+    const gq_u32 lo0 = __shfl_sync(kWarp, low[0], from, 16);
+    const gq_u32 lo1 = __shfl_sync(kWarp, low[1], from, 16);
+    const gq_u32 hi0 = __shfl_sync(kWarp, low[0], from + 4, 16);
+    const gq_u32 hi1 = __shfl_sync(kWarp, low[1], from + 4, 16);
+    const gq_u32 lo = (b.sub & 1) ? lo1 : lo0;
+    const gq_u32 hi = (b.sub & 1) ? hi1 : hi0;
+    if (!b.active) return;
+    gq_u8* dst = out + b.super * GQ_Q6_K_BYTES;
+    gq_store_u32(dst + 8 * b.sub, interleave_nibbles(lo, hi, 0));
+    gq_store_u32(dst + 8 * b.sub + 4, interleave_nibbles(lo, hi, 1));
+    gq_store_u32(dst + 128 + 4 * b.sub, qh);
+    dst[192 + b.sub] = (gq_u8)sc;
+    if (b.sub == 0) gq_store_u16(dst + 208, nonzero ? d_bits : (gq_u16)0);
+}
+
+// ---------------------------------------------------------------- dequantizing
 
 template <int Bytes, void (*DequantizePart)(const gq_u8*, int, float*)>
 __device__ __forceinline__ void dequantize_superblocks(const gq_u8* __restrict__ q, float* __restrict__ y,
@@ -270,24 +395,11 @@ using namespace gq_kq;
         dequantize_superblocks<BYTES, gq_dequantize_part_##t>(q, y, n_parts);         \
     }
 
-// Q3_K and Q6_K: one thread per super-block; n_superblocks = rows * n_per_row / 256; with an
-// importance matrix of n_per_row floats, superblocks_per_row = n_per_row / 256.
-#define GQ_KQUANT_PER_SUPERBLOCK(t, BYTES)                                                        \
-    __global__ void gq_quantize_##t(const float* x, gq_u8* out, gq_i64 n_superblocks) {           \
-        gq_quantize_in_memory<GQ_QK_K, BYTES, gq_quantize_superblock_##t>(x, out, n_superblocks); \
-    }                                                                                             \
-    __global__ void gq_quantize_##t##_imatrix(const float* x, const float* imatrix, gq_u8* out,   \
-                                              gq_i64 n_superblocks, gq_i64 superblocks_per_row) { \
-        quantize_superblocks_weighted<BYTES, gq_quantize_superblock_##t##_weighted>(              \
-            x, imatrix, out, n_superblocks, superblocks_per_row);                                 \
-    }                                                                                             \
-    GQ_KQUANT_DEQUANTIZE(t, BYTES)
-
 extern "C" {
 
-// Q2_K, Q4_K, Q5_K: one thread per sub-block; n_subs = rows * n_per_row / 16 (Q2_K) or / 32 (Q4_K,
-// Q5_K), launched as whole warps (at least n_subs threads, a multiple of 32); with an importance
-// matrix, subs_per_row = n_per_row / 16 or / 32.
+// Quantizing: one thread per sub-block; n_subs = rows * n_per_row / 16 (Q2_K, Q3_K, Q6_K) or / 32
+// (Q4_K, Q5_K), launched as whole warps (at least n_subs threads, a multiple of 32); with an
+// importance matrix, subs_per_row = n_per_row / 16 or / 32.
 __global__ void gq_quantize_q2_k(const float* x, gq_u8* out, gq_i64 n_subs) {
     quantize_q2_k<false>(x, nullptr, out, n_subs, 1);
 }
@@ -315,7 +427,22 @@ __global__ void gq_quantize_q5_k_imatrix(const float* x, const float* imatrix, g
 }
 GQ_KQUANT_DEQUANTIZE(q5_k, GQ_Q5_K_BYTES)
 
-GQ_KQUANT_PER_SUPERBLOCK(q3_k, GQ_Q3_K_BYTES)
-GQ_KQUANT_PER_SUPERBLOCK(q6_k, GQ_Q6_K_BYTES)
+__global__ void gq_quantize_q3_k(const float* x, gq_u8* out, gq_i64 n_subs) {
+    quantize_q3_k<false>(x, nullptr, out, n_subs, 1);
+}
+__global__ void gq_quantize_q3_k_imatrix(const float* x, const float* imatrix, gq_u8* out, gq_i64 n_subs,
+                                         gq_i64 subs_per_row) {
+    quantize_q3_k<true>(x, imatrix, out, n_subs, subs_per_row);
+}
+GQ_KQUANT_DEQUANTIZE(q3_k, GQ_Q3_K_BYTES)
+
+__global__ void gq_quantize_q6_k(const float* x, gq_u8* out, gq_i64 n_subs) {
+    quantize_q6_k<false>(x, nullptr, out, n_subs, 1);
+}
+__global__ void gq_quantize_q6_k_imatrix(const float* x, const float* imatrix, gq_u8* out, gq_i64 n_subs,
+                                         gq_i64 subs_per_row) {
+    quantize_q6_k<true>(x, imatrix, out, n_subs, subs_per_row);
+}
+GQ_KQUANT_DEQUANTIZE(q6_k, GQ_Q6_K_BYTES)
 
 }  // extern "C"

@@ -414,6 +414,9 @@ GQ_FN void gq_dequantize_part_q2_k(const gq_u8* in, int part, float* y) {
 
 // ---------------------------------------------------------------- Q3_K
 
+// The level (0..7) of x with a Q3_K sub-block's stored scale d (not 0).
+GQ_FN int gq_q3_k_level(float x, float d) { return gq_clamp_i(gq_nearest_int(x / d), -4, 3) + 4; }
+
 // The last steps of both Q3_K paths: requantize with the stored scales (levels -4..3), then
 // split off the third bits into hmask (bit k of hmask[m] for level 32k + m) and write the block.
 GQ_FN void gq_finish_q3_k(const float* x, const gq_u8* packed, gq_u16 d_bits, gq_i8* L, gq_u8* out) {
@@ -424,7 +427,7 @@ GQ_FN void gq_finish_q3_k(const float* x, const gq_u8* packed, gq_u16 d_bits, gq
         float xs[16];
         gq_load_floats<16>(x + 16 * j, xs);
         GQ_UNROLL
-        for (int i = 0; i < 16; ++i) L[16 * j + i] = (gq_i8)(gq_clamp_i(gq_nearest_int(xs[i] / d), -4, 3) + 4);
+        for (int i = 0; i < 16; ++i) L[16 * j + i] = (gq_i8)gq_q3_k_level(xs[i], d);
     }
     // Every level is 0..7 here, so ggml's `if (L > 3) { set the hmask bit; L -= 4; }` is bit 2 to
     // hmask and the low two bits to qs.
@@ -449,8 +452,51 @@ GQ_FN void gq_finish_q3_k(const float* x, const gq_u8* packed, gq_u16 d_bits, gq
     gq_store_u16(out + 108, d_bits);
 }
 
-// quantize_row_q3_K_ref: make_q3_quants per 16 values, then the signed scales rounded to 6 bits
-// against the one of largest magnitude.
+// quantize_row_q3_K_ref's scales: the 16 signed sub-block scales (make_q3_quants per 16 values)
+// rounded to 6 bits against the one of largest magnitude, packed, and the fp16 d.
+GQ_FN void gq_q3_k_scales(const float* scales, gq_u8* packed, gq_u16* d_bits) {
+    const float max_scale = gq_first_max_abs<16>(scales);
+    *d_bits = 0;
+    if (max_scale != 0.0f) {  // C's `if (max_scale)`: NaN counts as set
+        const float iscale = -32.0f / max_scale;
+        int v[16];
+        GQ_UNROLL
+        for (int j = 0; j < 16; ++j) {
+            const int l = gq_wrap_i8(gq_nearest_int(iscale * scales[j]));  // int8_t l = nearest_int(...)
+            v[j] = gq_clamp_i(l, -32, 31) + 32;
+        }
+        gq_pack_scales_q3(v, packed);
+        *d_bits = gq_fp32_to_fp16(1.0f / iscale);
+    } else {
+        GQ_UNROLL
+        for (int k = 0; k < 12; ++k) packed[k] = 0;
+    }
+}
+
+// quantize_row_q3_K_impl's sigma2: twice the mean square of the super-block.
+GQ_FN float gq_q3_k_sigma2(const float* x) { return 2.0f * gq_superblock_sum_x2(x) / 256.0f; }
+
+// quantize_row_q3_K_impl, one sub-block of 16 values: importance-weighted make_qx_quants (levels
+// + 4 to L); *sw gets the sum of its weights. Returns its scale.
+GQ_FN float gq_q3_k_sub_block_weighted(const float* xs, const float* qw, float sigma2, gq_i8* L, float* sw) {
+    float w[16];
+    *sw = gq_imatrix_weights<16>(xs, qw, sigma2, w);
+    return gq_make_qx_quants<16>(4, xs, L, 1, w);
+}
+
+// quantize_row_q3_K_impl's scales: the 16 scales quantized to 6 bits by make_qx_quants weighted
+// by the sub-blocks' weight sums, packed, and the fp16 d.
+GQ_FN void gq_q3_k_scales_weighted(const float* scales, const float* sw, gq_u8* packed, gq_u16* d_bits) {
+    gq_i8 Ls[16];
+    const float d_block = gq_make_qx_quants<16>(32, scales, Ls, 1, sw);
+    int v[16];
+    GQ_UNROLL
+    for (int j = 0; j < 16; ++j) v[j] = Ls[j];
+    gq_pack_scales_q3(v, packed);
+    *d_bits = gq_fp32_to_fp16(d_block);
+}
+
+// quantize_row_q3_K_ref: make_q3_quants per 16 values, then the scales.
 GQ_FN void gq_quantize_superblock_q3_k(const float* x, gq_u8* out) {
     gq_i8 L[GQ_QK_K];
     float scales[16];
@@ -459,47 +505,27 @@ GQ_FN void gq_quantize_superblock_q3_k(const float* x, gq_u8* out) {
         gq_load_floats<16>(x + 16 * j, xs);
         scales[j] = gq_make_q3_quants<16>(4, xs, L + 16 * j);
     }
-    const float max_scale = gq_first_max_abs<16>(scales);
     gq_u8 packed[12];
-    gq_u16 d_bits = 0;
-    if (max_scale != 0.0f) {  // C's `if (max_scale)`: NaN counts as set
-        const float iscale = -32.0f / max_scale;
-        int v[16];
-        for (int j = 0; j < 16; ++j) {
-            const int l = gq_wrap_i8(gq_nearest_int(iscale * scales[j]));  // int8_t l = nearest_int(...)
-            v[j] = gq_clamp_i(l, -32, 31) + 32;
-        }
-        gq_pack_scales_q3(v, packed);
-        d_bits = gq_fp32_to_fp16(1.0f / iscale);
-    } else {
-        GQ_UNROLL
-        for (int k = 0; k < 12; ++k) packed[k] = 0;
-    }
+    gq_u16 d_bits;
+    gq_q3_k_scales(scales, packed, &d_bits);
     gq_finish_q3_k(x, packed, d_bits, L, out);
 }
 
-// quantize_row_q3_K_impl: importance-weighted make_qx_quants per 16 values, then the 16 scales
-// quantized to 6 bits by make_qx_quants weighted by the sub-blocks' weight sums.
+// quantize_row_q3_K_impl: importance-weighted make_qx_quants per 16 values, then the scales.
 GQ_FN void gq_quantize_superblock_q3_k_weighted(const float* x, const float* qw, gq_u8* out) {
-    const float sigma2 = 2.0f * gq_superblock_sum_x2(x) / 256.0f;
+    const float sigma2 = gq_q3_k_sigma2(x);
     gq_i8 L[GQ_QK_K];
     float scales[16];
     float sw[16];
     for (int j = 0; j < 16; ++j) {
         float xs[16];
-        float w[16];
         gq_load_floats<16>(x + 16 * j, xs);
-        sw[j] = gq_imatrix_weights<16>(xs, qw + 16 * j, sigma2, w);
-        scales[j] = gq_make_qx_quants<16>(4, xs, L + 16 * j, 1, w);
+        scales[j] = gq_q3_k_sub_block_weighted(xs, qw + 16 * j, sigma2, L + 16 * j, &sw[j]);
     }
-    gq_i8 Ls[16];
-    const float d_block = gq_make_qx_quants<16>(32, scales, Ls, 1, sw);
-    int v[16];
-    GQ_UNROLL
-    for (int j = 0; j < 16; ++j) v[j] = Ls[j];
     gq_u8 packed[12];
-    gq_pack_scales_q3(v, packed);
-    gq_finish_q3_k(x, packed, gq_fp32_to_fp16(d_block), L, out);
+    gq_u16 d_bits;
+    gq_q3_k_scales_weighted(scales, sw, packed, &d_bits);
+    gq_finish_q3_k(x, packed, d_bits, L, out);
 }
 
 // Weights 32*part .. 32*part + 31 of a Q3_K super-block (part 0..7).
@@ -761,49 +787,67 @@ GQ_FN void gq_dequantize_part_q5_k(const gq_u8* in, int part, float* y) {
 
 // ---------------------------------------------------------------- Q6_K
 
-// quantize_row_q6_K_ref and _impl: make_qx_quants per 16 values (weights x^2, or with an
-// importance matrix its raw values: ggml's _impl uses no sigma2 here), then int8 scales against
-// the one of largest magnitude. A super-block whose scales are all below GROUP_MAX_EPS is zeros.
+// quantize_row_q6_K_ref and _impl, one sub-block of 16 values: make_qx_quants (levels + 32 to L)
+// with weights x^2, or with an importance matrix its raw values qw (ggml's _impl uses no sigma2
+// here). Returns its scale.
+GQ_FN float gq_q6_k_sub_block(const float* xs, const float* qw, gq_i8* L) {
+    return gq_make_qx_quants<16>(32, xs, L, 1, qw);
+}
+
+// Q6_K's int8 scales against the scale of largest magnitude, and the fp16 d. False when all 16 are
+// below GROUP_MAX_EPS: then the super-block is zeros.
+GQ_FN bool gq_q6_k_scales(const float* scales, gq_i8* sc, gq_u16* d_bits) {
+    float max_scale = 0.0f;
+    float max_abs_scale = 0.0f;
+    for (int j = 0; j < 16; ++j) {
+        const float a = fabsf(scales[j]);
+        if (a > max_abs_scale) {
+            max_abs_scale = a;
+            max_scale = scales[j];
+        }
+    }
+    if (max_abs_scale < GQ_GROUP_MAX_EPS) return false;
+    const float iscale = -128.0f / max_scale;
+    *d_bits = gq_fp32_to_fp16(1.0f / iscale);
+    GQ_UNROLL
+    for (int j = 0; j < 16; ++j) sc[j] = (gq_i8)gq_wrap_i8(gq_min_i(127, gq_nearest_int(iscale * scales[j])));
+    return true;
+}
+
+// The level (0..63) of x with a Q6_K sub-block's stored scale d (not 0).
+GQ_FN int gq_q6_k_level(float x, float d) { return gq_clamp_i(gq_nearest_int(x / d), -32, 31) + 32; }
+
+// quantize_row_q6_K_ref and _impl: the sub-blocks' searches, the int8 scales, then every sub-block
+// whose stored scale is not 0 requantized with it.
 template <bool kWeighted>
 GQ_FN void gq_quantize_superblock_q6_k_any(const float* x, const float* qw, gq_u8* out) {
     gq_i8 L[GQ_QK_K];
     float scales[16];
-    float max_scale = 0.0f;
-    float max_abs_scale = 0.0f;
     for (int j = 0; j < 16; ++j) {
         float xs[16];
         gq_load_floats<16>(x + 16 * j, xs);
-        float scale;
         if (kWeighted) {
             float qws[16];
             gq_load_floats<16>(qw + 16 * j, qws);
-            scale = gq_make_qx_quants<16>(32, xs, L + 16 * j, 1, qws);
+            scales[j] = gq_q6_k_sub_block(xs, qws, L + 16 * j);
         } else {
-            scale = gq_make_qx_quants<16>(32, xs, L + 16 * j, 1, nullptr);
-        }
-        scales[j] = scale;
-        const float a = fabsf(scale);
-        if (a > max_abs_scale) {
-            max_abs_scale = a;
-            max_scale = scale;
+            scales[j] = gq_q6_k_sub_block(xs, nullptr, L + 16 * j);
         }
     }
-    if (max_abs_scale < GQ_GROUP_MAX_EPS) {
+    gq_i8 sc[16];
+    gq_u16 d_bits;
+    if (!gq_q6_k_scales(scales, sc, &d_bits)) {
         for (int k = 0; k < GQ_Q6_K_BYTES; ++k) out[k] = 0;
         return;
     }
-    const float iscale = -128.0f / max_scale;
-    const gq_u16 d_bits = gq_fp32_to_fp16(1.0f / iscale);
     const float d_all = gq_fp16_to_fp32(d_bits);
-    gq_i8 sc[16];
-    for (int j = 0; j < 16; ++j) sc[j] = (gq_i8)gq_wrap_i8(gq_min_i(127, gq_nearest_int(iscale * scales[j])));
     for (int j = 0; j < 16; ++j) {
         const float d = d_all * (float)sc[j];
         if (d == 0.0f) continue;
         float xs[16];
         gq_load_floats<16>(x + 16 * j, xs);
         GQ_UNROLL
-        for (int i = 0; i < 16; ++i) L[16 * j + i] = (gq_i8)(gq_clamp_i(gq_nearest_int(xs[i] / d), -32, 31) + 32);
+        for (int i = 0; i < 16; ++i) L[16 * j + i] = (gq_i8)gq_q6_k_level(xs[i], d);
     }
     // Per half h, L[128h + 32k + l]: low nibble in ql[64h + 32(k%2) + l] (bits 4(k/2)), top two
     // bits in qh[32h + l] (bits 2k).

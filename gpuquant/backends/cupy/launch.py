@@ -37,10 +37,9 @@ class FamilyLaunch:
     lattice_tables: bool = False  # every kernel takes the type's lattice tables first
 
 
-# Threads per CUDA block: the lattice searches (and Q3_K's and Q6_K's) hold a super-block's weights
-# and search state a thread (up to 150 registers, ~2 KB of local memory), so their blocks stay
-# small; the IQ4_XS, Q2_K, Q4_K and Q5_K kernels shuffle across whole warps, so iq4's and kquants'
-# must stay a multiple of 32.
+# Threads per CUDA block: the lattice searches hold a super-block's weights and search state a
+# thread (up to 150 registers, ~2 KB of local memory), so their blocks stay small; the IQ4_XS and
+# K-quant quantizers shuffle across whole warps, so iq4's and kquants' must stay a multiple of 32.
 FAMILIES: dict[str, FamilyLaunch] = {
     "floats": FamilyLaunch(threads=128),
     "legacy": FamilyLaunch(threads=128, row_sigma2=True),
@@ -52,9 +51,10 @@ FAMILIES: dict[str, FamilyLaunch] = {
     "lowbit": FamilyLaunch(threads=128),
 }
 # Weights per quantizing thread where it is not a block: IQ4_XS, Q4_K and Q5_K give a thread one
-# 32-weight sub-block and Q2_K one 16-weight sub-block (the 8 or 16 threads of a super-block exchange
-# scales by shuffles); IQ4_XS dequantizes the same way; NVFP4 gives a thread one 16-weight group.
-_QUANTIZE_UNIT = {"IQ4_XS": 32, "Q2_K": 16, "Q4_K": 32, "Q5_K": 32, "NVFP4": 16}
+# 32-weight sub-block and Q2_K, Q3_K and Q6_K one 16-weight sub-block (the 8 or 16 threads of a
+# super-block exchange scales by shuffles); IQ4_XS dequantizes the same way; NVFP4 gives a thread
+# one 16-weight group.
+_QUANTIZE_UNIT = {"IQ4_XS": 32, "Q2_K": 16, "Q3_K": 16, "Q4_K": 32, "Q5_K": 32, "Q6_K": 16, "NVFP4": 16}
 _DEQUANTIZE_UNIT = {"IQ4_XS": 32}
 
 TYPES: tuple[str, ...] = tuple(name for name, t in QTYPES.items() if t.family in FAMILIES)
