@@ -18,8 +18,8 @@
 // gq_k4_sub_block, ... : the values, weights and search state of 16 or 32 weights), then the
 // super-block's scale quantization from all sub-blocks' results (gq_q2_k_scales, gq_k4_scales,
 // ...), then each sub-block's levels from the stored scales. The host build runs the three steps
-// in turn per super-block (gq_quantize_superblock_*); the GPU gives Q2_K's, Q4_K's and Q5_K's
-// sub-blocks a thread each, which exchange their results by shuffles (kquants.cu).
+// in turn per super-block (gq_quantize_superblock_*); the GPU gives each sub-block a thread, and
+// the threads of a super-block exchange their results by shuffles (kquants.cu).
 #pragma once
 
 #include "common.cuh"
