@@ -6,7 +6,8 @@ result is checked where the bytes are decided, in the machine code: the SASS of 
 wheel nvidia-cuda-nvdisasm) must hold no fused multiply-add outside the compiler's IEEE division and
 square-root expansions (tests/sass_check.py says how they are told apart, and the probes below show
 that the check fails where it should), and its kernels must be the source's __global__ functions
-under their extern "C" names, which CuPy's get_function looks up.
+under their extern "C" names, which CuPy's get_function looks up. The same compilations' ptxas
+reports (registers, stack frame, spills per kernel) are test_kernel_resources.py's.
 
 The compilations take 5-16 s each: conftest.py starts them in worker threads as soon as the tests
 are collected, so they overlap the tests before these, and compile_module caches them (an
