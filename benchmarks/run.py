@@ -372,7 +372,9 @@ def bench_widening(threads: int, rows: int = 2048, n_per_row: int = 4096) -> Non
 def bench_gpu_host(data_dir: Path, threads: int) -> None:
     """The GPU engine's host side alone: the CUDA simulator with a device that costs nothing (copies
     and kernels taken off the host, as DMA engines and the GPU take them), file to file from an F16
-    source; GB/s of F16 file, with and without the error pass, per CPU thread count."""
+    source; GB/s of F16 file, with and without error figures (measured on the device, so on the
+    host they cost only their copy back), per host thread count (-nt: the threads that copy the
+    file's rows into pinned memory), so that a many-core GPU host's figure can be predicted."""
     from gpuquant.backends.cupy.device import SIMULATOR_ENV
     from gpuquant.cudasim import cupy as simulated
     from gpuquant.pipeline import quantize_file

@@ -62,6 +62,17 @@ def main() -> None:
 @click.option("--override-kv", "kv_overrides", multiple=True, metavar="KEY=TYPE:VALUE",
               help="Set a key in the output (TYPE int, float, bool or str); repeatable.")
 @click.option("--dry-run", is_flag=True, help="Show each tensor's type and the final size; write nothing.")
+@click.option("--target-size", metavar="SIZE",
+              help="Choose each quantized tensor's type for the least error in a file of at most SIZE bytes "
+                   "(K/M/G/T: powers of 1000, Ki/Mi/Gi/Ti: of 1024, e.g. 7.5G). TYPE is then the base mix.")
+@click.option("--target-bpw", metavar="B", help="The same for B bits per weight over all tensors.")
+@click.option("--target-types", metavar="T1,T2,...",
+              help="Candidate types for --target-size/--target-bpw (default: Q2_K..Q6_K, Q8_0, Q4_0, Q4_1, "
+                   "Q5_0, Q5_1, IQ4_NL, and with --imatrix IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS).")
+@click.option("--target-sample", type=int, default=None, metavar="ROWS",
+              help="Rows per tensor measured for each candidate (default 64; seeded, cached).")
+@click.option("--recipe-out", metavar="FILE",
+              help="Write the chosen types as a llama-quantize --tensor-type-file.")
 @click.option("--max-buffer-size", metavar="MiB", help="Largest piece of a tensor held in memory at once.")
 @click.option("--backend", type=click.Choice(["auto", "native", "numpy", "cupy"]), default="auto", show_default=True,
               help="auto: CuPy with a CUDA device, else native (the kernels built for this CPU), else NumPy. "
@@ -76,15 +87,17 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
              quantize_output_heads, quantize_text_embedding, quantize_cross_attn_kv,
              convert_non_quantized_to_f16, imatrix, include_weights, exclude_weights, allow_requantize,
              leave_output_tensor, pure, output_tensor_type, token_embedding_type, tensor_types,
-             tensor_type_file, prune_layers, keep_split, kv_overrides, dry_run, max_buffer_size,
-             backend, reports, report_sample, no_error, quiet) -> None:
+             tensor_type_file, prune_layers, keep_split, kv_overrides, dry_run, target_size, target_bpw,
+             target_types, target_sample, recipe_out, max_buffer_size, backend, reports, report_sample, no_error,
+             quiet) -> None:
     """Quantize a GGUF model: TTS.cpp's `quantize -mp IN -qp OUT -qt TYPE` or llama-quantize's
     `IN [OUT] TYPE [NTHREADS]` (TYPE a mix name or LLAMA_FTYPE number; no OUT: ggml-model-TYPE.gguf
     beside IN)."""
     from . import llama_cli
-    from .mixes import resolve_type_or_mix
+    from .mixes import find_mix, resolve_type_or_mix
     from .model_plan import LlamaRequest
     from .pipeline import quantize_file
+    from .size_search import DEFAULT_BASE
 
     try:
         if positional:
@@ -92,6 +105,9 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
                 _fail("give the files either as arguments or with --model-path/--quantized-model-path, not both")
             if qtype:
                 _fail("the type is given twice (argument and --quantized-type)")
+            sizing = target_size is not None or target_bpw is not None
+            if sizing and len(positional) == 2 and find_mix(positional[1]) is None:
+                positional = (*positional, DEFAULT_BASE)  # IN OUT: the base mix of a target size
             model_path, quantized_path, target, positional_threads = llama_cli.parse_positional(
                 positional, dry_run, keep_split
             )
@@ -125,6 +141,7 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
             keep_split=keep_split,
         )
         buffer_bytes = llama_cli.parse_max_buffer_size(max_buffer_size) if max_buffer_size is not None else None
+        sized = target_request(target_size, target_bpw, target_types, target_sample, recipe_out)
     except ValueError as e:
         _fail(str(e))
     if quiet:
@@ -153,6 +170,7 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
             measure_error=not no_error,
             report_sample=report_sample,
             reports=reports,
+            target_size=sized,
         )
     except KeyboardInterrupt:
         _fail("interrupted; no output written", 130)
@@ -162,6 +180,36 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
         click.echo(summary.dry_run_table())  # the result of a dry run: on stdout
     elif not quiet:
         click.echo(summary.table(), err=True)
+
+
+def target_request(size: str | None, bpw: str | None, types: str | None, sample: int | None,
+                   recipe_out: str | None):
+    """The size search's request from its options, or None without --target-size/--target-bpw."""
+    from pathlib import Path
+
+    from .llama_cli import parse_ggml_type
+    from .size_search import DEFAULT_SAMPLE_ROWS, TargetRequest
+    from .target_size import parse_bpw, parse_size
+
+    if size is None and bpw is None:
+        for name, value in (("--target-types", types), ("--target-sample", sample), ("--recipe-out", recipe_out)):
+            if value is not None:
+                raise ValueError(f"{name} goes with --target-size or --target-bpw")
+        return None
+    if size is not None and bpw is not None:
+        raise ValueError("--target-size and --target-bpw cannot be used together")
+    candidates = None
+    if types is not None:
+        candidates = tuple(dict.fromkeys(parse_ggml_type(t) for t in types.split(",") if t.strip()))
+        if not candidates:
+            raise ValueError("--target-types names no type")
+    return TargetRequest(
+        size=parse_size(size) if size is not None else None,
+        bpw=parse_bpw(bpw) if bpw is not None else None,
+        types=candidates,
+        sample_rows=DEFAULT_SAMPLE_ROWS if sample is None else sample,
+        recipe_out=Path(recipe_out) if recipe_out else None,
+    )
 
 
 def types_table() -> str:

@@ -8,6 +8,7 @@ order, in pieces, into a temporary file that is renamed over the destination onl
 from __future__ import annotations
 
 import errno
+import io
 import mmap
 import os
 import queue
@@ -213,6 +214,15 @@ class SourceModel:
         raw = self.raw_bytes(t, row_start * row_bytes, row_stop * row_bytes).reshape(row_stop - row_start, row_bytes)
         return dequantize(np.ascontiguousarray(raw), t.qtype, t.n_per_row)
 
+    def stored_rows(self, t: SourceTensor, row_start: int, row_stop: int) -> np.ndarray:
+        """Rows [row_start, row_stop) as the file stores them, a view of the map: float32 [rows,
+        n_per_row] for F32, else uint8 [rows, row_bytes] (what a backend's Chunk takes)."""
+        row_bytes = t.qtype.row_bytes(t.n_per_row)
+        raw = self.raw_bytes(t, row_start * row_bytes, row_stop * row_bytes)
+        if t.qtype.name == "F32":
+            return raw.view(np.float32).reshape(row_stop - row_start, t.n_per_row)
+        return raw.reshape(row_stop - row_start, row_bytes)
+
     def release(self, t: SourceTensor, start: int = 0, stop: int | None = None) -> None:
         """Drop the mapped pages of a processed range so resident memory stays bounded (page cache stays)."""
         stop = t.n_bytes if stop is None else stop
@@ -316,6 +326,39 @@ class PlannedTensor:
     n_bytes: int
 
 
+def _header_writer(metadata: Iterable[MetadataEntry], tensors: list[PlannedTensor], alignment: int) -> _Writer:
+    """gguf's writer holding the file's key/values and tensor infos, ready to write its header."""
+    writer = _Writer(None, arch="")
+    writer.kv_data[0].clear()  # drop the arch key the constructor adds; we copy the input's own
+    writer.data_alignment = alignment
+    for e in metadata:
+        writer.add_key_value(e.key, e.value, e.vtype, e.sub_type)
+    for t in tensors:
+        # float32 as the nominal dtype makes gguf take the shape as elements, with raw_dtype as the type
+        writer.add_tensor_info(t.name, t.shape_numpy, np.dtype(np.float32), t.n_bytes, raw_dtype=t.qtype.ggml_id)
+    return writer
+
+
+def header_bytes(metadata: Iterable[MetadataEntry], tensors: list[PlannedTensor], alignment: int) -> int:
+    """The bytes before the first tensor's data in the file AtomicGGUFWriter writes (padding included):
+    they depend on the names, shapes and key/values, not on the tensors' types or sizes."""
+    from gguf.gguf_writer import WriterState
+
+    writer = _header_writer(metadata, tensors, alignment)
+    out = io.BytesIO()
+    writer.fout = [out]
+    writer.state = WriterState.EMPTY
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    return -(-out.tell() // alignment) * alignment
+
+
+def padded(n_bytes: int, alignment: int) -> int:
+    """A tensor's bytes in the file: its data padded to the alignment."""
+    return -(-n_bytes // alignment) * alignment
+
+
 class AtomicGGUFWriter:
     """Writes a GGUF file that appears at `dst` only when `commit()` succeeds.
 
@@ -337,16 +380,7 @@ class AtomicGGUFWriter:
         remove_stale_partials(self.dst)
         self.tmp = self.dst.with_name(f".{self.dst.name}.{os.getpid()}.partial")
         self._unnamed = False
-        self._writer = _Writer(None, arch="")
-        self._writer.kv_data[0].clear()  # drop the arch key the constructor adds; we copy the input's own
-        self._writer.data_alignment = alignment
-        for e in metadata:
-            self._writer.add_key_value(e.key, e.value, e.vtype, e.sub_type)
-        for t in tensors:
-            # float32 as the nominal dtype makes gguf take the shape as elements, with raw_dtype as the type
-            self._writer.add_tensor_info(
-                t.name, t.shape_numpy, np.dtype(np.float32), t.n_bytes, raw_dtype=t.qtype.ggml_id
-            )
+        self._writer = _header_writer(metadata, tensors, alignment)
         self._expected = [t.n_bytes for t in tensors]
         self._index = 0
         self._written_in_tensor = 0
@@ -385,8 +419,7 @@ class AtomicGGUFWriter:
         self._writer.state = WriterState.EMPTY
 
     def _total_bytes(self) -> int:
-        align = self._writer.data_alignment
-        return self._header_bytes + sum(-(-n // align) * align for n in self._expected)
+        return self._header_bytes + sum(padded(n, self._writer.data_alignment) for n in self._expected)
 
     def _disk_error(self, e: OSError) -> OSError:
         """A full disk, in the user's words: which output, how many bytes it needs."""
@@ -531,14 +564,14 @@ def remove_stale_partials(dst: Path) -> None:
 class WriteBehind:
     """Writes on a background thread, so the next chunk is quantized while this one is written.
 
-    Views of the mapped input and arrays the backend hands over for good (`outputs_owned`) go
-    through the queue; a backend's reused output buffer is written at once, after the queue.
-    `then` runs after the data is written (dropping the input pages the data came from).
+    Every write goes through a queue of `depth` items: views of the mapped input, and outputs that
+    the backend lends until `then` runs (the GPU engine's pinned buffers). `then` runs after the
+    data is written: it hands a backend's buffer back and drops the input pages the data came from.
+    Memory stays bounded: at most `depth` writes wait.
     """
 
-    def __init__(self, writer: AtomicGGUFWriter, outputs_owned: bool, depth: int = 4) -> None:
+    def __init__(self, writer: AtomicGGUFWriter, depth: int = 4) -> None:
         self._writer = writer
-        self._outputs_owned = outputs_owned
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="gpuquant-writer", daemon=True)
@@ -560,14 +593,9 @@ class WriteBehind:
         if self._error is not None:
             raise self._error
 
-    def write(self, data: np.ndarray, then, *, from_backend: bool = False) -> None:
+    def write(self, data: np.ndarray, then) -> None:
         self._raise()
-        if from_backend and not self._outputs_owned:
-            self.drain()
-            self._writer.write(data)
-            then()
-        else:
-            self._queue.put((data, then))
+        self._queue.put((data, then))
 
     def drain(self) -> None:
         self._queue.join()

@@ -11,17 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import NonFiniteError, get_backend, native_backend
+from .backends import Chunk, NonFiniteError, get_backend
 from .gguf_io import AtomicGGUFWriter, MetadataEntry, PlannedTensor, SourceModel, WriteBehind
 from .imatrix import Imatrix, check_importances, load_imatrix, select_entries, weights_for
 from .mixes import Mix, resolve_type_or_mix
 from .model_plan import LlamaRequest, ModelPlan, PlannedEntry, plan_model
 from .output_paths import check_new_file, same_file
-from .plan import PlanOptions
+from .plan import Decision, PlanOptions
 from .progress import Progress
 from .qtypes import QType
-from .quant_error import ErrorMeter, ErrorSums, exact_figures
+from .quant_error import ErrorSums, exact_figures, sample_rows
 from .report import check_report_path, write_report
+from .size_search import TARGET_REASON, TargetChoice, TargetRequest, choose, write_recipe
 from .summary import Summary, TensorRecord
 
 # float32 input per chunk: big enough to amortize per-call overhead, small enough to bound memory
@@ -58,6 +59,7 @@ def quantize_file(
     measure_error: bool = True,
     report_sample: int | None = None,
     reports: tuple[str | os.PathLike[str], ...] = (),
+    target_size: TargetRequest | None = None,
 ) -> Summary:
     """Quantize a GGUF file; raises ValueError (one-line message) on bad input, leaving no output.
 
@@ -69,6 +71,10 @@ def quantize_file(
     With `measure_error` every converted tensor's error figures (gpuquant.quant_error) are measured
     over every row, or over `report_sample` rows per tensor; `reports` are .json or .html paths
     written after the output (gpuquant.report).
+
+    With `target_size` (--target-size / --target-bpw, gpuquant.size_search) each quantized tensor's
+    type is chosen to fit the budget with the least error; `qtype` is then the base mix (the file's
+    type and the rules for what is not chosen). Choosing reads a sample of rows even in a dry run.
     """
     src = Path(src)
     dst = Path(dst) if dst is not None else None
@@ -103,11 +109,27 @@ def quantize_file(
     model = SourceModel(src)
     try:
         plan = plan_model(model, target, tts_options, llama, imatrix)
+        choice = None
+        if target_size is not None:
+            llama = llama or LlamaRequest()
+            searcher = get_backend(backend, n_threads=n_threads,
+                                   needed=target_size.candidate_types(imatrix is not None))
+            shards = _output_shards(plan, dst or Path("dry-run.gguf"), llama)
+            choice = choose(model, plan, llama, target_size, imatrix, searcher, shards)
+            llama = choice.request
+            plan = plan_model(model, target, tts_options, llama, imatrix)
+            _label_choice(plan, choice)
         chunk_bytes = min(CHUNK_BYTES, max_buffer_bytes) if max_buffer_bytes else CHUNK_BYTES
         summary = _run(model, dst, plan, backend, n_threads, imatrix, progress, allow_requantize, dry_run,
                        chunk_bytes, llama or LlamaRequest(), measure_error, report_sample)
     finally:
         model.close()
+    if choice is not None:
+        summary.target = choice
+        summary.target_actual_bytes = _actual_bytes(summary, choice)
+        if target_size.recipe_out is not None:
+            write_recipe(target_size.recipe_out, choice.request, plan.requested)
+            summary.recipe = str(target_size.recipe_out)
     for path in report_paths:
         write_report(summary, path)
         summary.reports.append(str(path))
@@ -154,26 +176,18 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
 
     shards = _output_shards(plan, dst, llama_request)
     # One chunk stream for every converted tensor of the file, so that a backend working ahead
-    # (the GPU engine) overlaps tensors too, not only the chunks of one tensor.
+    # (the GPU engine) overlaps tensors too, not only the chunks of one tensor. Chunks hold the rows
+    # as the file stores them: each backend makes float32 of them where it computes.
     conversions = [(e, w) for e, w in zip(entries, weights, strict=True) if e.decision.qtype != e.source.qtype]
     chunk_ranges = {id(e): list(row_chunks(e.source, w, chunk_bytes)) for e, w in conversions}
-    # F16/BF16 sources are widened on the host (the native build: in C over its threads, a GPU run's
-    # too), or with NumPy where a GPU run has no native build; quantized ones by the running backend.
-    # (A GPU run builds the native library only when it measures the error or widens.)
-    widening = any(e.source.qtype.name in ("F16", "BF16") for e, _ in conversions)
-    host = _host_backend(be, n_threads) if measure_error or widening else be
-    meter = ErrorMeter(host, report_sample) if measure_error else None
-    widen = None if host.runs_on_device else host.dequantize_rows
 
     def chunks():
         for e, _ in conversions:
-            measured = meter.rows_to_measure(e.name, e.source.n_rows) if meter else None
-            dequantize = widen if e.source.qtype.is_float else be.dequantize_rows  # requantizing: be's own
+            t = e.source
+            sample = sample_rows(e.name, t.n_rows, report_sample) if measure_error else None
             for r0, r1, wc in chunk_ranges[id(e)]:
-                x = model.rows_as_float32(e.source, r0, r1, dequantize)
-                if meter:
-                    meter.remember(x, r0, measured)
-                yield x, e.decision.qtype, wc
+                local = None if sample is None else sample[(sample >= r0) & (sample < r1)] - r0
+                yield Chunk(model.stored_rows(t, r0, r1), e.decision.qtype, wc, t.qtype, measure_error, local)
 
     outputs = be.quantize_chunks(chunks(), check_finite=True)
     index = 0
@@ -182,7 +196,7 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
             writers = [stack.enter_context(AtomicGGUFWriter(path, metadata, planned, model.alignment))
                        for path, metadata, planned in shards]
             for file_writer, (_, _, planned) in zip(writers, shards, strict=True):
-                writer = WriteBehind(file_writer, outputs_owned=be.outputs_owned)
+                writer = WriteBehind(file_writer, depth=3)  # the GPU engine lends 4 outputs at once
                 try:
                     for _ in planned:
                         e, record = entries[index], records[index]
@@ -193,10 +207,11 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
                             _copy_tensor(model, t, writer, chunk_bytes)
                             if report:
                                 report.advance(t.n_bytes)
-                            if meter:
+                            if measure_error:
                                 record.error = exact_figures(t.n_rows)
                         else:
-                            sums = _write_converted(model, e, chunk_ranges[id(e)], outputs, writer, report, meter)
+                            sums = _write_converted(model, e, chunk_ranges[id(e)], outputs, writer, report,
+                                                    measure_error)
                             if sums is not None:
                                 record.error = sums.figures(t.n_rows)
                         summary.records.append(record)
@@ -219,15 +234,22 @@ def _run(model, dst, plan: ModelPlan, backend_name, n_threads, imatrix, show_pro
     return summary
 
 
-def _host_backend(be, n_threads: int):
-    """The backend that measures the error and widens F16/BF16 sources: the running one, except that a
-    GPU run does both on the host with the native build where there is one (the inputs are on the
-    host anyway, and the device memory belongs to the streaming engine)."""
-    if be.runs_on_device:
-        native, _ = native_backend(n_threads)
-        if native is not None:
-            return native
-    return be
+def _label_choice(plan: ModelPlan, choice: TargetChoice) -> None:
+    """The chosen tensors' reason says so; the planner must have given each the type chosen."""
+    for e in plan.entries:
+        chosen = choice.types.get(e.name)
+        if chosen is None:
+            continue
+        if e.decision.qtype != chosen:  # the patterns are exact names: only a bug gets here
+            raise RuntimeError(f"tensor {e.name}: planned as {e.decision.qtype.name}, chosen {chosen.name}")
+        e.decision = Decision(chosen, TARGET_REASON)
+
+
+def _actual_bytes(summary: Summary, choice: TargetChoice) -> int:
+    """What the choice is judged by: the output files' bytes, or all tensors' data (--target-bpw)."""
+    if choice.by_bpw or summary.dry_run:
+        return summary.bytes_out if choice.by_bpw else choice.predicted_bytes
+    return sum(Path(p).stat().st_size for p in summary.outputs)
 
 
 def _output_bytes(e: PlannedEntry) -> int:
@@ -368,22 +390,27 @@ def row_chunks(t, weights: np.ndarray | None, chunk_bytes: int):
 
 
 def _write_converted(model: SourceModel, e: PlannedEntry, ranges, outputs, writer: WriteBehind,
-                     report: Progress | None, meter: ErrorMeter | None) -> ErrorSums | None:
-    """Writes the outputs of one tensor's chunks, in order, and drops their input pages; with a
-    meter, measures each chunk first and returns the tensor's error sums."""
+                     report: Progress | None, measure_error: bool) -> ErrorSums | None:
+    """Writes the outputs of one tensor's chunks, in order, then hands their buffers back and drops
+    their input pages; with measure_error, returns the tensor's error sums (added in chunk order)."""
     t = e.source
     src_row_bytes = t.n_bytes // t.n_rows
-    sums = ErrorSums(weighted=bool(ranges) and ranges[0][2] is not None) if meter else None
-    for r0, r1, wc in ranges:
+    sums = ErrorSums(weighted=bool(ranges) and ranges[0][2] is not None) if measure_error else None
+    for r0, r1, _ in ranges:
         try:
-            q = next(outputs)
+            out = next(outputs)
         except NonFiniteError as err:
             raise ValueError(
                 f"tensor {e.name}: NaN or Inf weight in row {r0 + err.row}; refusing to quantize it"
             ) from None
         if sums is not None:
-            sums.add(meter.measure_next(q, e.decision.qtype, wc))
-        writer.write(q, partial(model.release, t, r0 * src_row_bytes, r1 * src_row_bytes), from_backend=True)
+            sums.add(out.error)
+        writer.write(out.q, partial(_written, out.release, model, t, r0 * src_row_bytes, r1 * src_row_bytes))
         if report:
             report.advance((r1 - r0) * src_row_bytes)
     return sums
+
+
+def _written(release, model: SourceModel, t, start: int, stop: int) -> None:
+    release()
+    model.release(t, start, stop)

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-
-from .qtypes import QType
 
 # A row sample is the same on every run: numpy's PCG64 seeded by the tensor name's CRC-32.
 SAMPLE_SEED_DOC = "rows drawn without replacement by numpy's default_rng(crc32(tensor name))"
@@ -152,41 +149,6 @@ def sample_rows(name: str, n_rows: int, n_sample: int | None) -> np.ndarray | No
         return None
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     return np.sort(rng.choice(n_rows, size=n_sample, replace=False))
-
-
-class ErrorMeter:
-    """Measures each chunk's output against its input, in the order the chunks were handed to the
-    backend: `remember` an input when it goes in, `measure_next` its output when it comes out. The
-    measuring is the backend's own error pass (Backend.error_sums: native's one sweep, NumPy's over
-    its threads, or dequantize and compare)."""
-
-    def __init__(self, backend, sample: int | None = None) -> None:
-        self.backend = backend
-        self.sample = sample
-        # inputs handed to the backend and not yet measured, oldest first (only the sampled rows)
-        self._pending: deque[tuple[np.ndarray, np.ndarray | None]] = deque()
-
-    def rows_to_measure(self, name: str, n_rows: int) -> np.ndarray | None:
-        return sample_rows(name, n_rows, self.sample)
-
-    def remember(self, x: np.ndarray, r0: int, measured_rows: np.ndarray | None) -> None:
-        """x: rows r0.. of a tensor whose measured rows (None: all) are `measured_rows`."""
-        if measured_rows is None:
-            self._pending.append((x, None))
-            return
-        local = measured_rows[(measured_rows >= r0) & (measured_rows < r0 + x.shape[0])] - r0
-        self._pending.append((x[local], local))
-
-    def measure_next(self, q: np.ndarray, qtype: QType, w: np.ndarray | None) -> ErrorSums:
-        """The oldest remembered input against q, its quantized rows."""
-        x, local = self._pending.popleft()
-        return self.measure(x, q if local is None else q[local], qtype, w)
-
-    def measure(self, x: np.ndarray, q: np.ndarray, qtype: QType, w: np.ndarray | None) -> ErrorSums:
-        """x float32 [rows, n] and its quantized rows q [rows, row_bytes]."""
-        if x.shape[0] == 0:
-            return ErrorSums(weighted=w is not None)
-        return self.backend.error_sums(x, q, qtype, w)
 
 
 def weighted_mean(values: list[tuple[float | None, int]]) -> float | None:

@@ -67,6 +67,8 @@ def report_dict(s: Summary) -> dict:
             "averaging": "per-tensor figures of the converted tensors, weighted by element count",
         },
         "types": types,
+        "target": ({**s.target.as_dict(), "actual": s.target_actual_bytes, "recipe": s.recipe}
+                   if s.target is not None else None),
         "warnings": s.warnings,
         "tensors": [_tensor(r) for r in s.records],
     }
@@ -139,6 +141,15 @@ def report_html(data: dict) -> str:
                      + f" ({html.escape(t['averaging'])}; measured over {how}).</p>")
     else:
         parts.append("<p class='note'>Error figures were not measured in this run.</p>")
+    target = data["target"]
+    if target is not None:
+        chosen = ", ".join(f"{n} {html.escape(name)}" for name, n in target["chosen"].items())
+        proven = "optimal" if target["optimal"] else "not proven optimal"
+        parts.append(
+            f"<h2>Target size</h2><p>Budget {target['budget']} {html.escape(target['unit'])}; predicted "
+            f"{target['predicted']}, actual {target['actual']}. Chosen among {len(target['candidates'])} types on "
+            f"{target['sample_rows']} rows per tensor: {chosen} ({proven} for the "
+            f"{html.escape(target['objective'])}). The tensors' table says which type each got.</p>")
     if data["warnings"]:
         parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in data["warnings"])
                      + "</ul>")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from .quant_error import ErrorFigures, format_figure, weighted_mean
 
@@ -66,6 +67,9 @@ class Summary:
     error_measured: bool = False
     report_sample: int | None = None  # rows per tensor measured; None: every row
     reports: list[str] = field(default_factory=list)  # the report files written
+    target: Any = None  # --target-size / --target-bpw: the size search's TargetChoice
+    target_actual_bytes: int | None = None  # what the choice is judged by, measured after the run
+    recipe: str | None = None  # --recipe-out: the llama-quantize --tensor-type-file written
 
     def _converted(self) -> list[TensorRecord]:
         return [r for r in self.records if r.error is not None and r.dst_type != r.src_type]
@@ -170,9 +174,20 @@ class Summary:
             + (f"; {'; '.join(extra)}" if extra else "")
         )
         lines.extend(f"report: {path}" for path in self.reports)
+        if self.target is not None:
+            lines.append(self.target_line())
         if self.error_measured:
             lines.append(self.error_line())
         return "\n".join(lines)
+
+    def target_line(self) -> str:
+        """The size search: the budget, the predicted and actual sizes, what was chosen."""
+        text = self.target.line()
+        if self.target_actual_bytes is not None and not self.dry_run:
+            text += f"; actual {self.target_actual_bytes} bytes"
+        if self.recipe:
+            text += f"; recipe {self.recipe}"
+        return text
 
     def error_line(self) -> str:
         """The overall error: per-tensor relative RMSE averaged by element count, the worst tensor."""
@@ -203,5 +218,7 @@ class Summary:
         n = max(1, self.n_elements)
         lines.append(f"model size = {self.bytes_in / 2**20:.2f} MiB ({self.bytes_in * 8 / n:.2f} BPW)")
         lines.append(f"quant size = {self.bytes_out / 2**20:.2f} MiB ({self.bytes_out * 8 / n:.2f} BPW)")
+        if self.target is not None:
+            lines.append(self.target_line())
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)

@@ -236,6 +236,7 @@ def test_row_statistics_lose_their_barrier_and_the_simulator_sees_it(tmp_path, m
 
 def test_a_cost_free_device_skips_copies_and_kernels_for_benchmarks(monkeypatch):
     # benchmarks/run.py --only gpu-host times the streaming engine's host side with it
+    from gpuquant.backends import Chunk
     from gpuquant.backends.cupy import CupyBackend
     from gpuquant.backends.cupy.device import SIMULATOR_ENV
     from gpuquant.qtypes import QTYPES
@@ -248,5 +249,8 @@ def test_a_cost_free_device_skips_copies_and_kernels_for_benchmarks(monkeypatch)
     monkeypatch.setattr(sim.Function, "_launch", no_launch)
     x = np.ones((64, 256), dtype=np.float32)
     x[3, 5] = np.nan  # the finite check costs nothing either: it passes
-    outputs = [q.copy() for q in CupyBackend().quantize_chunks([(x, QTYPES["Q4_0"], None)], check_finite=True)]
+    chunks = [Chunk(x, QTYPES["Q4_0"], None, measure=True),
+              Chunk(x.astype(np.float16).view(np.uint8), QTYPES["Q4_K"], None, QTYPES["F16"], measure=True)]
+    outputs = [out.q.copy() for out in CupyBackend().quantize_chunks(chunks, check_finite=True)]
     assert outputs[0].shape == (64, 256 // 32 * 18) and (outputs[0] == 0xCD).all()  # never written: garbage
+    assert outputs[1].shape == (64, 144) and (outputs[1] == 0xCD).all()

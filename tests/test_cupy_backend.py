@@ -202,15 +202,16 @@ def test_kernels_load_once():
 
 import test_gpu_stream_fake as streaming  # noqa: E402  (its chunk cases and helpers)
 
+from gpuquant.backends import Chunk  # noqa: E402
 from gpuquant.synthetic import write_synthetic_model  # noqa: E402
 
 
 @pytest.mark.parametrize("memory", [streaming.TINY_MEMORY, None], ids=["tiny-slots", "default"])
 def test_quantize_chunks_match_numpy_backend(memory):
     # Types, widths, an importance matrix that changes and comes back, empty, one-row and strided
-    # chunks; with tiny slots most chunks are split into pieces of 1 to 3 rows.
+    # chunks, F16/BF16 and quantized sources, measured ones; with tiny slots most chunks are split.
     chunks = streaming.mixed_chunks()
-    got = streaming.run(CupyBackend(device_memory_bytes=memory), chunks)
+    got = streaming.run(CupyBackend(device_memory_bytes=memory, stream_slots=4), chunks)
     streaming.assert_same_outputs(got, streaming.expected(chunks))
 
 
@@ -222,8 +223,10 @@ def test_quantize_chunks_large_chunks_split_over_slots(type_name):
     t = gpuquant.resolve(type_name)
     rows, memory = (1024, 16 << 20) if ON_GPU else (256, 4 << 20)
     imatrix = random_imatrix(72, n_per_row=4096) if type_name == "Q5_1" else None
-    chunks = [((rng.standard_normal((rows, 4096)) * 0.02).astype(np.float32), t, imatrix) for _ in range(3)]
-    chunks.append((chunks[0][0][:7], t, imatrix))
+    chunks = [Chunk((rng.standard_normal((rows, 4096)) * 0.02).astype(np.float32), t, imatrix, measure=True)
+              for _ in range(3)]
+    chunks.append(chunks[0]._replace(data=chunks[0].data[:7]))
+    chunks.append(streaming.chunk(chunks[1].data[:33], type_name, imatrix, source="F16", measure=True))
     backend = CupyBackend(device_memory_bytes=memory)
     streaming.assert_same_outputs(streaming.run(backend, chunks), streaming.expected(chunks))
 
@@ -231,7 +234,7 @@ def test_quantize_chunks_large_chunks_split_over_slots(type_name):
 @pytest.mark.parametrize("bad_row", [0, 13, 19])
 def test_quantize_chunks_non_finite_row(bad_row):
     chunks = streaming.chunks_with_non_finite_row(np.nan, bad_row)
-    backend = CupyBackend(device_memory_bytes=streaming.TINY_MEMORY)
+    backend = CupyBackend(device_memory_bytes=streaming.THREE_ROWS_OF_Q4_0, stream_slots=4)
     want = streaming.assert_stops_at_non_finite_row(backend, chunks, bad_row)
     assert len(streaming.run(backend, chunks, check_finite=False)) == 4
     streaming.assert_same_outputs(streaming.run(backend, chunks[:2]), want)

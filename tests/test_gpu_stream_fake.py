@@ -3,7 +3,8 @@
 The CUDA simulator (gpuquant/cudasim, GPUQUANT_CUDA_SIM=1) stands in for CuPy and the device: work
 queued on a stream runs only when the host waits for it, as on a GPU, and the launchers launch the
 real kernels/*.cu, built for the CPU. Every output must equal the numpy backend's, byte for byte,
-whatever the chunk shapes, slot sizes and types.
+whatever the chunk shapes, sources, slot sizes and types; the error figures measured on the device
+must agree with the numpy backend's to float rounding.
 """
 
 from __future__ import annotations
@@ -15,25 +16,32 @@ from tiny_models import kokoro_like, write_tiny
 
 import gpuquant
 from gpuquant import hostkernels, pipeline
-from gpuquant.backends import NonFiniteError, get_backend
+from gpuquant.backends import Chunk, NonFiniteError, get_backend
 from gpuquant.backends.cupy import CupyBackend
 from gpuquant.backends.cupy.device import SIMULATOR_ENV
 from gpuquant.backends.cupy.stream import (
     DEFAULT_DEVICE_MEMORY,
+    DEFAULT_SLOTS,
     DEVICE_MEMORY_ENV,
     StreamEngine,
     device_memory_setting,
-    slot_input_bytes,
 )
 from gpuquant.backends.numpy_backend import NumpyBackend
 from gpuquant.cudasim import cupy as simulated_cupy
 from gpuquant.imatrix import Imatrix
+from gpuquant.qtypes import QTYPES
 
 pytestmark = pytest.mark.skipif(hostkernels.find_compiler() is None,
                                 reason="the CUDA simulator builds the kernels for the CPU: needs a C++ compiler")
 
-# A slot of this budget with 4 slots takes 3 rows of 256 float32 (or 1 row of 512) a piece.
-TINY_MEMORY = int(4 * 3.5 * 3 * 1024)
+# A slot keeps room for its regions' alignment (8 of 256 bytes) whatever the piece, and 1/32 of
+# itself for kernels' scratch (see usable).
+ALIGNMENT_ROOM = 8 * 256
+# 4 slots of 10.5 KiB: a piece holds 7 rows of 256 float32 bound for Q4_0, 1 row of 512 F16
+# measured with an importance matrix (see device_row_bytes).
+TINY_MEMORY = 4 * 10752
+# 4 slots of 3 rows of 256 float32 bound for Q4_0 (1169 bytes a row)
+THREE_ROWS_OF_Q4_0 = 4 * 5800
 
 
 @pytest.fixture
@@ -51,45 +59,77 @@ def rows(seed: int, n_rows: int, n_per_row: int) -> np.ndarray:
     return np.ascontiguousarray(x[:n_rows])
 
 
-def mixed_chunks() -> list:
-    """Chunks of several tensors in a row: types, widths, an importance matrix that comes, changes,
-    comes back and goes, an empty chunk, one-row chunks, a strided view."""
+def stored(x: np.ndarray, source: str) -> np.ndarray:
+    """float32 rows as a file of type `source` stores them (the chunk's data); rows of the "huge" kind
+    (3e5) are scaled into F16's range first, as they would overflow to Inf there."""
+    if source == "F32":
+        return x
+    x = np.where(np.abs(x) > 1e4, x * np.float32(1e-3), x).astype(np.float32)
+    q = NumpyBackend().quantize(np.ascontiguousarray(x), QTYPES[source], None)
+    return q.reshape(x.shape[0], -1)
+
+
+def chunk(x, target: str, w=None, source: str = "F32", measure: bool = False, sample=None) -> Chunk:
+    return Chunk(stored(x, source), QTYPES[target], w, QTYPES[source], measure,
+                 None if sample is None else np.asarray(sample, dtype=np.int64))
+
+
+def mixed_chunks() -> list[Chunk]:
+    """Chunks of several tensors in a row: types, sources (F32, F16, BF16, a quantized one), widths,
+    an importance matrix that comes, changes, comes back and goes, an empty chunk, one-row chunks,
+    strided views, measured chunks (all rows or a sample)."""
     im_a, im_b, im_c = random_imatrix(1, 256), random_imatrix(2, 256), random_imatrix(3, 512)
     big = rows(10, 37, 256)
-    chunks = [
-        (big, "Q4_0", None),
-        (rows(11, 1, 512), "Q8_0", None),
-        (rows(12, 5, 256), "Q4_1", im_a),
-        (rows(13, 6, 256), "Q4_1", im_b),
-        (rows(14, 4, 256), "Q4_1", im_a),
-        (rows(15, 9, 256), "Q5_0", im_a.copy()),  # the same values in another array
-        (np.zeros((0, 256), np.float32), "Q5_0", im_a),
-        (rows(16, 7, 512), "Q5_1", im_c),
-        (rows(17, 3, 64), "F16", None),
-        (rows(18, 3, 64), "BF16", None),
-        (rows(19, 2, 96), "F32", None),
-        (big[1::3, 32:160], "Q4_0", None),  # not contiguous: rows 1, 4, ..., columns 32..159
-        (rows(20, 1, 32), "Q4_0", None),
-        (rows(21, 8, 256), "Q8_0", im_b),  # Q8_0 ignores the importance matrix
+    f16 = stored(rows(22, 30, 256), "F16")
+    return [
+        chunk(big, "Q4_0"),
+        chunk(rows(11, 1, 512), "Q8_0", measure=True),
+        chunk(rows(12, 5, 256), "Q4_1", im_a),
+        chunk(rows(13, 6, 256), "Q4_1", im_b, measure=True),
+        chunk(rows(14, 4, 256), "Q4_1", im_a),
+        chunk(rows(15, 9, 256), "Q5_0", im_a.copy()),  # the same values in another array
+        chunk(np.zeros((0, 256), np.float32), "Q5_0", im_a, measure=True),
+        chunk(rows(16, 7, 512), "Q5_1", im_c),
+        chunk(rows(17, 3, 64), "F16"),
+        chunk(rows(18, 3, 64), "BF16", measure=True),
+        chunk(rows(19, 2, 96), "F32", measure=True),
+        chunk(big[1::3, 32:160], "Q4_0"),  # not contiguous: rows 1, 4, ..., columns 32..159
+        chunk(rows(20, 1, 32), "Q4_0"),
+        chunk(rows(21, 8, 256), "Q8_0", im_b),  # Q8_0 ignores the importance matrix
+        chunk(rows(23, 19, 256), "Q4_K", source="F16", measure=True),
+        Chunk(f16[::2], QTYPES["Q4_K"], None, QTYPES["F16"], True, np.array([0, 3, 14])),  # strided, a sample
+        chunk(rows(24, 11, 512), "Q5_0", im_c, source="BF16", measure=True, sample=[2, 9]),
+        chunk(rows(25, 13, 256), "Q4_0", source="Q8_0", measure=True),  # requantizing
+        chunk(rows(26, 4, 256), "F32", source="F16", measure=True),
+        chunk(rows(27, 5, 256), "IQ4_NL", im_b, source="F16", measure=True),
     ]
-    return [(x, gpuquant.resolve(t), w) for x, t, w in chunks]
 
 
 def run(backend, chunks, check_finite: bool = True) -> list[np.ndarray]:
-    # copy each output before asking for the next: the engine reuses its buffers after that
-    return [q.copy() for q in backend.quantize_chunks(chunks, check_finite)]
+    """The outputs' bytes, each copied and released at once (as a writer would)."""
+    got = []
+    for out in backend.quantize_chunks(chunks, check_finite):
+        got.append(out.q.copy())
+        out.release()
+    return got
+
+
+def run_measured(backend, chunks, check_finite: bool = True) -> list:
+    got = []
+    for out in backend.quantize_chunks(chunks, check_finite):
+        got.append((out.q.copy(), out.error))
+        out.release()
+    return got
 
 
 def expected(chunks, check_finite: bool = True) -> list[np.ndarray]:
-    contiguous = [(np.ascontiguousarray(x), t, w) for x, t, w in chunks]
-    return run(NumpyBackend(), contiguous, check_finite)
+    return run(NumpyBackend(), chunks, check_finite)
 
 
-def chunks_with_non_finite_row(bad: float, bad_row: int) -> list:
+def chunks_with_non_finite_row(bad: float, bad_row: int) -> list[Chunk]:
     """Four Q4_0 chunks of 20 rows of 256; the third holds `bad` in row bad_row."""
-    t = gpuquant.resolve("Q4_0")
-    chunks = [(rows(30 + i, 20, 256), t, None) for i in range(4)]
-    chunks[2][0][bad_row, 77] = bad
+    chunks = [chunk(rows(30 + i, 20, 256), "Q4_0") for i in range(4)]
+    chunks[2].data[bad_row, 77] = bad
     return chunks
 
 
@@ -98,8 +138,8 @@ def assert_stops_at_non_finite_row(backend, chunks, bad_row: int) -> list[np.nda
     chunks_with_non_finite_row, then raises NonFiniteError naming bad_row. Returns those two."""
     want = expected(chunks[:2])
     outputs = backend.quantize_chunks(chunks, check_finite=True)
-    assert np.array_equal(next(outputs), want[0])
-    assert np.array_equal(next(outputs), want[1])
+    assert np.array_equal(next(outputs).q, want[0])
+    assert np.array_equal(next(outputs).q, want[1])
     with pytest.raises(NonFiniteError) as raised:
         next(outputs)
     assert raised.value.row == bad_row
@@ -113,63 +153,106 @@ def assert_same_outputs(got: list[np.ndarray], want: list[np.ndarray]) -> None:
         assert np.array_equal(g, w), f"chunk {i}: rows {np.flatnonzero((g != w).any(axis=1)).tolist()} differ"
 
 
-def pieces(chunks, memory: int, slots: int, block_types_only: bool = False) -> int:
-    per_slot = slot_input_bytes(memory, slots)
-    total = 0
-    for x, t, _ in chunks:
-        if block_types_only and t.is_float:
-            continue
-        per_piece = per_slot // max(4 * x.shape[1], t.row_bytes(x.shape[1]))
-        total += -(-x.shape[0] // per_piece)
-    return total
+def device_row_bytes(c: Chunk, check_finite: bool) -> tuple[int, int]:
+    """(device bytes a row of the chunk takes, bytes a piece takes whatever its rows): the stored row
+    (not for F32, copied straight to x), float32 x, the output, the finite flag, and when measured
+    the round trip y and 5 float64 sums; the importance matrix once."""
+    n = c.n_per_row
+    check = check_finite and not c.qtype.is_float
+    per_row = (0 if c.source.name == "F32" else c.data.shape[1] * c.data.itemsize) + 4 * n \
+        + c.qtype.row_bytes(n) + int(check) + ((4 * n + 40) if c.measure else 0)
+    return per_row, 4 * n if c.imatrix is not None else 0
+
+
+def pieces(c: Chunk, memory: int, slots: int, check_finite: bool = True) -> int:
+    if c.rows == 0:
+        return 0
+    per_row, fixed = device_row_bytes(c, check_finite)
+    return -(-c.rows // ((usable(memory, slots) - fixed) // per_row))
+
+
+def usable(memory: int, slots: int) -> int:
+    """A slot's bytes for its pieces' regions: 1/32 is kept for kernels' scratch, and room for alignment."""
+    slot = memory // slots
+    return slot - slot // 32 - ALIGNMENT_ROOM
 
 
 @pytest.mark.parametrize("memory, slots", [
-    (TINY_MEMORY, 4),  # most chunks split into pieces of 1 to 3 rows
-    (int(2 * 3.5 * 5 * 1024), 2),  # two slots of 5 rows of 256
-    (None, 4),  # the default: no chunk here is split
+    (TINY_MEMORY, 4),  # most chunks split into pieces of 1 to 7 rows
+    (2 * (ALIGNMENT_ROOM + 12288), 2),  # two slots of 12 KiB and their alignment
+    (None, DEFAULT_SLOTS),  # the default: no chunk here is split
     (None, 3),
-], ids=["tiny-4", "small-2", "default-4", "default-3"])
+], ids=["tiny-4", "small-2", "default", "default-3"])
 def test_chunks_match_numpy_backend(fake, memory, slots):
     chunks = mixed_chunks()
     backend = CupyBackend(device_memory_bytes=memory, stream_slots=slots)
-    assert_same_outputs(run(backend, chunks), expected(chunks))
+    got = run_measured(backend, chunks)
+    want = run_measured(NumpyBackend(), chunks)
+    assert_same_outputs([q for q, _ in got], [q for q, _ in want])
+    for c, (_, g), (_, w) in zip(chunks, got, want, strict=True):
+        assert (g is None) == (w is None) == (not c.measure)
+        if g is not None:  # measured on the device: the host's figures to float rounding
+            assert (g.rows, g.weighted, g.max_abs) == (w.rows, w.weighted, w.max_abs)
+            for name in ("sum_sq_x", "sum_sq_err", "w_sum_sq_x", "w_sum_sq_err"):
+                assert getattr(g, name) == pytest.approx(getattr(w, name), rel=1e-6, abs=0), name
+    # Every step of every piece, counted: what the device did is what the engine says it does.
     budget = memory or DEFAULT_DEVICE_MEMORY
-    n_pieces = pieces(chunks, budget, slots)
-    n_checked = pieces(chunks, budget, slots, block_types_only=True)  # F16/BF16 carry NaN as values
-    n_copied = pieces([c for c in chunks if c[1].name == "F32"], budget, slots)  # F32: a device copy
-    assert 0 < n_checked < n_pieces and n_copied > 0
-    assert fake.STATS["quantize"] == n_pieces - n_copied and fake.STATS["d2d"] == n_copied
-    assert fake.STATS["h2d"] >= n_pieces and fake.STATS["d2h"] == n_pieces + n_checked  # outputs, finite flags
-    assert fake.STATS["elementwise"] == n_checked  # the finite checks
+    count = {}
+    for key, wanted in (("all", lambda c: True), ("checked", lambda c: not c.qtype.is_float),
+                        ("f32 target", lambda c: c.qtype.name == "F32"), ("measured", lambda c: c.measure),
+                        ("measured f32 target", lambda c: c.measure and c.qtype.name == "F32"),
+                        ("converted", lambda c: c.source.name != "F32"),
+                        ("measured block target", lambda c: c.measure and c.qtype.name != "F32")):
+        count[key] = sum(pieces(c, budget, slots) for c in chunks if wanted(c))
+    assert 0 < count["checked"] < count["all"] and count["f32 target"] > 0 and count["converted"] > 0
+    assert fake.STATS["quantize"] == count["all"] - count["f32 target"]
+    assert fake.STATS["d2d"] == count["f32 target"] + count["measured f32 target"]  # F32: device copies
+    assert fake.STATS["dequantize"] == count["converted"] + count["measured block target"]
+    assert fake.STATS["h2d"] >= count["all"]
+    assert fake.STATS["d2h"] == count["all"] + count["checked"] + count["measured"]  # outputs, flags, sums
+    assert fake.STATS["kernel:gq_check_rows"] == count["checked"]
+    assert fake.STATS["kernel:gq_error_rows_plain"] + fake.STATS["kernel:gq_error_rows_weighted"] == \
+        count["measured"]
+    assert fake.STATS["elementwise"] == fake.STATS["reduce"] == 0  # nothing but the kernels
     assert 0 < fake.STATS["device_peak"] <= budget
     if memory == TINY_MEMORY:
-        assert n_pieces > 2 * len(chunks)
+        assert count["all"] > 2 * len(chunks)
+
+
+def test_figures_do_not_depend_on_how_rows_are_split(fake):
+    """The same measured chunk in pieces of 1 row and in one piece: the same figures, bit for bit."""
+    c = chunk(rows(28, 23, 512), "Q4_K", random_imatrix(4, 512), source="F16", measure=True)
+    per_row, fixed = device_row_bytes(c, True)
+    one_row = CupyBackend(device_memory_bytes=4 * int((ALIGNMENT_ROOM + per_row + fixed) * 32 / 31 + 8),
+                          stream_slots=4)
+    (q1, e1), = run_measured(one_row, [c])
+    (q2, e2), = run_measured(CupyBackend(), [c])
+    assert np.array_equal(q1, q2) and e1 == e2 and e1.rows == 23
 
 
 def test_outputs_without_finite_check_and_a_second_run(fake):
     chunks = mixed_chunks()
-    backend = CupyBackend(device_memory_bytes=TINY_MEMORY)
+    backend = CupyBackend(device_memory_bytes=TINY_MEMORY, stream_slots=4)
     assert_same_outputs(run(backend, chunks, check_finite=False), expected(chunks, check_finite=False))
-    assert fake.STATS["elementwise"] == 0
-    # the same backend again: its engine and buffers are reused; only the finite checks' results and
-    # the row statistics of the weighted legacy kernels are allocated anew
+    assert fake.STATS["kernel:gq_check_rows"] == 0
+    run(backend, chunks)
+    # the same backend again: its engine and buffers are reused; only the row statistics of the
+    # weighted legacy kernels are allocated anew
     allocations = fake.STATS["device_allocs"] + fake.STATS["pinned_allocs"]
     sigma2_before = fake.STATS["kernel:gq_row_sigma2"]
     assert_same_outputs(run(backend, chunks), expected(chunks))
     sigma2 = fake.STATS["kernel:gq_row_sigma2"] - sigma2_before
     assert sigma2 > 0
-    assert fake.STATS["device_allocs"] + fake.STATS["pinned_allocs"] - allocations == \
-        fake.STATS["elementwise"] * 2 + sigma2
+    assert fake.STATS["device_allocs"] + fake.STATS["pinned_allocs"] - allocations == sigma2
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("bad_row", [0, 13, 19])
 def test_non_finite_weight_raises_when_its_chunk_is_due(fake, bad, bad_row):
     chunks = chunks_with_non_finite_row(bad, bad_row)
-    backend = CupyBackend(device_memory_bytes=TINY_MEMORY)  # 3 rows a piece: 7 pieces a chunk
+    backend = CupyBackend(device_memory_bytes=THREE_ROWS_OF_Q4_0, stream_slots=4)  # 3 rows a piece: 7 pieces a chunk
     want = assert_stops_at_non_finite_row(backend, chunks, bad_row)
-    assert fake.STATS["quantize_nonfinite"] == 0  # the kernels never saw the bad piece
+    assert fake.STATS["quantize_nonfinite"] == 0  # the kernels never saw the bad value
     with pytest.raises(NonFiniteError) as reference:
         run(NumpyBackend(), chunks)
     assert reference.value.row == bad_row
@@ -179,17 +262,51 @@ def test_non_finite_weight_raises_when_its_chunk_is_due(fake, bad, bad_row):
     assert_same_outputs(run(backend, chunks[:2]), want)
 
 
+@pytest.mark.parametrize("source", ["F16", "BF16"])
+def test_non_finite_f16_and_bf16_words_are_caught_on_the_device(fake, source):
+    x = rows(29, 9, 256)
+    data = stored(x, source).copy()
+    words = data.view(np.uint16)
+    words[4, 10] = 0x7C00 if source == "F16" else 0x7F80  # +Inf
+    words[6, 0] = 0x7E01 if source == "F16" else 0x7FC1  # a NaN
+    c = Chunk(data, QTYPES["Q4_K"], None, QTYPES[source], True, None)
+    for backend in (CupyBackend(device_memory_bytes=4 * 8400, stream_slots=4), NumpyBackend()):
+        with pytest.raises(NonFiniteError) as raised:
+            run(backend, [c])
+        assert raised.value.row == 4
+    assert fake.STATS["quantize_nonfinite"] == 0
+    # bound for F16 itself, NaN and Inf are values: carried, not refused, on both
+    f16 = c._replace(qtype=QTYPES["F16"])
+    assert_same_outputs(run(CupyBackend(), [f16]), expected([f16]))
+
+
+def test_widening_on_the_device_is_ggmls_for_every_f16_and_bf16_word(fake):
+    """All 65536 words of each through the device's conversion (and on to F32, a device copy): the
+    host's bits (NaN payloads, signalling NaNs quieted as ggml's conversion does)."""
+    words = np.arange(1 << 16, dtype=np.uint16).reshape(256, 256)
+    for source in ("F16", "BF16"):
+        c = Chunk(words.view(np.uint8), QTYPES["F32"], None, QTYPES[source])
+        got = run(CupyBackend(), [c])[0].view(np.uint32)
+        want = NumpyBackend().dequantize(words.view(np.uint8), QTYPES[source], 256).view(np.uint32)
+        assert np.array_equal(got, want), source
+
+
 def test_abandoned_and_interleaved_runs(fake):
-    t = gpuquant.resolve("Q4_0")
-    chunks = [(rows(40 + i, 10, 256), t, None) for i in range(5)]
+    chunks = [chunk(rows(40 + i, 10, 256), "Q4_0") for i in range(5)]
     want = expected(chunks)
-    backend = CupyBackend(device_memory_bytes=TINY_MEMORY, stream_slots=2)
+    backend = CupyBackend(device_memory_bytes=THREE_ROWS_OF_Q4_0, stream_slots=4)
     first = backend.quantize_chunks(chunks, True)
-    got_first = [next(first).copy()]
+    out = next(first)
+    got_first = [out.q.copy()]
+    out.release()
     second = backend.quantize_chunks(chunks, True)  # while the first is in flight: its own engine
-    got_second = [next(second).copy() for _ in range(3)]
-    got_first += [q.copy() for q in first]
-    got_second += [q.copy() for q in second]
+    got_second = []
+    for _ in range(3):
+        out = next(second)
+        got_second.append(out.q.copy())
+        out.release()
+    got_first += run_rest(first)
+    got_second += run_rest(second)
     assert_same_outputs(got_first, want)
     assert_same_outputs(got_second, want)
     third = backend.quantize_chunks(chunks, True)
@@ -198,27 +315,41 @@ def test_abandoned_and_interleaved_runs(fake):
     assert_same_outputs(run(backend, chunks), want)
 
 
+def run_rest(outputs) -> list[np.ndarray]:
+    got = []
+    for out in outputs:
+        got.append(out.q.copy())
+        out.release()
+    return got
+
+
 def test_large_pieces_are_filled_by_several_threads(fake):
     # Pieces of MiBs: the pinned buffer is filled by 5 threads over row ranges, contiguous or not.
     rng = np.random.default_rng(45)
     big = (rng.standard_normal((1400, 1024)) * 0.02).astype(np.float32)
-    chunks = [(big[:700], gpuquant.resolve("Q8_0"), None), (big[1::2], gpuquant.resolve("Q4_0"), None),
-              (big[700:703], gpuquant.resolve("Q4_0"), None)]
+    chunks = [chunk(big[:700], "Q8_0"), chunk(big[1::2], "Q4_0"), chunk(big[700:703], "Q4_0"),
+              chunk(big[:640], "Q4_K", source="F16")]
     engine = StreamEngine(CupyBackend(), 64 << 20, slots=2, copy_threads=5)
     try:
-        assert_same_outputs([q.copy() for q in engine.run(chunks, True)], expected(chunks))
+        assert_same_outputs(run_rest(engine.run(chunks, True)), expected(chunks))
     finally:
         engine.close()
 
 
-def test_yielded_array_is_valid_until_the_next_is_asked_for(fake):
-    # The pipeline writes each output before asking for the next; holding on to one past that is
-    # allowed to see it reused (the protocol says so). Here: each is right when it is yielded.
-    t = gpuquant.resolve("Q8_0")
-    chunks = [(rows(50 + i, 3, 256), t, None) for i in range(6)]
+def test_outputs_are_lent_until_released_and_copied_past_the_limit(fake):
+    """The writer writes an output straight from its slot's pinned memory: lent until released, at
+    most slots - 2 at once. A consumer that keeps every output never stalls the engine: past the
+    limit, outputs come as copies, and every output stays right until it is released."""
+    chunks = [chunk(rows(50 + i, 3, 256), "Q8_0") for i in range(9)]
     want = expected(chunks)
-    for i, q in enumerate(CupyBackend(stream_slots=2).quantize_chunks(chunks, True)):
-        assert np.array_equal(q, want[i])
+    kept = list(CupyBackend(stream_slots=4).quantize_chunks(chunks, True))  # nothing released
+    assert_same_outputs([out.q for out in kept], want)
+    lent = [out for out in kept if not out.q.flags.owndata]
+    assert len(lent) == 2  # 4 slots, 2 kept for computing
+    for out in kept:
+        out.release()
+        out.release()  # a second release changes nothing
+    assert_same_outputs(run(CupyBackend(stream_slots=4), chunks), want)
 
 
 def test_device_memory_setting(monkeypatch):
@@ -242,14 +373,15 @@ def test_setting_reaches_the_backend_and_bounds_rows(fake, monkeypatch):
     monkeypatch.setenv(DEVICE_MEMORY_ENV, "96K")
     backend = get_backend("cupy")
     assert isinstance(backend, CupyBackend) and backend.device_memory_bytes == 96 << 10
-    small = CupyBackend(device_memory_bytes=10_000)  # 714 bytes a slot: a row of 256 float32 is 1024
-    chunks = [(rows(60, 2, 256), gpuquant.resolve("Q4_0"), None)]
+    small = CupyBackend(device_memory_bytes=6 * 3100)  # a slot has room for 900 bytes: a row of 256 float32 is 1024
     with pytest.raises(ValueError, match="GPU memory setting"):
-        run(small, chunks)
+        run(small, [chunk(rows(60, 2, 256), "Q4_0")])
     with pytest.raises(ValueError, match="imatrix has 128 values"):
-        run(backend, [(rows(61, 2, 256), gpuquant.resolve("Q4_0"), random_imatrix(1, 128))])
+        run(backend, [chunk(rows(61, 2, 256), "Q4_0", random_imatrix(1, 128))])
     with pytest.raises(ValueError, match="float32"):
-        run(backend, [(rows(62, 2, 256).astype(np.float64), gpuquant.resolve("Q4_0"), None)])
+        run(backend, [Chunk(rows(62, 2, 256).astype(np.float64), QTYPES["Q4_0"])])
+    with pytest.raises(ValueError, match="not whole F16 blocks|uint8"):
+        run(backend, [Chunk(np.zeros((2, 7), np.uint8), QTYPES["Q4_0"], None, QTYPES["F16"])])
 
 
 # ---------------------------------------------------------------- the whole file pipeline
@@ -294,12 +426,13 @@ def test_file_pipeline_matches_numpy(fake, monkeypatch, tmp_path, target, weight
     assert [r.dst_type for r in on_gpu.records] == [r.dst_type for r in on_cpu.records]
     assert sum(r.imatrix_used for r in on_gpu.records) == (2 if weighted else 0)
     assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()
-    # the error pass of a GPU run (on the host, with the native build): the numpy backend's figures
+    # the error measured on the device: the numpy backend's figures to float rounding
     for g, c in zip(on_gpu.records, on_cpu.records, strict=True):
         assert g.error.rows_measured == c.error.rows_measured and g.error.max_abs == c.error.max_abs
         assert g.error.rel_rmse == pytest.approx(c.error.rel_rmse, rel=1e-6, abs=0)
-    assert fake.STATS["dequantize"] == 0
-    chunks = sum(-(-r.n_elements * 4 // (8 << 10)) for r in on_gpu.records if r.src_type != r.dst_type)
+    converted = [r for r in on_gpu.records if r.src_type != r.dst_type]
+    assert fake.STATS["kernel:gq_error_rows_plain"] + fake.STATS["kernel:gq_error_rows_weighted"] > 0
+    chunks = sum(-(-r.n_elements * 4 // (8 << 10)) for r in converted)
     assert fake.STATS["quantize"] > chunks  # the chunks were split into pieces
 
 
@@ -366,13 +499,15 @@ def test_a_memory_setting_above_the_device_is_reduced_with_a_note(fake, monkeypa
     assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()
 
 
-def test_error_pass_without_the_native_build_dequantizes_on_the_device(fake, monkeypatch, tmp_path):
+def test_sampled_figures_match_numpy(fake, monkeypatch, tmp_path):
+    """--report-sample rows measured on the device: the numpy backend's rows and figures."""
     monkeypatch.setattr(pipeline, "CHUNK_BYTES", 8 << 10)
-    monkeypatch.setattr(pipeline, "native_backend", lambda n: (None, "no compiler"))
-    src, _ = tiny_model(tmp_path / "in.gguf", "F32")
-    on_gpu = gpuquant.quantize_file(src, tmp_path / "gpu.gguf", "Q4_K", backend="cupy")
-    on_cpu = gpuquant.quantize_file(src, tmp_path / "cpu.gguf", "Q4_K", backend="numpy")
-    assert fake.STATS["dequantize"] > 0  # the CuPy backend's dequantize kernels ran
+    src, _ = tiny_model(tmp_path / "in.gguf", "F16")
+    on_gpu = gpuquant.quantize_file(src, tmp_path / "gpu.gguf", "Q4_K", backend="cupy", report_sample=7)
+    on_cpu = gpuquant.quantize_file(src, tmp_path / "cpu.gguf", "Q4_K", backend="numpy", report_sample=7)
+    assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()
+    sampled = [r for r in on_gpu.records if r.error is not None and r.error.rows_measured < r.error.rows_total]
+    assert sampled
     for g, c in zip(on_gpu.records, on_cpu.records, strict=True):
-        assert g.error.max_abs == c.error.max_abs
+        assert g.error.rows_measured == c.error.rows_measured and g.error.max_abs == c.error.max_abs
         assert g.error.rel_rmse == pytest.approx(c.error.rel_rmse, rel=1e-6, abs=0)

@@ -18,7 +18,7 @@ import gpuquant
 from gpuquant.backends import BackendBase
 from gpuquant.backends.numpy_backend import NumpyBackend
 from gpuquant.cli import main
-from gpuquant.quant_error import ErrorMeter, chunk_sums, sample_rows
+from gpuquant.quant_error import chunk_sums, sample_rows
 from gpuquant.synthetic_llama import write_llama_model, write_synthetic_imatrix
 
 
@@ -157,7 +157,7 @@ def test_threads_and_chunks_do_not_change_the_figures():
             return y[q[:, 0]]
 
     q = np.arange(301, dtype=np.int64).reshape(-1, 1)
-    got = ErrorMeter(Echo()).measure(x, q, None, w).figures(301)
+    got = Echo().error_sums(x, q, None, w).figures(301)
     assert got.rel_rmse == pytest.approx(want["rel_rmse"], rel=1e-6) and got.max_abs == want["max_abs"]
 
 
@@ -356,7 +356,7 @@ def test_error_sums_are_the_same_bits_whatever_the_threads():
     assert len(seen) == 1
     numpy_meters = set()
     for threads in (1, 3):
-        s = ErrorMeter(NumpyBackend(threads)).measure(x[:300], q[:300], t, w)
+        s = NumpyBackend(threads).error_sums(x[:300], q[:300], t, w)
         numpy_meters.add((s.rows, s.sum_sq_x, s.sum_sq_err, s.w_sum_sq_x, s.w_sum_sq_err, s.max_abs))
     assert len(numpy_meters) == 1
 

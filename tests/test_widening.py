@@ -3,7 +3,8 @@ NaN made quiet with sign and payload kept; BF16: the bits shifted up 16).
 
 The paths: SourceModel.rows_as_float32 without a dequantizer (NumPy, for inspect/diff), with the NumPy
 backend's, and with the native backend's (kernels/host_floats.cpp: vcvtph2ps where the CPU has F16C or
-AVX-512, a vectorized integer loop otherwise; split over threads), which the pipeline uses. Each is
+AVX-512, a vectorized integer loop otherwise; split over threads), which the pipeline uses; a GPU run
+widens on the device (test_gpu_stream_fake checks all 65536 patterns there). Each is
 checked on all 65536 bit patterns against an independent reference, and whole-file runs through
 native and NumPy write the same files.
 """
@@ -177,10 +178,12 @@ def test_signalling_nans_reach_an_f32_output_quiet(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["F16", "BF16"])
-def test_a_gpu_run_widens_on_the_host(dtype, tmp_path, monkeypatch):
-    """On the CUDA simulator: the F16/BF16 rows come from the native build's C over the threads,
-    never from a round trip through the device, and the file is the CPU backends' file."""
+def test_a_gpu_run_widens_on_the_device(dtype, tmp_path, monkeypatch):
+    """On the CUDA simulator: the F16/BF16 rows go to the device as the file stores them (2 bytes a
+    weight) and are widened there by the floats kernel, never on the host; the file is the CPU
+    backends' file, and so are the error figures, measured on the device, to float rounding."""
     from gpuquant.backends.cupy import CupyBackend
+    from gpuquant.cudasim import cupy as simulated
 
     monkeypatch.setenv("GPUQUANT_CUDA_SIM", "1")
     rng = np.random.default_rng(5)
@@ -196,9 +199,15 @@ def test_a_gpu_run_widens_on_the_host(dtype, tmp_path, monkeypatch):
             return real(self, q, qtype, n_per_row)
 
         monkeypatch.setattr(cls, "dequantize_rows", spy)
-    digests = set()
+    simulated.reset()
+    digests, figures = set(), []
     for backend in ("cupy", "native"):
         dst = tmp_path / f"{backend}.gguf"
-        gpuquant.quantize_file(src, dst, "Q8_0", backend=backend, n_threads=2, measure_error=False)
+        summary = gpuquant.quantize_file(src, dst, "Q8_0", backend=backend, n_threads=2)
         digests.add(_sha(dst))
-    assert calls == {NativeBackend: [dtype, dtype], CupyBackend: []} and len(digests) == 1
+        figures.append(summary.records[0].error)
+    assert calls == {NativeBackend: [dtype], CupyBackend: []} and len(digests) == 1
+    assert simulated.STATS[f"kernel:gq_dequantize_{dtype.lower()}"] == 1
+    assert simulated.STATS["h2d"] == 1  # one copy: the stored words
+    assert figures[0].rel_rmse == pytest.approx(figures[1].rel_rmse, rel=1e-6, abs=0)
+    assert figures[0].max_abs == figures[1].max_abs

@@ -3,16 +3,57 @@ this CPU) and `cupy` (NVIDIA GPU, or the CUDA simulator with GPUQUANT_CUDA_SIM=1
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from ..qtypes import QType
+from ..qtypes import QTYPES, QType
 from ..quant_error import ErrorSums, chunk_sums, error_parts, sum_in_order
 
-# One piece of work for the file pipeline: float32 rows [rows, n_per_row], the type, the imatrix.
-Chunk = tuple[np.ndarray, QType, "np.ndarray | None"]
+
+class Chunk(NamedTuple):
+    """One piece of work for the file pipeline: rows of one tensor as the file stores them.
+
+    `data` is float32 [rows, n_per_row] for an F32 source, else the stored bytes uint8 [rows, row_bytes]
+    of `source` (F16/BF16 words, or a quantized type's blocks when requantizing): each backend makes
+    float32 of them where it computes (the GPU engine on the device, at the file's 2 bytes a weight for
+    F16/BF16). With `measure`, the backend also measures the error of the rows `sample` (row indices
+    within the chunk, sorted; None: every row) against their round trip.
+    """
+
+    data: np.ndarray
+    qtype: QType
+    imatrix: np.ndarray | None = None
+    source: QType = QTYPES["F32"]
+    measure: bool = False
+    sample: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def n_per_row(self) -> int:
+        if self.source.name == "F32":
+            return self.data.shape[1]
+        return self.data.shape[1] // self.source.type_size * self.source.block_size
+
+
+def _nothing() -> None:
+    pass
+
+
+@dataclass
+class Quantized:
+    """A chunk's output: `q` uint8 [rows, row_bytes], its error sums when measured, and `release`,
+    to be called once the consumer is done with q (a backend may then reuse its buffer: the GPU
+    engine's pinned output, written behind straight from there)."""
+
+    q: np.ndarray
+    error: ErrorSums | None = None
+    release: Callable[[], None] = _nothing
 
 
 class NonFiniteError(ValueError):
@@ -39,8 +80,7 @@ class Backend(Protocol):
     description: str  # the summary's words for it, e.g. "CuPy (CUDA simulator)"
     reason: str  # why it was picked (get_backend sets it)
     notes: list[str]  # what it found out while running, told to the user once a run ends
-    outputs_owned: bool  # quantize_chunks yields arrays it never reuses: a writer may keep them
-    runs_on_device: bool  # computes on a GPU (its inputs stay on the host too)
+    runs_on_device: bool  # computes on a GPU
 
     def supports(self, qtype: QType) -> bool: ...
 
@@ -56,13 +96,13 @@ class Backend(Protocol):
         """A quantized source's stored rows as ggml's to_float gives them (requantizing)."""
         ...
 
-    def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
-        """The file pipeline's entry: quantize each chunk, yielding host uint8 outputs in order.
+    def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[Quantized]:
+        """The file pipeline's entry: quantize each chunk, yielding its Quantized output in order.
 
-        A backend may work ahead (read the next chunks while earlier ones compute); a yielded
-        array may be a buffer that is reused once the next output is asked for. With
-        check_finite, a chunk bound for a block type (not F32/F16/BF16, which carry NaN and Inf
-        as values) that holds NaN or Inf raises NonFiniteError when its output is due.
+        A backend may work ahead (read the next chunks while earlier ones compute); the consumer
+        calls each output's release() once done with it. With check_finite, a chunk bound for a
+        block type (not F32/F16/BF16, which carry NaN and Inf as values) that holds NaN or Inf
+        raises NonFiniteError when its output is due.
         """
         ...
 
@@ -72,11 +112,11 @@ class Backend(Protocol):
 
 
 class BackendBase:
-    """The defaults of the Backend protocol; each backend overrides what it does its own way."""
+    """The defaults of the Backend protocol; each backend overrides what it does its own way. A host
+    backend provides quantize_checked, and its quantize_chunks is this one."""
 
     name = ""
     reason = ""
-    outputs_owned = False
     runs_on_device = False
 
     def __init__(self) -> None:
@@ -91,6 +131,32 @@ class BackendBase:
 
     def dequantize_rows(self, q: np.ndarray, qtype: QType, n_per_row: int) -> np.ndarray:
         return self.dequantize(np.ascontiguousarray(q), qtype, n_per_row)
+
+    def quantize_checked(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None,
+                         check_finite: bool) -> np.ndarray:
+        """quantize, raising NonFiniteError for a row with NaN or Inf when check_finite."""
+        raise NotImplementedError
+
+    def chunk_as_float32(self, chunk: Chunk) -> np.ndarray:
+        """A chunk's stored rows as float32 [rows, n_per_row]: an F32 source as it is, F16/BF16 widened
+        and quantized sources dequantized by this backend (ggml's to_float)."""
+        if chunk.source.name == "F32":
+            return chunk.data
+        return self.dequantize_rows(chunk.data, chunk.source, chunk.n_per_row)
+
+    def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[Quantized]:
+        for chunk in chunks:
+            x = self.chunk_as_float32(chunk)
+            q = self.quantize_checked(x, chunk.qtype, chunk.imatrix, check_finite and not chunk.qtype.is_float)
+            yield Quantized(q, self.measure_chunk(chunk, x, q) if chunk.measure else None)
+
+    def measure_chunk(self, chunk: Chunk, x: np.ndarray, q: np.ndarray) -> ErrorSums:
+        """The error sums of a chunk's measured rows (its sample, or all)."""
+        if chunk.sample is not None:
+            x, q = x[chunk.sample], q[chunk.sample]
+        if x.shape[0] == 0:
+            return ErrorSums(weighted=chunk.imatrix is not None)
+        return self.error_sums(x, q, chunk.qtype, chunk.imatrix)
 
     def error_sums(self, x: np.ndarray, q: np.ndarray, qtype: QType, weights: np.ndarray | None) -> ErrorSums:
         """Through the backend's own dequantize: parts of fixed row ranges, added in order."""
@@ -133,7 +199,7 @@ def get_backend(name: str = "auto", n_threads: int = 1, needed: Iterable[QType] 
                              "(GPUQUANT_CUDA_SIM=1 runs it on the CUDA simulator, slowly)")
         from .cupy import CupyBackend
 
-        be = CupyBackend()
+        be = CupyBackend(n_threads=n_threads)
         if name == "cupy" or all(be.supports(t) for t in needed):
             be.reason = "requested" if name == "cupy" else "a CUDA device is there"
             return be

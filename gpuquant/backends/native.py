@@ -8,7 +8,6 @@ range, so the bytes never depend on the thread count.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,7 +15,7 @@ import numpy as np
 from .. import hostkernels
 from ..qtypes import QType
 from ..quant_error import ErrorSums, error_parts, sum_in_order
-from . import BackendBase, Chunk, check_finite_rows
+from . import BackendBase, check_finite_rows
 
 # Rows per task: small enough to balance the threads, big enough to amortize a ctypes call.
 _MIN_WEIGHTS_PER_TASK = 1 << 16
@@ -29,7 +28,6 @@ _WIDEN_ALIGN = 64
 
 class NativeBackend(BackendBase):
     name = "native"
-    outputs_owned = True  # quantize_chunks yields fresh arrays
 
     def __init__(self, n_threads: int = 1) -> None:
         super().__init__()
@@ -53,7 +51,11 @@ class NativeBackend(BackendBase):
         else:
             list(self._pool.map(lambda r: fn(*r), ranges))
 
-    def quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None, check_finite: bool = False):
+    def quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None) -> np.ndarray:
+        return self.quantize_checked(x, qtype, imatrix, check_finite=False)
+
+    def quantize_checked(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None,
+                         check_finite: bool) -> np.ndarray:
         rows, n_per_row = x.shape
         if qtype.name == "F32":  # F32 carries NaN and Inf as values
             return np.ascontiguousarray(x, dtype=np.float32).view(np.uint8).reshape(rows, -1).copy()
@@ -66,10 +68,6 @@ class NativeBackend(BackendBase):
 
         self._run(run, self._split(rows, n_per_row))
         return out
-
-    def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
-        for x, qtype, imatrix in chunks:
-            yield self.quantize(x, qtype, imatrix, check_finite)
 
     def error_sums(self, x: np.ndarray, q: np.ndarray, qtype: QType, weights: np.ndarray | None) -> ErrorSums:
         """The error pass in one sweep (kernels/host_error.cpp): x against dequantize(q), rows over threads."""

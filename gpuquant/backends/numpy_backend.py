@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ..qtypes import QType
 from ..quant_error import ErrorSums, chunk_sums, error_parts, sum_in_order
-from . import BackendBase, Chunk, check_finite_rows
+from . import BackendBase, check_finite_rows
 from .numpy import DEQUANTIZERS, QUANTIZERS
 
 # Weights per task: the K and IQ quantizers run many small numpy steps per call, and tasks
@@ -19,7 +18,6 @@ _MIN_WEIGHTS_PER_TASK = 1 << 18
 
 class NumpyBackend(BackendBase):
     name = "numpy"
-    outputs_owned = True  # quantize_chunks yields fresh arrays: a writer may keep them
 
     def __init__(self, n_threads: int = 1) -> None:
         super().__init__()
@@ -30,13 +28,10 @@ class NumpyBackend(BackendBase):
         return qtype.name in QUANTIZERS
 
     def quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None) -> np.ndarray:
-        return self._quantize(x, qtype, imatrix, check_finite=False)
+        return self.quantize_checked(x, qtype, imatrix, check_finite=False)
 
-    def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
-        for x, qtype, imatrix in chunks:
-            yield self._quantize(x, qtype, imatrix, check_finite)
-
-    def _quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None, check_finite: bool) -> np.ndarray:
+    def quantize_checked(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None,
+                         check_finite: bool) -> np.ndarray:
         # ggml's arithmetic on extreme inputs overflows and divides by zero by design: no warnings
         with np.errstate(all="ignore"):
             return self._quantize_rows(x, qtype, imatrix, check_finite)

@@ -18,7 +18,7 @@ What it checks that a GPU run would only get wrong silently:
   writes out of bounds fails.
 
 It counts what the engine did (STATS): operations by kind (h2d, d2h, d2d, kernel, quantize and
-dequantize launches, elementwise, reduce), quantize launches on non-finite input, and allocations
+dequantize launches, elementwise), quantize launches on non-finite input, and allocations
 with the live and peak device and pinned bytes.
 """
 
@@ -40,11 +40,10 @@ _local = threading.local()
 STATS: Counter = Counter()
 
 THREADS_ENV = "GPUQUANT_CUDA_SIM_THREADS"  # CPU threads a launch spreads its blocks over
-# A benchmark switch, never a product mode (the outputs are garbage): device copies, kernels and
-# reductions cost nothing, as the DMA engines and the GPU take them off the host, so that a
-# benchmark times the streaming engine's host side alone. Flags (a check's result) still move.
+# A benchmark switch, never a product mode (the outputs are garbage): device copies and kernels
+# cost nothing, as the DMA engines and the GPU take them off the host, so that a benchmark times the
+# streaming engine's host side alone. Nothing moves: the host sees what its pinned buffers held.
 COST_FREE_DEVICE = False
-_FLAG_BYTES = 64
 
 
 def _nothing() -> None:
@@ -132,7 +131,7 @@ class MemoryPointer:
 
     def copy_from_device_async(self, src: MemoryPointer, size: int, stream: Stream | None = None) -> None:
         dst_bytes, src_bytes = self._bytes(size), src._bytes(size)
-        _stream(stream)._queue("d2d", lambda: np.copyto(dst_bytes, src_bytes), nbytes=size)
+        _stream(stream)._queue("d2d", lambda: np.copyto(dst_bytes, src_bytes))
 
 
 class ndarray:  # noqa: N801 (cupy's name)
@@ -169,7 +168,7 @@ class ndarray:  # noqa: N801 (cupy's name)
     def astype(self, dtype) -> ndarray:
         out = empty(self.shape, dtype=dtype)
         src = self._a
-        get_current_stream()._queue("elementwise", lambda: np.copyto(out._a, src.astype(dtype)), nbytes=out.nbytes)
+        get_current_stream()._queue("elementwise", lambda: np.copyto(out._a, src.astype(dtype)))
         return out
 
     def set(self, arr: np.ndarray, stream=None) -> None:
@@ -180,7 +179,7 @@ class ndarray:  # noqa: N801 (cupy's name)
         if not self._a.flags.c_contiguous:
             raise RuntimeError("Cannot set to non-contiguous array")
         src, dst = np.ascontiguousarray(arr), self._a  # like CuPy: a non-contiguous source is copied now
-        _stream(stream)._queue("h2d", lambda: np.copyto(dst, src), nbytes=dst.nbytes)
+        _stream(stream)._queue("h2d", lambda: np.copyto(dst, src))
 
     def get(self, stream=None, order="C", out: np.ndarray | None = None, blocking: bool = True) -> np.ndarray:
         if out is None:
@@ -193,19 +192,10 @@ class ndarray:  # noqa: N801 (cupy's name)
             raise RuntimeError("the simulator copies C-contiguous arrays only")
         src = self._a
         stream = _stream(stream)
-        stream._queue("d2h", lambda: np.copyto(out, src), nbytes=out.nbytes)
+        stream._queue("d2h", lambda: np.copyto(out, src))
         if blocking:
             stream.synchronize()
         return out
-
-    def all(self, axis=None, out=None, keepdims=False) -> ndarray:
-        if axis is not None or out is not None or keepdims:
-            raise NotImplementedError("the simulator reduces whole arrays only")
-        result, src = empty((), dtype=np.bool_), self._a
-        get_current_stream()._queue("reduce", lambda: result._a.__setitem__((), bool(src.all())), nbytes=src.nbytes,
-                                    cost_free=lambda: result._a.__setitem__((), True))
-        return result
-
 
 float32, float64, uint8, int32, int64, bool_ = np.float32, np.float64, np.uint8, np.int32, np.int64, np.bool_
 
@@ -252,12 +242,6 @@ def get_default_memory_pool() -> _MemoryPool:
     return _POOL
 
 
-def isfinite(x: ndarray) -> ndarray:
-    result, src = empty(x.shape, dtype=np.bool_), x._a
-    get_current_stream()._queue("elementwise", lambda: np.isfinite(src, out=result._a), nbytes=src.nbytes)
-    return result
-
-
 # ---------------------------------------------------------------- streams and events
 
 
@@ -267,11 +251,10 @@ class Stream:
         self._ran = 0  # how many operations have run
         self._queued = 0  # how many were ever queued
 
-    def _queue(self, kind: str, operation, nbytes: int = 0, cost_free=None) -> None:
-        """Queues `operation`; with COST_FREE_DEVICE it is skipped when it moves or computes more than
-        a flag's bytes (`cost_free` runs instead where the host relies on a result, as a check's)."""
-        if COST_FREE_DEVICE and nbytes > _FLAG_BYTES:
-            operation = cost_free or _nothing
+    def _queue(self, kind: str, operation) -> None:
+        """Queues `operation`; with COST_FREE_DEVICE it is counted but skipped."""
+        if COST_FREE_DEVICE:
+            operation = _nothing
         with _lock:
             STATS[kind] += 1
             self._pending.append(operation)
@@ -442,7 +425,7 @@ class Function:
         values = self._checked_arguments(tuple(args))
         if enable_cooperative_groups:
             raise SimulatorError(f"{name}: cooperative launches are not simulated")
-        _stream(stream)._queue("kernel", lambda: self._launch(grid3, block3, values), nbytes=1 << 62)
+        _stream(stream)._queue("kernel", lambda: self._launch(grid3, block3, values))
         kind = "quantize" if name.startswith("gq_quantize_") else "dequantize" if name.startswith(
             "gq_dequantize_") else None
         with _lock:

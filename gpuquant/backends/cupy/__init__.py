@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from ...qtypes import QType, resolve
-from .. import BackendBase, Chunk
+from .. import BackendBase, Chunk, Quantized
 from . import launch
 from . import stream as streaming  # the file pipeline's engine ("stream" names CUDA streams here)
 from .device import cupy_module, simulator_enabled
@@ -36,16 +36,19 @@ def _check_c_contiguous(name: str, a, dtype) -> None:
 
 class CupyBackend(BackendBase):
     """`device_memory_bytes` bounds the file pipeline's device memory (default: $GPUQUANT_GPU_MEMORY,
-    else 2 GiB; strings such as "4G" work); `stream_slots` is how many pieces it keeps in flight."""
+    else 2 GiB; strings such as "4G" work); `stream_slots` is how many pieces it keeps in flight;
+    `n_threads` host threads copy the file's rows into pinned memory (default: the CPU count, at
+    most 8)."""
 
     name = "cupy"
-    runs_on_device = True  # its inputs stay on the host too: host work (the error pass) can run there
+    runs_on_device = True
 
     def __init__(self, device_memory_bytes: int | str | None = None,
-                 stream_slots: int = streaming.DEFAULT_SLOTS) -> None:
+                 stream_slots: int = streaming.DEFAULT_SLOTS, n_threads: int | None = None) -> None:
         super().__init__()  # notes: said to the user once a run ends (e.g. a reduced memory bound)
         self.device_memory_bytes = streaming.device_memory_setting(device_memory_bytes)
         self.stream_slots = stream_slots
+        self.n_threads = n_threads
         # The summary's words for it: the simulator is a debugging mode, never mistaken for a GPU run.
         self._description = "CuPy (CUDA simulator)" if simulator_enabled() else "CuPy"
 
@@ -103,9 +106,10 @@ class CupyBackend(BackendBase):
 
     # ------------------------------------------------------------ host arrays (Backend protocol)
 
-    def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
+    def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[Quantized]:
         """The file pipeline's entry: pinned buffers and CUDA streams overlap reading, copies,
-        kernels and writing (stream.py); a yielded array is reused once the next is asked for."""
+        kernels and writing; float32 rows, the finite check and the error sums are made on the
+        device (stream.py). An output's pinned buffer is lent until its release()."""
         return streaming.quantize_chunks(self, chunks, check_finite)
 
     def quantize(self, x: np.ndarray, qtype: QType, imatrix: np.ndarray | None) -> np.ndarray:

@@ -1,63 +1,84 @@
 """The file pipeline on the GPU: chunks stream through pinned host buffers and CUDA streams.
 
 `quantize_chunks(backend, chunks, check_finite)` is CupyBackend's Backend-protocol entry. A few
-*slots* (default 4) each own a pinned input buffer, a device input buffer, a device output buffer,
-a pinned output buffer, a CUDA stream and an event. For each piece of work:
+*slots* (default 4) each own pinned host buffers, device buffers, a CUDA stream and an event. For
+each piece of work (rows of a chunk that fit a slot):
 
     main thread      take the next chunk, split it into row pieces that fit a slot, hand each
-                     piece to a free slot; when no slot is free, finish the oldest piece
-    staging thread   copy the piece's rows into the slot's pinned input (several threads: one
-                     thread copying is the bottleneck), then queue on the slot's stream: host to
-                     device and the finite check (waited for: kernels never see NaN or Inf), the
-                     kernels, device to host, the event
-    main thread      finishing a piece waits for its event only when its output is due, and
-                     yields the chunk's output (a view of the pinned output buffer)
+                     piece to a free slot; when no slot is free, finish the oldest piece (or,
+                     when every slot is lent to the writer, wait for one to come back)
+    staging thread   copy the piece's rows as the file stores them (F16/BF16 at 2 bytes a weight)
+                     into the slot's pinned input (several threads), then queue on the slot's
+                     stream, without waiting for anything: host to device; float32 made on the
+                     device (F16/BF16 widened, a quantized source dequantized: the same
+                     conversions as the host's, bit for bit); the finite check, which zeroes NaN
+                     and Inf so the quantizers never see them and flags the rows; the quantizer;
+                     with error measurement, the round trip and the rows' error sums; device to
+                     host of the output, the flags and the sums; the event
+    main thread      finishing a piece waits for its event only when its output is due, raises
+                     NonFiniteError for a flagged row, and yields the chunk's output: a view of
+                     the slot's pinned output, lent to the consumer until it calls release()
 
-So while the caller writes output k, the staging thread fills the pinned buffers of the next
-pieces and the GPU copies and computes them. A yielded array is valid until the next one is asked
-for: its slot is reused only then.
+So while the writer writes outputs k-1 and k straight from pinned memory, the staging thread fills
+the next pieces and the GPU copies and computes them. Nothing on the host waits per piece.
 
-Device memory: each slot takes at most `slot_input_bytes` of float32 input a piece, and its device
-buffers (input, output, importance matrix, the finite check's mask and the kernels' scratch) never
-exceed 3.5 times that, so all slots together stay within the `device_memory_bytes` setting
-(CupyBackend(device_memory_bytes=...), else $GPUQUANT_GPU_MEMORY, else DEFAULT_DEVICE_MEMORY, 2 GiB),
-whatever the model size. Pinned host memory is at most twice the slots' input bytes.
+Memory stays bounded whatever the model size: a slot takes at most `slot_bytes` of device memory
+(device_memory_bytes / slots): one allocation for its pieces' stored rows, float32 rows, output,
+flags, sums, round-trip rows and importance matrix together, and 1/32 of it for what kernels
+allocate while they run. Its pinned host memory is one allocation of at most as much. The setting is
+CupyBackend(device_memory_bytes=...), else $GPUQUANT_GPU_MEMORY, else DEFAULT_DEVICE_MEMORY, 2 GiB.
 
-CuPy surface used (the CUDA simulator, gpuquant/cudasim/cupy.py, provides it for CI): cupy.empty, cupy.isfinite,
-ndarray slicing/view/reshape/.all()/.set(arr, stream=)/.get(stream=, out=[, blocking=False]),
-cupy.get_default_memory_pool().free_all_blocks(stream=), cupy.cuda.Stream(non_blocking=True) as a
-context manager and .synchronize(), cupy.cuda.Event(block=True, disable_timing=True) .record(stream)
-and .synchronize(), cupy.cuda.alloc_pinned_memory, cupy.cuda.runtime.getDevice / setDevice; and
-the backend's quantize_device (launch.py: the kernels).
+Error figures: each row's sums come back as float64 (kernels/stream.cu: a fixed reduction tree per
+row), and the rows measured are added with math.fsum, exactly rounded: the figures depend on
+neither the thread order nor how the rows were split into pieces.
+
+CuPy surface used (the CUDA simulator, gpuquant/cudasim/cupy.py, provides it for CI): cupy.empty,
+ndarray slicing/view/reshape/.set(arr, stream=)/.get(stream=, out=, blocking=False),
+MemoryPointer.copy_from_device_async, cupy.get_default_memory_pool().free_all_blocks(stream=),
+cupy.cuda.Stream(non_blocking=True) as a context manager and .synchronize(),
+cupy.cuda.Event(block=True, disable_timing=True) .record(stream) and .synchronize(),
+cupy.cuda.alloc_pinned_memory, cupy.cuda.runtime.getDevice / setDevice; the kernels through
+device.get_kernel and launch.py.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ...qtypes import QType, resolve
-from .. import Chunk, NonFiniteError
-from .device import cupy_module
+from ...quant_error import ErrorSums
+from .. import Chunk, NonFiniteError, Quantized
+from . import launch
+from .device import cupy_module, get_kernel
 
 DEVICE_MEMORY_ENV = "GPUQUANT_GPU_MEMORY"
 DEFAULT_DEVICE_MEMORY = 2 << 30
-DEFAULT_SLOTS = 4
-# Device bytes a slot may hold per byte of its input capacity: input 1, output <= 1 (F32 targets),
-# importance matrix <= 1 (one row), finite-check mask 1/4 (a bool per float32), kernel scratch.
-_DEVICE_BYTES_PER_INPUT_BYTE = 3.5
+DEFAULT_SLOTS = 6
+# Slots kept for computing: the others may be lent to the consumer (its writer) at once. An output
+# due while that many are lent is copied out instead, so a consumer that holds on to its outputs
+# never stalls the engine. The pipeline's writer holds at most WriteBehind's depth + 1 (3 + 1).
+_SLOTS_NOT_LENT = 2
 # Below this many bytes per thread, splitting a host copy costs more than it saves.
 _MIN_COPY_BYTES_PER_THREAD = 512 << 10
 _MAX_COPY_THREADS = 8
+ROW_THREADS = 128  # kernels/stream.cu's GQ_ROW_THREADS: one block of them per row
+_SUMS = 5  # per row: x^2, (x-y)^2, w x^2, w (x-y)^2, max |x-y| (float64 each)
+_ALIGNMENT = 256  # each region of a slot's memory starts where CuPy's allocations would
+_REGIONS = 8  # regions a piece takes at most: room for their alignment is kept in every slot
+# The part of a slot kept for what kernels allocate while they run: the weighted legacy kernels'
+# float32 row statistic (sigma2), 4 bytes a row of at least 32 float32 (128 bytes): at most 1/32.
+_SCRATCH_SHARE = 32
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -83,87 +104,139 @@ def device_memory_setting(value: int | str | None = None) -> int:
     return value
 
 
-def slot_input_bytes(device_memory_bytes: int, slots: int) -> int:
-    """The float32 input bytes one slot takes a piece, so that all slots fit the memory bound."""
-    return int(device_memory_bytes / (slots * _DEVICE_BYTES_PER_INPUT_BYTE))
+def _aligned(n_bytes: int) -> int:
+    return -(-n_bytes // _ALIGNMENT) * _ALIGNMENT
 
 
-def _grown(needed: int, limit: int) -> int:
-    """A buffer size for `needed` bytes: the next power of two (fewer reallocations), within `limit`."""
-    return max(needed, min(1 << (max(needed, 1) - 1).bit_length(), limit))
+class _Arena:
+    """One allocation (device or pinned), carved into the named regions of the piece at hand. It grows
+    only when a piece needs more than it holds (to the next power of two, within `limit`), so a run
+    allocates a few times per slot, whatever the tensors' shapes."""
+
+    def __init__(self, allocate, limit: int) -> None:
+        self._allocate = allocate
+        self.limit = limit
+        self._memory = None
+        self._offsets: dict[str, int] = {}
+
+    def lay_out(self, sizes: dict[str, int]) -> bool:
+        """Regions of these sizes, in this order; True when the memory was allocated anew."""
+        self._offsets, total = {}, 0
+        for name, n in sizes.items():
+            self._offsets[name] = total
+            total += _aligned(n)
+        if self._memory is not None and self._memory.size >= total:
+            return False
+        self._memory = None  # the old one is freed before the new one is taken
+        self._memory = self._allocate(max(total, min(1 << (total - 1).bit_length(), self.limit)))
+        return True
+
+    def get(self, name: str, n_bytes: int):
+        offset = self._offsets[name]
+        return self._memory[offset : offset + n_bytes]
 
 
 class _Slot:
-    """One unit of work in flight: its buffers, grown on demand up to the slot's limits, its stream
-    and event. Only the staging thread touches the buffers, and only while the slot is idle."""
+    """One unit of work in flight: its memory, its stream and event. Only the staging thread touches
+    the memory, and only while the slot is neither computing nor lent to the consumer."""
 
-    def __init__(self, cupy, input_limit: int) -> None:
+    def __init__(self, cupy, slot_bytes: int) -> None:
         self._cupy = cupy
-        self.input_limit = input_limit
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.done = cupy.cuda.Event(block=True, disable_timing=True)
-        self.host_in = self.host_out = self.device_in = self.device_out = None
-        self.device_imatrix = None
-        self.imatrix_values: np.ndarray | None = None  # what device_imatrix holds (a private copy)
-        self.host_finite = self._pinned(1).view(np.bool_).reshape(())
+        self.device = _Arena(self._device_bytes, slot_bytes)
+        self.pinned = _Arena(self._pinned_bytes, slot_bytes)
+        self.imatrix_values: np.ndarray | None = None  # what the device "imatrix" region holds
 
-    def _pinned(self, n_bytes: int) -> np.ndarray:
+    def _pinned_bytes(self, n_bytes: int) -> np.ndarray:
         memory = self._cupy.cuda.alloc_pinned_memory(n_bytes)
         return np.frombuffer(memory, dtype=np.uint8, count=n_bytes)
 
-    def _device(self, n_bytes: int):
+    def _device_bytes(self, n_bytes: int):
         # Allocated on the slot's stream: CuPy's pool then reuses the memory only in that stream's order.
         with self.stream:
             return self._cupy.empty(n_bytes, dtype=np.uint8)
 
-    def _release_cached(self) -> None:
-        # CuPy's pool keeps freed buffers for reuse on this stream; outgrown ones would only add up.
-        self._cupy.get_default_memory_pool().free_all_blocks(stream=self.stream)
-
-    def reserve(self, in_bytes: int, out_bytes: int) -> None:
-        grew = False
-        if self.host_in is None or self.host_in.size < in_bytes:
-            size = _grown(in_bytes, self.input_limit)
-            self.host_in, self.device_in = None, None  # free the old ones before taking the new
-            self.host_in, self.device_in = self._pinned(size), self._device(size)
-            grew = True
-        if self.host_out is None or self.host_out.size < out_bytes:
-            size = _grown(out_bytes, self.input_limit)
-            self.host_out, self.device_out = None, None
-            self.host_out, self.device_out = self._pinned(size), self._device(size)
-            grew = True
-        if grew:
-            self._release_cached()
+    def lay_out(self, piece: _Piece) -> None:
+        device = piece.device_sizes()
+        grown = self.device.lay_out(device)
+        # The importance matrix region is first, so that it stays in place while pieces of the same
+        # tensor come and go; a piece without one may overwrite it.
+        if grown or not device["imatrix"]:
+            self.imatrix_values = None
+        self.pinned.lay_out(piece.pinned_sizes())
+        if grown:  # CuPy's pool keeps freed buffers for reuse on this stream; outgrown ones would add up
+            self._cupy.get_default_memory_pool().free_all_blocks(stream=self.stream)
 
     def imatrix_on_device(self, imatrix: np.ndarray | None):
         """The importance matrix as a device array, uploaded on the slot's stream when its values
         differ from what the slot holds (once per tensor and slot in the file pipeline)."""
         if imatrix is None:
             return None
+        device = self.device.get("imatrix", imatrix.nbytes).view(np.float32)
         held = self.imatrix_values
         if held is None or held.size != imatrix.size or not np.array_equal(held.view(np.uint32),
                                                                             imatrix.view(np.uint32)):
             values = imatrix.copy()  # the caller may change its array; the copy must outlive the upload
-            if self.device_imatrix is None or self.device_imatrix.size < values.nbytes:
-                self.device_imatrix = None
-                self.device_imatrix = self._device(values.nbytes)
-                self._release_cached()
-            self._imatrix_view(values.size).set(values, stream=self.stream)
+            device.set(values, stream=self.stream)
             self.imatrix_values = values
-        return self._imatrix_view(imatrix.size)
+        return device
 
-    def _imatrix_view(self, n: int):
-        return self.device_imatrix[: 4 * n].view(np.float32)
+class _SlotPool:
+    """The free slots. The main thread takes them and gives back the slots of pieces it is done
+    with; the consumer (the writer's thread) gives back those lent with an output. At most
+    `lendable` are lent at once, so a slot is always free or computing: taking never waits for the
+    consumer."""
+
+    def __init__(self, slots: list[_Slot]) -> None:
+        self._free = deque(slots)
+        self._lock = threading.Lock()
+        self.lendable = len(slots) - _SLOTS_NOT_LENT
+        self.lent = 0
+
+    def take(self) -> _Slot | None:
+        with self._lock:
+            return self._free.popleft() if self._free else None
+
+    def give(self, slot: _Slot) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+    def lend(self, slot: _Slot) -> Callable[[], None] | None:
+        """The release of an output lent from `slot`, or None when no more may be lent now."""
+        with self._lock:
+            if self.lent >= self.lendable:
+                return None
+            self.lent += 1
+        returned = threading.Event()
+
+        def release() -> None:
+            with self._lock:
+                if returned.is_set():  # a second release must not free the slot twice
+                    return
+                returned.set()
+                self.lent -= 1
+                self._free.append(slot)
+
+        return release
 
 
 @dataclass
 class _ChunkOutput:
-    """Where a chunk's pieces land when there are several: one host array, yielded once full."""
+    """What a chunk's pieces add up to: its rows' flags and error sums, and with several pieces one
+    host array for the output, yielded once full."""
 
-    rows: int
+    chunk: Chunk
     row_bytes: int
     pieces: int
     buffer: np.ndarray | None = None
+    row_sums: np.ndarray | None = None  # float64 [rows, _SUMS] when the chunk is measured
+    done: int = 0
+
+    def error(self) -> ErrorSums | None:
+        if not self.chunk.measure:
+            return None
+        return row_error_sums(self.row_sums, self.chunk.sample, self.chunk.imatrix is not None)
 
 
 @dataclass
@@ -172,25 +245,54 @@ class _Piece:
 
     slot: _Slot | None
     output: _ChunkOutput
-    x: np.ndarray
     qtype: QType
-    imatrix: np.ndarray | None
     r0: int
     r1: int
     check_finite: bool
-    staged: Future | None = None
+    staged: Future | None = field(default=None)
+
+    @property
+    def chunk(self) -> Chunk:
+        return self.output.chunk
 
     @property
     def rows(self) -> int:
         return self.r1 - self.r0
 
-    @property
-    def in_bytes(self) -> int:
-        return self.rows * self.x.shape[1] * 4
+    def device_sizes(self) -> dict[str, int]:
+        return piece_bytes(self.chunk, self.qtype, self.rows, self.check_finite, device=True)
 
-    @property
-    def out_bytes(self) -> int:
-        return self.rows * self.output.row_bytes
+    def pinned_sizes(self) -> dict[str, int]:
+        return piece_bytes(self.chunk, self.qtype, self.rows, self.check_finite, device=False)
+
+
+def piece_bytes(chunk: Chunk, qtype: QType, rows: int, check_finite: bool, device: bool) -> dict[str, int]:
+    """Each buffer's bytes for `rows` rows of a chunk, on the device or in pinned host memory."""
+    n = chunk.n_per_row
+    stored = chunk.data.shape[1] * chunk.data.itemsize
+    sizes = {"stored": rows * stored, "out": rows * qtype.row_bytes(n),
+             "flags": rows if check_finite else 0, "sums": rows * 8 * _SUMS if chunk.measure else 0}
+    if device:
+        if chunk.source.name == "F32":
+            sizes["stored"] = 0  # copied straight into x
+        sizes["x"] = rows * 4 * n
+        sizes["y"] = rows * 4 * n if chunk.measure else 0
+        sizes = {"imatrix": 4 * n if chunk.imatrix is not None else 0, **sizes}
+    return sizes
+
+
+def row_error_sums(row_sums: np.ndarray, sample: np.ndarray | None, weighted: bool) -> ErrorSums:
+    """ErrorSums of the rows measured from their per-row sums [rows, 5] (float64): math.fsum is
+    exactly rounded, so neither the order nor the split into pieces changes a bit of the figures."""
+    sums = row_sums if sample is None else row_sums[sample]
+    if sums.shape[0] == 0:
+        return ErrorSums(weighted=weighted)
+    top = sums[:, 4]
+    max_abs = math.nan if np.isnan(top).any() else float(top.max())
+    total = [math.fsum(sums[:, k]) for k in range(4)]
+    return ErrorSums(rows=sums.shape[0], sum_sq_x=total[0], sum_sq_err=total[1], max_abs=max_abs,
+                     w_sum_sq_x=total[2] if weighted else 0.0, w_sum_sq_err=total[3] if weighted else 0.0,
+                     weighted=weighted)
 
 
 class StreamEngine:
@@ -205,9 +307,10 @@ class StreamEngine:
         self._cupy = cupy
         self._backend = backend
         self.device_memory_bytes = device_memory_bytes
-        self.slot_input_bytes = slot_input_bytes(device_memory_bytes, slots)
+        self.slot_bytes = device_memory_bytes // slots
+        self.arena_bytes = self.slot_bytes - self.slot_bytes // _SCRATCH_SHARE  # a piece's regions
         self.device = cupy.cuda.runtime.getDevice()
-        self._slots = [_Slot(cupy, self.slot_input_bytes) for _ in range(slots)]
+        self._slots = [_Slot(cupy, self.arena_bytes) for _ in range(slots)]
         self._copy_threads = copy_threads or max(1, min(_MAX_COPY_THREADS, os.cpu_count() or 1))
         # One staging thread keeps pieces in order; it works on this device like the caller.
         self._stager = ThreadPoolExecutor(1, thread_name_prefix="gpuquant-stage",
@@ -222,80 +325,100 @@ class StreamEngine:
 
     # ------------------------------------------------------------ main thread
 
-    def run(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
-        free: deque[_Slot] = deque(self._slots)
+    def run(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[Quantized]:
+        # A new run: whatever a consumer of the last one kept is its own business now.
+        pool = _SlotPool(self._slots)
         pending: deque[_Piece] = deque()  # staged or staging, in chunk order
         try:
-            for x, qtype, imatrix in chunks:
-                t, x, imatrix = self._checked(x, qtype, imatrix)
-                rows, n_per_row = x.shape
+            for chunk in chunks:
+                chunk, t = self._checked(chunk)
+                rows, n_per_row = chunk.rows, chunk.n_per_row
+                check = check_finite and not t.is_float
                 row_bytes = t.row_bytes(n_per_row)
                 if rows == 0 or n_per_row == 0:  # nothing to compute, but its output keeps its place
-                    pending.append(_Piece(None, _ChunkOutput(rows, row_bytes, 1), x, t, imatrix, 0, 0,
-                                          check_finite and not t.is_float))
+                    empty = _ChunkOutput(chunk, row_bytes, 1, row_sums=np.zeros((rows, _SUMS)))
+                    pending.append(_Piece(None, empty, t, 0, rows, check))
                     continue
-                per_piece = self._rows_per_piece(n_per_row, row_bytes)
-                output = _ChunkOutput(rows, row_bytes, pieces=-(-rows // per_piece))
+                per_piece = self._rows_per_piece(chunk, t, check)
+                output = _ChunkOutput(chunk, row_bytes, pieces=-(-rows // per_piece))
+                if chunk.measure:
+                    output.row_sums = np.empty((rows, _SUMS))
                 for r0 in range(0, rows, per_piece):
-                    while not free:
-                        yield from self._finish(pending.popleft(), free)
-                    piece = _Piece(free.popleft(), output, x, t, imatrix, r0, min(rows, r0 + per_piece),
-                                   check_finite and not t.is_float)
+                    while (slot := pool.take()) is None:  # then some piece is computing
+                        yield from self._finish(pending.popleft(), pool)
+                    piece = _Piece(slot, output, t, r0, min(rows, r0 + per_piece), check)
                     piece.staged = self._last_staged = self._stager.submit(self._stage, piece)
                     pending.append(piece)
             while pending:
-                yield from self._finish(pending.popleft(), free)
+                yield from self._finish(pending.popleft(), pool)
         finally:
             self._quiesce(pending)
 
-    def _checked(self, x, qtype, imatrix) -> tuple[QType, np.ndarray, np.ndarray | None]:
-        t = resolve(qtype)
+    def _checked(self, chunk: Chunk) -> tuple[Chunk, QType]:
+        t = resolve(chunk.qtype)
         if not self._backend.supports(t):
             raise ValueError(f"type {t.name} is not supported yet by the cupy backend")
-        x = np.asarray(x)
-        if x.dtype != np.float32 or x.ndim != 2:
-            raise ValueError(f"chunks must be float32 [rows, n_per_row], got {x.dtype} {x.shape}")
-        t.row_bytes(x.shape[1])  # raises for rows that are not whole blocks
-        if imatrix is not None:
-            imatrix = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
-            if imatrix.size != x.shape[1]:
-                raise ValueError(f"imatrix has {imatrix.size} values but rows have {x.shape[1]}")
-        return t, x, imatrix
+        source = resolve(chunk.source)
+        data = np.asarray(chunk.data)
+        want = np.float32 if source.name == "F32" else np.uint8
+        if data.dtype != want or data.ndim != 2:
+            raise ValueError(f"a {source.name} chunk must be {np.dtype(want).name} [rows, "
+                             f"{'n_per_row' if source.name == 'F32' else 'row_bytes'}], got {data.dtype} {data.shape}")
+        chunk = chunk._replace(data=data, qtype=t, source=source)
+        n_per_row = chunk.n_per_row
+        if source.name != "F32" and source.row_bytes(n_per_row) != data.shape[1]:
+            raise ValueError(f"rows of {data.shape[1]} bytes are not whole {source.name} blocks")
+        t.row_bytes(n_per_row)  # raises for rows that are not whole blocks
+        if chunk.imatrix is not None:
+            imatrix = np.ascontiguousarray(chunk.imatrix, dtype=np.float32).reshape(-1)
+            if imatrix.size != n_per_row:
+                raise ValueError(f"imatrix has {imatrix.size} values but rows have {n_per_row}")
+            chunk = chunk._replace(imatrix=imatrix)
+        return chunk, t
 
-    def _rows_per_piece(self, n_per_row: int, row_bytes: int) -> int:
-        # Output rows are never larger than input rows, nor an importance matrix than one row: a
-        # slot's buffers then all hold at most slot_input_bytes.
-        per_row = max(4 * n_per_row, row_bytes)
-        rows = self.slot_input_bytes // per_row
-        if rows == 0:
+    def _rows_per_piece(self, chunk: Chunk, t: QType, check: bool) -> int:
+        per_row = sum(piece_bytes(chunk, t, 1, check, device=True).values())
+        fixed = 4 * chunk.n_per_row if chunk.imatrix is not None else 0  # the importance matrix: not per row
+        per_row -= fixed
+        rows = (self.arena_bytes - _REGIONS * _ALIGNMENT - fixed) // per_row
+        if rows <= 0:
             raise ValueError(
-                f"a row of {n_per_row} weights ({per_row} bytes) does not fit the GPU memory setting of "
-                f"{self.device_memory_bytes} bytes ({self.slot_input_bytes} per slot); raise it with "
-                f"{DEVICE_MEMORY_ENV} or CupyBackend(device_memory_bytes=...)"
+                f"a row of {chunk.n_per_row} weights ({per_row + fixed} bytes of device buffers) does not fit "
+                f"the GPU memory setting of {self.device_memory_bytes} bytes ({self.slot_bytes} per slot); "
+                f"raise it with {DEVICE_MEMORY_ENV} or CupyBackend(device_memory_bytes=...)"
             )
         return rows
 
-    def _finish(self, piece: _Piece, free: deque[_Slot]) -> Iterator[np.ndarray]:
+    def _finish(self, piece: _Piece, pool: _SlotPool) -> Iterator[Quantized]:
         """Wait for a piece and yield its chunk's output if this was the chunk's last piece."""
         output = piece.output
         if piece.slot is None:
-            yield np.empty((output.rows, output.row_bytes), dtype=np.uint8)
+            yield Quantized(np.empty((piece.rows, output.row_bytes), dtype=np.uint8), output.error())
             return
         piece.staged.result()  # the staging thread's errors surface here, in order
         slot = piece.slot
         slot.done.synchronize()
-        if piece.check_finite and not bool(slot.host_finite[()]):
-            raise NonFiniteError(piece.r0 + _first_nonfinite_row(piece.x[piece.r0 : piece.r1]))
-        q = slot.host_out[: piece.out_bytes].reshape(piece.rows, output.row_bytes)
-        if output.pieces == 1:
-            yield q
-        else:
-            if output.buffer is None:
-                output.buffer = np.empty((output.rows, output.row_bytes), dtype=np.uint8)
-            output.buffer[piece.r0 : piece.r1] = q
-            if piece.r1 == output.rows:
-                yield output.buffer
-        free.append(slot)  # only now: the caller is done with a yielded view of host_out
+        if piece.check_finite:
+            flags = slot.pinned.get("flags", piece.rows)
+            bad = np.flatnonzero(flags)
+            if bad.size:
+                pool.give(slot)
+                raise NonFiniteError(piece.r0 + int(bad[0]))
+        if output.row_sums is not None:
+            sums = slot.pinned.get("sums", piece.rows * 8 * _SUMS).view(np.float64).reshape(piece.rows, _SUMS)
+            output.row_sums[piece.r0 : piece.r1] = sums
+        q = slot.pinned.get("out", piece.rows * output.row_bytes).reshape(piece.rows, output.row_bytes)
+        output.done += 1
+        release = pool.lend(slot) if output.pieces == 1 else None
+        if release is not None:  # written straight from the slot's pinned buffer, free once released
+            yield Quantized(q, output.error(), release)
+            return
+        if output.buffer is None:
+            output.buffer = np.empty((output.chunk.rows, output.row_bytes), dtype=np.uint8)
+        output.buffer[piece.r0 : piece.r1] = q
+        pool.give(slot)
+        if output.done == output.pieces:
+            yield Quantized(output.buffer, output.error())
 
     def _quiesce(self, pending: deque[_Piece]) -> None:
         """After the last output, an error or an abandoned run: nothing may still write the buffers."""
@@ -309,31 +432,57 @@ class StreamEngine:
     # ------------------------------------------------------------ staging thread
 
     def _stage(self, piece: _Piece) -> None:
-        cupy = self._cupy
-        slot = piece.slot
-        rows, n_per_row = piece.rows, piece.x.shape[1]
-        slot.reserve(piece.in_bytes, piece.out_bytes)
-        host_x = slot.host_in[: piece.in_bytes].view(np.float32).reshape(rows, n_per_row)
-        self._fill(host_x, piece.x[piece.r0 : piece.r1])
-        device_x = slot.device_in[: piece.in_bytes].view(np.float32).reshape(rows, n_per_row)
-        device_q = slot.device_out[: piece.out_bytes]
+        slot, chunk, t = piece.slot, piece.chunk, piece.qtype
+        rows, n = piece.rows, chunk.n_per_row
+        slot.lay_out(piece)
+        sizes = piece.pinned_sizes()
+        stored = chunk.data[piece.r0 : piece.r1]
+        host_stored = slot.pinned.get("stored", sizes["stored"]).view(stored.dtype).reshape(stored.shape)
+        self._fill(host_stored, stored)
         stream = slot.stream
-        device_x.set(host_x, stream=stream)
-        # The slot's stream is the current one here: CuPy's array functions run on it, and any
-        # scratch memory (the finite check's mask, a kernel's row statistics) comes from its pool.
+        device = piece.device_sizes()
+        x = slot.device.get("x", device["x"]).view(np.float32).reshape(rows, n)
+        if chunk.source.name == "F32":
+            x.set(host_stored, stream=stream)
+        else:  # made float32 on the device: F16/BF16 widened, a quantized source dequantized
+            raw = slot.device.get("stored", device["stored"])
+            raw.set(slot.pinned.get("stored", sizes["stored"]), stream=stream)
+            launch.dequantize(raw, chunk.source, n, x, stream)
+        q = slot.device.get("out", device["out"])
+        # The slot's stream is the current one here: any scratch memory a launch takes (a kernel's row
+        # statistics) comes from its pool, in its order.
         with stream:
             if piece.check_finite:
-                # Waited for here, before any kernel: like the numpy backend, the kernels never see
-                # NaN or Inf (a NaN-derived table index could read out of bounds). It costs this
-                # thread the host-to-device copy's time, not the GPU's.
-                cupy.isfinite(device_x).all().get(stream=stream, out=slot.host_finite)
-                if not slot.host_finite[()]:
-                    slot.done.record(stream)
-                    return  # the main thread raises NonFiniteError when this piece is due
-            imatrix = slot.imatrix_on_device(piece.imatrix)
-            self._backend.quantize_device(device_x, piece.qtype, imatrix, device_q, stream)
-        device_q.get(stream=stream, out=slot.host_out[: piece.out_bytes], blocking=False)
+                # Zeroed here first: a benchmark's cost-free device skips the copy back, and then no
+                # row is flagged.
+                host_flags = slot.pinned.get("flags", rows)
+                host_flags[...] = 0
+                flags = slot.device.get("flags", rows)
+                get_kernel("stream.cu", "gq_check_rows")(_row_grid(rows), (ROW_THREADS,),
+                                                         (x, flags, np.int64(rows), np.int64(n)), stream=stream)
+                flags.get(stream=stream, out=host_flags, blocking=False)
+            imatrix = slot.imatrix_on_device(chunk.imatrix)
+            self._backend.quantize_device(x, t, imatrix, q, stream)
+            if chunk.measure:
+                self._measure(slot, x, q, t, imatrix, stream)
+        q.get(stream=stream, out=slot.pinned.get("out", sizes["out"]), blocking=False)
         slot.done.record(stream)
+
+    def _measure(self, slot: _Slot, x, q, t: QType, imatrix, stream) -> None:
+        """Queues the round trip of q and the rows' error sums, and their copy to the host."""
+        rows, n = x.shape
+        y = slot.device.get("y", rows * 4 * n).view(np.float32).reshape(rows, n)
+        launch.dequantize(q, t, n, y, stream)
+        sums = slot.device.get("sums", rows * 8 * _SUMS).view(np.float64)
+        if imatrix is None:
+            args = (x, y, sums, np.int64(rows), np.int64(n))
+            kernel = get_kernel("stream.cu", "gq_error_rows_plain")
+        else:
+            args = (x, y, imatrix, sums, np.int64(rows), np.int64(n))
+            kernel = get_kernel("stream.cu", "gq_error_rows_weighted")
+        kernel(_row_grid(rows), (ROW_THREADS,), args, stream=stream)
+        host_sums = slot.pinned.get("sums", rows * 8 * _SUMS).view(np.float64)
+        sums.get(stream=stream, out=host_sums, blocking=False)
 
     def _fill(self, dst: np.ndarray, src: np.ndarray) -> None:
         """dst[...] = src with up to copy_threads threads over row ranges (np.copyto drops the GIL)."""
@@ -351,9 +500,11 @@ class StreamEngine:
         list(self._copier.map(copy, range(parts)))
 
 
-def _first_nonfinite_row(x: np.ndarray) -> int:
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-    return int(bad[0]) if bad.size else 0
+_MAX_ROW_BLOCKS = 1 << 16  # the row kernels loop over the rows past this many blocks
+
+
+def _row_grid(rows: int) -> tuple[int]:
+    return (max(1, min(rows, _MAX_ROW_BLOCKS)),)
 
 
 # An idle engine per backend, so a file's tensors reuse the same pinned and device buffers.
@@ -396,7 +547,7 @@ def effective_device_memory(cupy, requested: int, notes: list[str] | None = None
     return usable
 
 
-def quantize_chunks(backend, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
+def quantize_chunks(backend, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[Quantized]:
     """The Backend protocol's quantize_chunks for CupyBackend (see the module docstring); device
     faults come out as GPUError."""
     try:
@@ -408,7 +559,7 @@ def quantize_chunks(backend, chunks: Iterable[Chunk], check_finite: bool) -> Ite
         raise error from None
 
 
-def _quantize_chunks(backend, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[np.ndarray]:
+def _quantize_chunks(backend, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[Quantized]:
     cupy = cupy_module()
 
     with _idle_lock:
@@ -418,7 +569,7 @@ def _quantize_chunks(backend, chunks: Iterable[Chunk], check_finite: bool) -> It
         engine = None
     if engine is None:
         memory = effective_device_memory(cupy, backend.device_memory_bytes, backend.notes)
-        engine = StreamEngine(backend, memory, backend.stream_slots)
+        engine = StreamEngine(backend, memory, backend.stream_slots, backend.n_threads)
     try:
         yield from engine.run(chunks, check_finite)
     finally:
