@@ -45,8 +45,9 @@ too, as issue 19 words it ("a budget outside what the candidates can reach is a 
 who wants "best quality" can pass `largest` itself. Inside the range, a budget at or above the
 size of every tensor's lowest-error candidate gives exactly that choice.
 
-Sizes (`parse_size`): bytes, or K M G T (powers of 1000) and Ki Mi Gi Ti (powers of 1024), in any
-case, with an optional trailing B ("4G", "512MiB", "3.2GB", "4gib"). llama.cpp's own
+Sizes (`parse_size`): a number and a unit, B (bytes), K M G T (powers of 1000) or Ki Mi Gi Ti
+(powers of 1024), in any case, with an optional trailing B ("4G", "512MiB", "3.2GB", "4gib",
+"123456B"); a bare number is refused, as a forgotten unit. llama.cpp's own
 parse_target_size (tools/quantize/quantize.cpp, the version with --target-size) reads k/m/g/t as
 powers of 1024 and accepts neither "kb" nor "gb"; here "G" is 10^9 as issue 19 asks: "GiB" says
 2^30.
@@ -91,7 +92,7 @@ import numpy as np
 
 _SIZE = re.compile(r"^\s*(?P<num>[0-9]*\.?[0-9]*(?:[eE][+-]?[0-9]+)?)\s*(?P<unit>[a-zA-Z]*)\s*$")
 _UNITS = {
-    "": 1, "b": 1,
+    "b": 1,
     "k": 10**3, "kb": 10**3, "ki": 2**10, "kib": 2**10,
     "m": 10**6, "mb": 10**6, "mi": 2**20, "mib": 2**20,
     "g": 10**9, "gb": 10**9, "gi": 2**30, "gib": 2**30,
@@ -102,7 +103,8 @@ MAX_BPW = 32.0  # F32: nothing a candidate type stores is wider
 
 
 def parse_size(text: str) -> int:
-    """'7.5G' -> 7500000000: a file size as people write it, whole bytes (rounded down).
+    """'7.5G' -> 7500000000: a file size as people write it, whole bytes (rounded down). A unit is
+    required (B for bytes): a bare number is refused.
 
     Rounding down keeps the budget a ceiling: "0.3KiB" is 307 bytes, never 308.
     """
@@ -111,8 +113,11 @@ def parse_size(text: str) -> int:
     if m is None or not m.group("num") or m.group("num") == "." or unit not in _UNITS:
         if isinstance(text, str) and text.strip().startswith("-"):
             raise ValueError(f"invalid size {text!r}: a size must be positive")
+        if m is not None and m.group("num") and m.group("num") != "." and not unit:
+            # "7.5" alone is a unit forgotten far more often than 7 bytes meant
+            raise ValueError(f"invalid size {text!r}: give a unit: B (bytes), K, M, G, T or Ki, Mi, Gi, Ti")
         raise ValueError(
-            f"invalid size {text!r}: expected a number of bytes with an optional unit "
+            f"invalid size {text!r}: expected a number with a unit B (bytes), "
             "K, M, G, T (1000s) or Ki, Mi, Gi, Ti (1024s), e.g. 7.5G or 4096MiB"
         )
     value = Decimal(m.group("num"))  # digits, a point and an exponent: always finite, exact

@@ -35,8 +35,8 @@ from gpuquant.target_size import (
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("1", 1),
-        ("4096", 4096),
+        ("1B", 1),
+        ("4096b", 4096),
         ("512B", 512),
         ("4G", 4_000_000_000),
         ("4g", 4_000_000_000),
@@ -53,9 +53,9 @@ from gpuquant.target_size import (
         ("1TiB", 2**40),
         (" 8 GB ", 8 * 10**9),
         ("0.3KiB", 307),  # 307.2 rounded down: a budget stays a ceiling
-        ("1e3", 1000),
+        ("1e3B", 1000),
         (".5K", 500),
-        ("3.", 3),
+        ("3.B", 3),
     ],
 )
 def test_parse_size_good(text, expected):
@@ -67,9 +67,11 @@ def test_parse_size_good(text, expected):
     [
         ("-1G", "positive"),
         ("-5", "positive"),
-        ("0", "at least 1 byte"),
+        ("0", "give a unit"),
+        ("4096", "give a unit"),
+        ("7.5", "give a unit"),
         ("0G", "at least 1 byte"),
-        ("0.0001", "at least 1 byte"),
+        ("0.0001B", "at least 1 byte"),
         ("", "expected a number"),
         ("G", "expected a number"),
         ("GiB", "expected a number"),
@@ -80,7 +82,7 @@ def test_parse_size_good(text, expected):
         ("nan", "expected a number"),
         ("inf", "expected a number"),
         ("4G5", "expected a number"),
-        ("1e30", "larger than"),
+        ("1e30B", "larger than"),
         ("9999999T", "larger than"),
     ],
 )

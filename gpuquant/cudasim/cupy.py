@@ -90,7 +90,8 @@ class _Allocation:
         self.whole[:GUARD_BYTES] = _GUARD_PATTERN
         self.whole[GUARD_BYTES + nbytes :] = _GUARD_PATTERN
         self.user = self.whole[GUARD_BYTES : GUARD_BYTES + nbytes]
-        self.user[...] = 0xCD
+        if not COST_FREE_DEVICE:  # device memory is the GPU's: filling it would cost the host
+            self.user[...] = 0xCD
         _Allocation.live.add(self)
         with _lock:
             STATS["device_allocs"] += 1
