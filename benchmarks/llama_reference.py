@@ -94,12 +94,43 @@ def runs() -> list[dict]:
     add("llama-gqa", ["--allow-requantize", "{model}", "{out}", "Q6_K", "2"], source="Q4_K_M")
     add("llama-gqa", ["{model}", "{out}", "Q4_K_M", "2"], source="split")
     add("llama-gqa", ["--keep-split", "{model}", "{out}", "Q4_K_M", "2"], source="split", files=3)
+    # --target-size: gpuquant chooses and writes its --recipe-out; llama-quantize is given that recipe
+    # (TARGET_OPTIONS replaced by --tensor-type-file) with the same type, imatrix and other options
+    for model, budget, extra, mix, imatrix in (
+        ("llama-gqa", "300000B", [], "Q4_K_M", False),
+        ("llama-gqa", "228128B", ["--output-tensor-type", "q8_0", "--tensor-type", "attn_v=q6_k"], "IQ2_M", True),
+        ("qwen3moe", "600KiB", [], "Q3_K_M", True),
+        ("gemma3", "700000B", [], "Q4_K_M", False),
+        ("gemma3", "0.6MB", [], "IQ3_XXS", True),
+    ):
+        args = (["--imatrix", "{imatrix}"] if imatrix else []) + extra
+        add(model, [*args, "--target-size", budget, "--recipe-out", "{recipe}", "{model}", "{out}", mix, "2"],
+            imatrix=imatrix)
     return out
+
+
+def reference_args(run: dict, values: dict[str, str]) -> list[str]:
+    """llama-quantize's arguments for a run: a --target-size run's recipe in place of its choice."""
+    args = [values.get(a, a) for a in run["args"]]
+    if "--target-size" in args:
+        i = args.index("--target-size")
+        del args[i : i + 2]
+        i = args.index("--recipe-out")
+        args[i] = "--tensor-type-file"
+    return args
 
 
 def run_reference(binary: str, run: dict, work: Path, out: Path) -> dict:
     values = {**build_inputs(work, run), "{out}": out.name}
-    args = [values.get(a, a) for a in run["args"]]
+    recipe = None
+    if "--target-size" in run["args"]:  # the choice is gpuquant's: its recipe, made now
+        made = run_gpuquant(run, work, out)
+        if "error" in made:
+            raise RuntimeError(f"{run['name']}: gpuquant failed: {made['error']}")
+        recipe = hashlib.sha256((work / values["{recipe}"]).read_bytes()).hexdigest()
+        for f in output_files(out, run["files"]):
+            f.unlink()
+    args = reference_args(run, values)
     p = subprocess.run([binary, *args], capture_output=True, text=True, cwd=work)
     if p.returncode != 0:
         failed = [line for line in (p.stdout + p.stderr).splitlines() if "failed to quantize:" in line]
@@ -107,7 +138,8 @@ def run_reference(binary: str, run: dict, work: Path, out: Path) -> dict:
             return {"error": failed[0].split("failed to quantize:", 1)[1].strip()}
         tail = (p.stdout + p.stderr).strip().splitlines()[-3:]
         raise RuntimeError(f"{run['name']}: llama-quantize failed: {' | '.join(tail)}")
-    return describe_outputs(output_files(out, run["files"]))
+    described = describe_outputs(output_files(out, run["files"]))
+    return described if recipe is None else {**described, "recipe_sha256": recipe}
 
 
 def run_gpuquant(run: dict, work: Path, out: Path) -> dict:
@@ -117,7 +149,10 @@ def run_gpuquant(run: dict, work: Path, out: Path) -> dict:
                        capture_output=True, text=True, cwd=work)
     if p.returncode != 0:
         return {"error": p.stderr.strip()}
-    return describe_outputs(output_files(out, run["files"]))
+    described = describe_outputs(output_files(out, run["files"]))
+    if "--target-size" in run["args"]:
+        described["recipe_sha256"] = hashlib.sha256((work / values["{recipe}"]).read_bytes()).hexdigest()
+    return described
 
 
 def main() -> None:
@@ -132,7 +167,16 @@ def main() -> None:
         work = Path(tmp)
         if a.mode == "record":
             models = {}
+            if a.only and RECORD.exists():  # the other runs stay as recorded
+                kept = json.loads(RECORD.read_text())
+                models = dict(kept["inputs"])
+                old = {r["name"]: r for r in kept["runs"]}
+                chosen = {r["name"] for r in selected}
+                selected = [r if r["name"] in chosen else old[r["name"]] for r in runs()
+                            if r["name"] in chosen or r["name"] in old]
             for r in selected:
+                if "expected" in r:
+                    continue
                 r["expected"] = run_reference(binary, r, work, work / "out.gguf")
                 src = work / build_inputs(work, r)["{model}"]
                 models[f"{r['model']}/{r['source']}"] = hashlib.sha256(src.read_bytes()).hexdigest()

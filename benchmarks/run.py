@@ -415,13 +415,65 @@ def bench_gpu_host(data_dir: Path, threads: int) -> None:
     print("(the output bytes of this mode are garbage; the figure is what the host can feed a GPU)")
 
 
+def bench_target_size(data_dir: Path, threads: int) -> None:
+    """--target-size against a plain run of the mix whose size it is given, same backend and threads
+    (issue 19 asks for at most 2x), and how stable the choice is as the sample grows: each sample
+    size's choice against the largest one's (the share of tensors given the same type)."""
+    import tempfile
+
+    from gpuquant.pipeline import quantize_file
+    from gpuquant.size_search import TargetRequest
+    from gpuquant.synthetic_llama import wide_llama_layout, write_llama_model
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    src = data_dir / "llama-4096-2layers-f16.gguf"
+    if not src.exists():
+        print(f"writing {src} ...", file=sys.stderr)
+        write_llama_model(wide_llama_layout(), src, dtype="F16")
+    subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)
+    plain, target = data_dir / "target-plain.gguf", data_dir / "target.gguf"
+    print(f"\nJ. --target-size, llama 4096-wide F16 {src.stat().st_size / 1e9:.2f} GB, native, {threads} threads")
+    t0 = time.perf_counter()
+    quantize_file(src, plain, "Q4_K_M", backend="native", n_threads=threads, measure_error=False)
+    t_plain = time.perf_counter() - t0
+    budget = plain.stat().st_size
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.perf_counter()
+        cold = quantize_file(src, target, "Q4_K_M", backend="native", n_threads=threads, measure_error=False,
+                             target_size=TargetRequest(size=budget, cache_dir=Path(cache)))
+        t_cold = time.perf_counter() - t0
+        target.unlink()
+        t0 = time.perf_counter()
+        quantize_file(src, target, "Q4_K_M", backend="native", n_threads=threads, measure_error=False,
+                      target_size=TargetRequest(size=budget, cache_dir=Path(cache)))
+        t_warm = time.perf_counter() - t0
+        print(f"{'run':<28} {'s':>7} {'x plain':>8} {'bytes':>12}")
+        print(f"{'Q4_K_M':<28} {t_plain:>7.1f} {1:>8.2f} {budget:>12}")
+        print(f"{'target size, cold cache':<28} {t_cold:>7.1f} {t_cold / t_plain:>8.2f} {target.stat().st_size:>12}")
+        print(f"{'target size, cached':<28} {t_warm:>7.1f} {t_warm / t_plain:>8.2f}")
+        print(f"search: {cold.target.seconds:.1f} s measuring {cold.target.measured} tensors x "
+              f"{len(cold.target.candidates)} types on {cold.target.sample_rows} rows each")
+        choices = {}
+        for rows in (16, 64, 256):
+            summary = quantize_file(src, None, "Q4_K_M", backend="native", n_threads=threads, dry_run=True,
+                                    target_size=TargetRequest(size=budget, sample_rows=rows, cache_dir=Path(cache)))
+            choices[rows] = summary.target
+    reference = {name: t.name for name, t in choices[256].types.items()}
+    print(f"{'sample rows':<12} {'same types as with 256 rows':>28}")
+    for rows, choice in choices.items():
+        same = sum(choice.types[n].name == reference[n] for n in reference) / len(reference)
+        print(f"{rows:<12} {same:>27.0%}")
+    for path in (plain, target):
+        path.unlink(missing_ok=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench")
     ap.add_argument("--skip-file", action="store_true", help="only the array benchmarks")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=["arrays", "tts", "llama", "native", "numpy-lattice", "error", "widen",
-                                       "gpu-host"],
+                                       "gpu-host", "target"],
                     help="one section")
     ap.add_argument("--llama-quantize", type=Path, default=ROOT / "build" / "reference" / "llama-quantize")
     args = ap.parse_args()
@@ -442,6 +494,8 @@ def main() -> None:
         bench_widening(args.threads)
     if not args.skip_file and args.only in (None, "gpu-host"):
         bench_gpu_host(args.data_dir, args.threads)
+    if not args.skip_file and args.only in (None, "target"):
+        bench_target_size(args.data_dir, args.threads)
     if args.only is not None:
         return
     try:

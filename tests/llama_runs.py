@@ -46,7 +46,7 @@ def build_inputs(work: Path, run: dict) -> dict[str, str]:
     tt_file = work / "tensor-types.txt"
     tt_file.write_text(TENSOR_TYPE_FILE)
     # names relative to `work`, where both tools run: quantize.imatrix.file records the path as given
-    return {"{model}": path.name, "{imatrix}": imatrix.name, "{tt_file}": tt_file.name}
+    return {"{model}": path.name, "{imatrix}": imatrix.name, "{tt_file}": tt_file.name, "{recipe}": "recipe.txt"}
 
 
 def write_split(src: Path, prefix: Path, n_split: int) -> None:

@@ -2,7 +2,9 @@
 `benchmarks/llama_reference.py record` with llama.cpp 3aa0ce9's llama-quantize) replayed through
 gpuquant's CLI, in llama-quantize's own command-line form. Each run compares the per-tensor types
 (in file order) and the sha256 of every output file; a run llama-quantize refused must be refused
-with its reason, leaving no output."""
+with its reason, leaving no output. A --target-size run is recorded as llama-quantize's file given
+the recipe gpuquant wrote (--recipe-out as its --tensor-type-file): the replay must write that file
+and that recipe again."""
 
 from __future__ import annotations
 
@@ -103,5 +105,9 @@ def test_run_equals_llama_quantize(run, backend, work, monkeypatch):
     got = describe_outputs(files)
     assert got["plan"] == expected["plan"]
     assert got["sha256"] == expected["sha256"]
+    if "recipe_sha256" in expected:  # --target-size: the recipe llama-quantize was given, made again
+        recipe = work / values["{recipe}"]
+        assert hashlib.sha256(recipe.read_bytes()).hexdigest() == expected["recipe_sha256"]
+        recipe.unlink()
     for f in files:
         f.unlink()
