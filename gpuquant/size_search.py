@@ -158,6 +158,7 @@ def measure(model: SourceModel, e: PlannedEntry, types: list[QType], w, k: int, 
     t = e.source
     rows = sample_of(e.name, t.n_rows, k)
     data = np.stack([model.stored_rows(t, int(r), int(r) + 1)[0] for r in rows])
+    model.release(t)  # the rows read mapped whole pages (and their neighbours): unmap them again
     x = backend.chunk_as_float32(Chunk(data, QTYPES["F32"], None, t.qtype))
     experts = w is not None and w.ndim == 2
     span = t.n_rows // w.shape[0] if experts else t.n_rows
