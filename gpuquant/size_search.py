@@ -154,12 +154,16 @@ def sample_of(name: str, n_rows: int, k: int) -> np.ndarray:
 
 def measure(model: SourceModel, e: PlannedEntry, types: list[QType], w, k: int, backend) -> dict:
     """{type: {"bytes", "errors": {"weighted_sq", "sq", "sq_x"}}} for one tensor, the sums scaled to
-    all rows."""
+    all rows. NaN or Inf in the sample (or an overflow to them) is refused: the objective needs
+    finite errors, and the run itself would refuse such a tensor anyway."""
     t = e.source
     rows = sample_of(e.name, t.n_rows, k)
     data = np.stack([model.stored_rows(t, int(r), int(r) + 1)[0] for r in rows])
     model.release(t)  # the rows read mapped whole pages (and their neighbours): unmap them again
     x = backend.chunk_as_float32(Chunk(data, QTYPES["F32"], None, t.qtype))
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if bad.size:
+        raise ValueError(f"tensor {e.name}: NaN or Inf weight in row {int(rows[bad[0]])}; refusing to quantize it")
     experts = w is not None and w.ndim == 2
     span = t.n_rows // w.shape[0] if experts else t.n_rows
     scale = t.n_rows / len(rows)
@@ -170,11 +174,17 @@ def measure(model: SourceModel, e: PlannedEntry, types: list[QType], w, k: int, 
             local = np.flatnonzero(rows // span == group) if experts else np.arange(len(rows))
             wg = w[group] if experts else w
             xg = np.ascontiguousarray(x[local])
-            q = backend.quantize(xg, qtype, wg)
-            sums = backend.error_sums(xg, q, qtype, wg)
-            sq += sums.sum_sq_err
-            sq_x += sums.sum_sq_x
-            weighted_sq += sums.w_sum_sq_err if wg is not None else sums.sum_sq_err
+            # the same bytes on every backend; the sums in float64 here, so that the choice never
+            # depends on a backend's order of summation
+            y = backend.dequantize(backend.quantize(xg, qtype, wg), qtype, t.n_per_row)
+            x64 = xg.astype(np.float64)
+            d2 = np.square(x64 - y)
+            columns = d2.sum(axis=0)
+            sq += float(columns.sum())
+            sq_x += float(np.square(x64).sum())
+            weighted_sq += float(columns @ wg.astype(np.float64)) if wg is not None else float(columns.sum())
+        if not all(math.isfinite(v) for v in (sq, sq_x, weighted_sq)):
+            raise ValueError(f"tensor {e.name}: NaN or Inf weights or errors in its rows; refusing to quantize it")
         out[qtype.name] = {"bytes": t.n_rows * qtype.row_bytes(t.n_per_row),
                            "errors": {"weighted_sq": weighted_sq * scale, "sq": sq * scale, "sq_x": sq_x * scale}}
     return out

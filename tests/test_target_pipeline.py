@@ -226,3 +226,15 @@ def test_the_measurement_is_the_backends_round_trip(model):
             assert got[t.name]["bytes"] == e.source.n_rows * t.row_bytes(e.source.n_per_row)
     finally:
         source.close()
+
+
+def test_a_non_finite_weight_is_refused_before_the_search(tmp_path):
+    tensors = {"token_embd.weight": np.ones((64, 256), np.float32), "output.weight": np.ones((64, 256), np.float32)}
+    for name in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+        tensors[f"blk.0.{name}.weight"] = np.full((64, 256), 0.5, np.float32)
+    tensors["blk.0.attn_v.weight"][:, 3] = np.nan  # every row: the sample cannot miss it
+    src = write_tiny(tmp_path / "nan.gguf", tensors, arch="llama", extra={"llama.block_count": 1})
+    out = tmp_path / "o.gguf"
+    line = one_line_error(invoke("--target-size", "100K", str(src), str(out), "Q4_K_M"))
+    assert "blk.0.attn_v.weight" in line and "NaN or Inf" in line
+    assert not out.exists()
