@@ -71,6 +71,9 @@ def main() -> None:
                    "Q5_0, Q5_1, IQ4_NL, and with --imatrix IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS).")
 @click.option("--target-sample", type=int, default=None, metavar="ROWS",
               help="Rows per tensor measured for each candidate (default 64; seeded, cached).")
+@click.option("--target-objective", type=click.Choice(["relative", "absolute"]), default=None,
+              help="What the search minimises: each tensor's importance-weighted relative squared error, summed "
+                   "(relative, the default), or the squared errors themselves (absolute).")
 @click.option("--recipe-out", metavar="FILE",
               help="Write the chosen types as a llama-quantize --tensor-type-file.")
 @click.option("--max-buffer-size", metavar="MiB", help="Largest piece of a tensor held in memory at once.")
@@ -88,8 +91,8 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
              convert_non_quantized_to_f16, imatrix, include_weights, exclude_weights, allow_requantize,
              leave_output_tensor, pure, output_tensor_type, token_embedding_type, tensor_types,
              tensor_type_file, prune_layers, keep_split, kv_overrides, dry_run, target_size, target_bpw,
-             target_types, target_sample, recipe_out, max_buffer_size, backend, reports, report_sample, no_error,
-             quiet) -> None:
+             target_types, target_sample, target_objective, recipe_out, max_buffer_size, backend, reports,
+             report_sample, no_error, quiet) -> None:
     """Quantize a GGUF model: TTS.cpp's `quantize -mp IN -qp OUT -qt TYPE` or llama-quantize's
     `IN [OUT] TYPE [NTHREADS]` (TYPE a mix name or LLAMA_FTYPE number; no OUT: ggml-model-TYPE.gguf
     beside IN)."""
@@ -141,7 +144,7 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
             keep_split=keep_split,
         )
         buffer_bytes = llama_cli.parse_max_buffer_size(max_buffer_size) if max_buffer_size is not None else None
-        sized = target_request(target_size, target_bpw, target_types, target_sample, recipe_out)
+        sized = target_request(target_size, target_bpw, target_types, target_sample, target_objective, recipe_out)
     except ValueError as e:
         _fail(str(e))
     if quiet:
@@ -183,16 +186,17 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
 
 
 def target_request(size: str | None, bpw: str | None, types: str | None, sample: int | None,
-                   recipe_out: str | None):
+                   objective: str | None, recipe_out: str | None):
     """The size search's request from its options, or None without --target-size/--target-bpw."""
     from pathlib import Path
 
     from .llama_cli import parse_ggml_type
-    from .size_search import DEFAULT_SAMPLE_ROWS, TargetRequest
+    from .size_search import DEFAULT_OBJECTIVE, DEFAULT_SAMPLE_ROWS, TargetRequest
     from .target_size import parse_bpw, parse_size
 
     if size is None and bpw is None:
-        for name, value in (("--target-types", types), ("--target-sample", sample), ("--recipe-out", recipe_out)):
+        for name, value in (("--target-types", types), ("--target-sample", sample),
+                            ("--target-objective", objective), ("--recipe-out", recipe_out)):
             if value is not None:
                 raise ValueError(f"{name} goes with --target-size or --target-bpw")
         return None
@@ -209,6 +213,7 @@ def target_request(size: str | None, bpw: str | None, types: str | None, sample:
         types=candidates,
         sample_rows=DEFAULT_SAMPLE_ROWS if sample is None else sample,
         recipe_out=Path(recipe_out) if recipe_out else None,
+        objective=objective or DEFAULT_OBJECTIVE,
     )
 
 

@@ -12,10 +12,14 @@ The search hands the planner per-tensor types and nothing else:
    error (plain without an imatrix) scaled from the sample to all rows. The measurements are cached
    per input file, imatrix file, candidate set and sample (target_size.MeasurementCache): another
    budget on the same input quantizes nothing.
-4. The objective (OBJECTIVE) is the sum of those errors over the tensors: with an importance matrix
-   (mean squared activations per input column), sum_j w_j sum_i (x_ij - y_ij)^2 estimates the
-   squared error the tensor adds to its matrix product's outputs, so the sum is the squared output
-   error the whole model takes on, one matrix product at a time. target_size.allocate minimises it
+4. The objective (OBJECTIVES, --target-objective) is, by default, the sum over tensors of each
+   tensor's relative squared error, importance-weighted: sum_j w_j sum_i (x_ij - y_ij)^2 over
+   sum_j w_j sum_i x_ij^2, with w the importance matrix (mean squared activations per input
+   column; 1 without one): the relative error that the tensor's matrix product passes on, one term
+   per matrix product. The absolute sum (the squared errors themselves) gives a tensor's term in
+   proportion to its size and weights' scale: on gemma-3-270m it spends the budget on the 168M
+   weights of the token embedding, and measured by llama.cpp's KL divergence it loses to the
+   relative objective (README, "Target size": the table). target_size.allocate minimises it
    exactly under the budget: the whole output (header, pinned and unquantized tensors, padding) for
    --target-size, all tensors' data for --target-bpw (as `gpuquant inspect` counts bits per weight).
 5. The choice becomes one --tensor-type pattern per free tensor (its exact name): the planner writes
@@ -56,7 +60,14 @@ DEFAULT_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q4_1",
 IMATRIX_TYPES = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS")
 DEFAULT_SAMPLE_ROWS = 64
 DEFAULT_BASE = "Q4_K_M"  # the base mix when only IN and OUT are given
-OBJECTIVE = "sum of importance-weighted squared errors (plain squared errors without an imatrix)"
+OBJECTIVES = {
+    # each tensor's importance-weighted squared error relative to its weighted squared weights: the
+    # relative error its matrix product's outputs take on, one term per tensor
+    "relative": "sum over tensors of the importance-weighted relative squared error",
+    # the squared errors themselves: a tensor's term grows with its size and the scale of its weights
+    "absolute": "sum over tensors of the importance-weighted squared error",
+}
+DEFAULT_OBJECTIVE = "relative"
 TARGET_REASON = "target size"
 
 
@@ -70,12 +81,15 @@ class TargetRequest:
     sample_rows: int = DEFAULT_SAMPLE_ROWS  # rows measured per tensor
     recipe_out: Path | None = None
     cache_dir: Path | None = None  # None: the default cache folder
+    objective: str = DEFAULT_OBJECTIVE  # a key of OBJECTIVES
 
     def __post_init__(self) -> None:
         if (self.size is None) == (self.bpw is None):
             raise ValueError("give one of --target-size and --target-bpw")
         if self.sample_rows < 1:
             raise ValueError(f"the target sample must be 1 row or more, not {self.sample_rows}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}: {', '.join(OBJECTIVES)}")
 
     def candidate_types(self, has_imatrix: bool) -> tuple[QType, ...]:
         if self.types is not None:
@@ -95,6 +109,7 @@ class TargetChoice:
     fixed_bytes: int  # what the choice cannot change: header, pinned and unquantized tensors
     predicted_bytes: int  # the whole output (--target-size) or all tensors' data (--target-bpw)
     by_bpw: bool
+    objective: str
     candidates: tuple[str, ...]
     sample_rows: int
     measured: int  # free tensors
@@ -107,7 +122,8 @@ class TargetChoice:
         return {
             "budget": self.budget, "unit": "tensor data bytes" if self.by_bpw else "file bytes",
             "predicted": self.predicted_bytes, "fixed": self.fixed_bytes, "optimal": self.allocation.optimal,
-            "gap": self.allocation.gap, "objective": OBJECTIVE, "total_error": self.allocation.total_error,
+            "gap": self.allocation.gap, "objective": OBJECTIVES[self.objective],
+            "total_error": self.allocation.total_error,
             "candidates": list(self.candidates), "sample_rows": self.sample_rows, "free_tensors": self.measured,
             "cache_hit": self.cache_hit, "seconds": self.seconds, "chosen": dict(sorted(counts.items())),
             "types": {name: t.name for name, t in self.types.items()},
@@ -169,7 +185,7 @@ def measure(model: SourceModel, e: PlannedEntry, types: list[QType], w, k: int, 
     scale = t.n_rows / len(rows)
     out = {}
     for qtype in types:
-        sq = weighted_sq = sq_x = 0.0
+        sq = weighted_sq = sq_x = weighted_sq_x = 0.0
         for group in (np.unique(rows // span) if experts else [0]):
             local = np.flatnonzero(rows // span == group) if experts else np.arange(len(rows))
             wg = w[group] if experts else w
@@ -182,12 +198,28 @@ def measure(model: SourceModel, e: PlannedEntry, types: list[QType], w, k: int, 
             columns = d2.sum(axis=0)
             sq += float(columns.sum())
             sq_x += float(np.square(x64).sum())
-            weighted_sq += float(columns @ wg.astype(np.float64)) if wg is not None else float(columns.sum())
-        if not all(math.isfinite(v) for v in (sq, sq_x, weighted_sq)):
+            x_columns = np.square(x64).sum(axis=0)
+            if wg is not None:
+                w64 = wg.astype(np.float64)
+                weighted_sq += float(columns @ w64)
+                weighted_sq_x += float(x_columns @ w64)
+            else:
+                weighted_sq += float(columns.sum())
+                weighted_sq_x += float(x_columns.sum())
+        if not all(math.isfinite(v) for v in (sq, sq_x, weighted_sq, weighted_sq_x)):
             raise ValueError(f"tensor {e.name}: NaN or Inf weights or errors in its rows; refusing to quantize it")
         out[qtype.name] = {"bytes": t.n_rows * qtype.row_bytes(t.n_per_row),
-                           "errors": {"weighted_sq": weighted_sq * scale, "sq": sq * scale, "sq_x": sq_x * scale}}
+                           "errors": {"weighted_sq": weighted_sq * scale, "sq": sq * scale, "sq_x": sq_x * scale,
+                                      "weighted_sq_x": weighted_sq_x * scale}}
     return out
+
+
+def objective_term(errors: dict, objective: str) -> float:
+    """A candidate's term in the objective, from its measured sums."""
+    if objective == "absolute":
+        return errors["weighted_sq"]
+    reference = errors["weighted_sq_x"]
+    return errors["weighted_sq"] / reference if reference > 0 else 0.0
 
 
 def choose(model: SourceModel, plan: ModelPlan, request: LlamaRequest, target: TargetRequest,
@@ -234,7 +266,7 @@ def choose(model: SourceModel, plan: ModelPlan, request: LlamaRequest, target: T
         fixed += sum(header_bytes(metadata, planned, alignment) for _, metadata, planned in shards)
         budget = target.size
     tensors = [TensorCandidates(e.name, [Candidate(t.name, size_of(measured[e.name][t.name]["bytes"]),
-                                                   measured[e.name][t.name]["errors"]["weighted_sq"])
+                                                   objective_term(measured[e.name][t.name]["errors"], target.objective))
                                          for t in options[e.name]])
                for e in free]
     allocation = allocate(tensors, budget, fixed)
@@ -243,8 +275,8 @@ def choose(model: SourceModel, plan: ModelPlan, request: LlamaRequest, target: T
     return TargetChoice(
         request=replace(request, tensor_types=request.tensor_types + patterns), types=chosen,
         allocation=allocation, budget=budget, fixed_bytes=fixed, predicted_bytes=allocation.total_size,
-        by_bpw=by_bpw, candidates=tuple(t.name for t in types), sample_rows=target.sample_rows,
-        measured=len(free), cache_hit=cache_hit, seconds=time.perf_counter() - start)
+        by_bpw=by_bpw, objective=target.objective, candidates=tuple(t.name for t in types),
+        sample_rows=target.sample_rows, measured=len(free), cache_hit=cache_hit, seconds=time.perf_counter() - start)
 
 
 RECIPE_HEADER = "#gpuquant-recipe:"

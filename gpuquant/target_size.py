@@ -412,7 +412,7 @@ def allocate(
 # ---------------------------------------------------------------------------------------------
 # the measurement cache
 
-CACHE_FORMAT = 1  # bump when what a measurement means changes: old files then miss
+CACHE_FORMAT = 2  # bump when what a measurement means changes: old files then miss
 _SAMPLE_HEAD = 1 << 20
 _SAMPLE_BLOCK = 1 << 16
 _SAMPLE_COUNT = 32

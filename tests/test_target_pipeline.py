@@ -70,10 +70,12 @@ def test_fits_the_budget_and_its_recipe_makes_the_same_file(model, q4_k_m, tmp_p
     assert again.read_bytes() == out.read_bytes()
 
 
-def test_summary_and_report_say_what_was_chosen(model, q4_k_m, tmp_path):
+@pytest.mark.parametrize("objective", ["relative", "absolute"])
+def test_summary_and_report_say_what_was_chosen(model, q4_k_m, tmp_path, objective):
     budget = q4_k_m.stat().st_size - 20_000
     summary = gpuquant.quantize_file(model, tmp_path / "o.gguf", "Q4_K_M", backend="native",
-                                     target_size=TargetRequest(size=budget, cache_dir=tmp_path / "cache"),
+                                     target_size=TargetRequest(size=budget, cache_dir=tmp_path / "cache",
+                                                               objective=objective),
                                      reports=(tmp_path / "r.json",))
     choice = summary.target
     assert summary.target_actual_bytes == (tmp_path / "o.gguf").stat().st_size == choice.predicted_bytes
@@ -89,6 +91,22 @@ def test_summary_and_report_say_what_was_chosen(model, q4_k_m, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())["target"]
     assert report["predicted"] == report["actual"] == choice.predicted_bytes and report["budget"] == budget
     assert sum(report["chosen"].values()) == choice.measured
+    assert report["objective"] == size_search.OBJECTIVES[objective]
+    # the allocation's total is the objective's sum over the chosen candidates
+    terms = {"relative": lambda e: e["weighted_sq"] / e["weighted_sq_x"], "absolute": lambda e: e["weighted_sq"]}
+    from gpuquant.gguf_io import SourceModel
+    from gpuquant.mixes import find_mix
+    from gpuquant.model_plan import plan_model
+
+    source = SourceModel(model)
+    try:
+        plan = plan_model(source, find_mix("Q4_K_M"), None, LlamaRequest(), None)
+        free = {e.name: e for e in size_search.free_entries(plan, LlamaRequest())}
+        total = sum(terms[objective](size_search.measure(source, free[name], [t], None, 64, NumpyBackend())
+                                     [t.name]["errors"]) for name, t in choice.types.items())
+    finally:
+        source.close()
+    assert choice.allocation.total_error == pytest.approx(total, rel=1e-9)
 
 
 def test_a_second_size_reuses_the_measurements(model, q4_k_m, tmp_path, monkeypatch):
@@ -191,6 +209,7 @@ def test_bad_sizes_are_one_line_errors(model, tmp_path, value, words):
     (("--target-types", "Q4_K"), "goes with --target-size"),
     (("--target-size", "1M", "--target-types", "Q4_K,Q9_X"), "invalid ggml_type"),
     (("--target-size", "1M", "--target-sample", "0"), "1 row or more"),
+    (("--target-objective", "absolute"), "goes with --target-size"),
 ])
 def test_bad_target_options_are_one_line_errors(model, tmp_path, args, words):
     out = tmp_path / "o.gguf"
