@@ -330,17 +330,33 @@ def kld_of(tools: Path, model: Path, base: Path, out_json: Path, log: Path) -> d
 # e./g. the quantized files
 
 
-def file_stats(path: Path, n_weights: int) -> dict:
-    from gguf import GGUFReader
+def tensor_table(path: Path) -> list[tuple[str, int, int, str]]:
+    """(name, weights, data bytes, type name) of every tensor, from the header alone (gpuquant's
+    reader: gguf-py's GGUFReader parses the tokenizer's 262144-entry arrays element by element,
+    about 25 s a file)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+    from gpuquant.gguf_header import tensor_infos
+
+    out = []
+    for name, shape, type_id in tensor_infos(path):
+        n = int(np.prod(shape, dtype=np.int64))
+        qt = GGMLQuantizationType(type_id)
+        block, size = GGML_QUANT_SIZES[qt]
+        out.append((name, n, n // block * size, qt.name))
+    return out
+
+
+def file_stats(path: Path, n_weights: int) -> dict:
     size = path.stat().st_size
-    r = GGUFReader(path)
-    tensor_bytes = sum(int(t.n_bytes) for t in r.tensors)
+    table = tensor_table(path)
+    tensor_bytes = sum(t[2] for t in table)
     types: dict[str, int] = {}
-    for t in r.tensors:
-        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    for t in table:
+        types[t[3]] = types.get(t[3], 0) + 1
     return {"bytes": size, "bpw": size * 8 / n_weights, "tensor_bytes": tensor_bytes,
-            "tensor_bpw": tensor_bytes * 8 / n_weights, "tensor_types": types}
+            "tensor_bpw": tensor_bytes * 8 / n_weights, "tensor_types": types,
+            "token_embd": next((t[3] for t in table if t[0] == "token_embd.weight"), None)}
 
 
 def llama_quantize(tools: Path, model: Path, out: Path, args: list[str], qtype: str, log: Path) -> dict:
@@ -415,7 +431,26 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def types_table(rows: list[dict]) -> str:
+    """Each file's tensor types (count per type) and its token embeddings' type."""
+    def cell(side: dict) -> tuple[str, str]:
+        if not side.get("ok") or "tensor_types" not in side:
+            return "-", "-"
+        types = sorted(side["tensor_types"].items(), key=lambda kv: -kv[1])
+        return side.get("token_embd") or "-", ", ".join(f"{n} {t}" for t, n in types)
+
+    lines = ["| mix | llama-quantize token_embd | llama-quantize types | gpuquant token_embd | gpuquant types |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        le, lt = cell(r["llama"])
+        ge, gt = cell(r.get("gpuquant") or {})
+        lines.append(f"| {r['name']} | {le} | {lt} | {ge} | {gt} |")
+    return "\n".join(lines) + "\n"
+
+
 def verdict(rows: list[dict]) -> dict:
+    """Issue 19's pass rule over the issue's own points (extra recipes are shown, never counted)."""
+    rows = [r for r in rows if not r.get("extra")]
     done = [r for r in rows if r["llama"].get("ok") and (r.get("gpuquant") or {}).get("ok")]
     if not done or len(done) < len(rows):
         return {"pass": None, "why": f"gpuquant measured at {len(done)} of {len(rows)} points"}
@@ -494,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the gpuquant command's template (placeholders {gpuquant} {size} {imatrix_args} {input} "
                          "{output} {type} {threads})")
     ap.add_argument("--no-gpuquant", action="store_true", help="skip the gpuquant side")
+    ap.add_argument("--redo-gpuquant", action="store_true",
+                    help="forget the gpuquant files and their KLDs (of the mixes run) and make them again")
     ap.add_argument("--no-undithered-check", action="store_true",
                     help="skip Q4_K_M of the undithered copy against its own base")
     a = ap.parse_args(argv)
@@ -545,10 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         timings.run("d. base", make_base, a.tools, dith, evaluation, base, a.chunks, d / "logs" / "base.log")
 
-    from gguf import GGUFReader
-
-    n_weights = sum(int(t.n_elements) for t in GGUFReader(dith).tensors)
-    recipes = list(FIXED_MIXES) + list(a.extra_recipe)
+    n_weights = sum(t[1] for t in tensor_table(dith))
+    recipes = [(*m, False) for m in FIXED_MIXES] + [(*m, True) for m in a.extra_recipe]
     if a.only:
         recipes = [r for r in recipes if r[0] in a.only]
 
@@ -561,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # e, f: llama-quantize's fixed mixes
     rows = []
-    for name, args, qtype, use_imatrix in recipes:
+    for name, args, qtype, use_imatrix, extra in recipes:
         fname = re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
         out = d / "fixed" / f"{fname}.gguf"
         qargs = [w.replace("{imatrix}", str(imatrix)) for w in args]
@@ -581,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             lq["kld"] = measure(f"f. kld {name}", out, f"llama-{fname}")
         else:
             print(f"    {name}: {lq['error']}")
-        rows.append({"name": name, "type": qtype, "imatrix": use_imatrix, "llama": lq, "file": fname})
+        rows.append({"name": name, "type": qtype, "imatrix": use_imatrix, "extra": extra, "llama": lq, "file": fname})
 
     # g: gpuquant --target-size
     available = not a.no_gpuquant and gpuquant_has_target_size()
@@ -598,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out = d / "gpuquant" / f"{r['file']}.gguf"
         meta = d / "gpuquant" / f"{r['file']}.json"
+        if a.redo_gpuquant:
+            for stale in (out, meta, d / "kld" / f"gpuquant-{r['file']}.json"):
+                stale.unlink(missing_ok=True)
         size = r["llama"]["bytes"]
         if meta.exists() and out.exists():
             gq = json.loads(meta.read_text())
@@ -654,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
         md.append(f"\nUndithered check: llama-quantize Q4_K_M of the undithered F32 file, against its own base: mean "
                   f"KLD {check['undithered_Q4_K_M']['mean_kld']:.5f}; of the dithered copy: "
                   f"{check['dithered_Q4_K_M']['mean_kld']:.5f}.\n")
-    md.append(f"\nVerdict: {json.dumps(v)}\n")
+    md.append("\nTensor types (the F32 norms included):\n\n" + types_table(rows))
+    md.append(f"\nVerdict (issue 19: the {len(FIXED_MIXES)} mixes above, extra recipes not counted): {json.dumps(v)}\n")
     (d / "results.md").write_text("".join(md))
     plot(rows, d / "kld_vs_size.png")
     print()
