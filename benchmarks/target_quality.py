@@ -379,6 +379,16 @@ def llama_quantize(tools: Path, model: Path, out: Path, args: list[str], qtype: 
             "fallbacks": fallbacks}
 
 
+def gpuquant_version() -> dict:
+    """The tree's commit and whether gpuquant/ differs from it: the gpuquant rows are made by the code
+    in the tree (an editable install), which may move while other work goes on."""
+    def git(*args: str) -> str:
+        p = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return p.stdout.strip() if p.returncode == 0 else "?"
+
+    return {"commit": git("rev-parse", "HEAD"), "gpuquant_dirty": bool(git("status", "--porcelain", "gpuquant"))}
+
+
 def gpuquant_has_target_size() -> bool:
     p = subprocess.run([str(BIN / "gpuquant"), "quantize", "--help"], capture_output=True, text=True)
     return p.returncode == 0 and "--target-size" in p.stdout
@@ -644,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
             gq = timings.run(f"g. gpuquant {r['name']}", gpuquant_target, a.gpuquant_cmd, dith, out, size,
                              r["type"], imatrix if r["imatrix"] else None, d / "logs" / f"gpuquant-{r['file']}.log")
             gq["target_bytes"] = size
+            gq["version"] = gpuquant_version()
             if gq["ok"]:
                 meta.write_text(json.dumps(gq, indent=1) + "\n")
         if gq.get("ok"):
