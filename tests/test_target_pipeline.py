@@ -102,8 +102,11 @@ def test_summary_and_report_say_what_was_chosen(model, q4_k_m, tmp_path, objecti
     try:
         plan = plan_model(source, find_mix("Q4_K_M"), None, LlamaRequest(), None)
         free = {e.name: e for e in size_search.free_entries(plan, LlamaRequest())}
+        # output.weight makes the logits: it counts DEFAULT_OUTPUT_WEIGHT times
         total = sum(terms[objective](size_search.measure(source, free[name], [t], None, 64, NumpyBackend())
-                                     [t.name]["errors"]) for name, t in choice.types.items())
+                                     [t.name]["errors"])
+                    * (size_search.DEFAULT_OUTPUT_WEIGHT if name == "output.weight" else 1.0)
+                    for name, t in choice.types.items())
     finally:
         source.close()
     assert choice.allocation.total_error == pytest.approx(total, rel=1e-9)
