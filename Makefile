@@ -36,6 +36,8 @@ fuzz: install
 # Heavy measurements (full-size models, throughput ratios): never part of the tests.
 bench: install
 	$(BIN)/python benchmarks/run.py
+	@if [ -x build/reference/llama-perplexity ]; then $(BIN)/python benchmarks/target_quality.py; \
+	else echo "target size quality (KLD) skipped: make reference builds llama-perplexity and llama-imatrix"; fi
 
 # llama-quantize and ggml's quantizers built from llama-cpp-python 0.3.36 (llama.cpp 3aa0ce9), then
 # every recorded run made afresh by both tools and compared file by file (minutes; never a test).
