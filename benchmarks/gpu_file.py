@@ -82,10 +82,12 @@ def _warm_up_gpu(types: list[str]) -> None:
     backend = CupyBackend()
     rows = SIMULATOR_WARM_UP_ROWS if simulator_enabled() else CHUNK_BYTES // (4 * 4096)
     x = (np.random.default_rng(0).standard_normal((rows, 4096)) * 0.02).astype(np.float32)
+    f16 = x.astype(np.float16).view(np.uint8)
+    # every kernel once (F32 and F16 sources, measured), then every slot's buffers at their size
     chunks = [Chunk(x, resolve(name), None, measure=True) for name in types]
-    for name in types:  # F16 sources too: their conversion kernel
-        chunks.append(Chunk(x.astype(np.float16).view(np.uint8), resolve(name), None, resolve("F16"), True))
-    for out in backend.quantize_chunks(chunks * (backend.stream_slots + 1), True):
+    chunks += [Chunk(f16, resolve(name), None, resolve("F16"), True) for name in types]
+    chunks += [Chunk(f16, resolve(types[0]), None, resolve("F16"), True)] * backend.stream_slots
+    for out in backend.quantize_chunks(chunks, True):
         out.release()
 
 

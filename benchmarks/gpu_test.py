@@ -58,7 +58,7 @@ SIMULATOR_DEVICE = "CUDA simulator"
 # dequantize for each) and the whole-file pipeline.
 SIMULATOR_TESTS_FILTER = "matches_ggml or whole_file"
 SIMULATOR_KERNEL_ARGS = ("--rows", "16", "--cols", "4096", "--repeats", "1", "--seconds", "0")
-SIMULATOR_FILE_ARGS = ("--models", "llama-gqa", "--rows-scale", "8")  # 16 MB of llama.cpp layout
+SIMULATOR_FILE_ARGS = ("--models", "llama-gqa", "--rows-scale", "2")  # 4 MB of llama.cpp layout
 
 # a row of gpu_kernels.py's table: type, imatrix, quantize ms, GB/s in, dequantize ms, GB/s out
 # (GB/s are whole numbers on a GPU, decimals on the simulator)
