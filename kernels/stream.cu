@@ -7,7 +7,7 @@
 // a row's result never depends on scheduling: the figures are the same on every run.
 #include "common.cuh"
 
-#define GQ_ROW_THREADS 128
+#define GQ_ROW_THREADS 32  // one warp a row: rows run side by side in many blocks (memory-bound either way)
 
 GQ_FN bool gq_is_finite(float v) { return (gq_f32_bits(v) & 0x7F800000u) != 0x7F800000u; }
 

@@ -72,7 +72,7 @@ _SLOTS_NOT_LENT = 2
 # Below this many bytes per thread, splitting a host copy costs more than it saves.
 _MIN_COPY_BYTES_PER_THREAD = 512 << 10
 _MAX_COPY_THREADS = 8
-ROW_THREADS = 128  # kernels/stream.cu's GQ_ROW_THREADS: one block of them per row
+ROW_THREADS = 32  # kernels/stream.cu's GQ_ROW_THREADS: one block of them per row
 _SUMS = 5  # per row: x^2, (x-y)^2, w x^2, w (x-y)^2, max |x-y| (float64 each)
 _ALIGNMENT = 256  # each region of a slot's memory starts where CuPy's allocations would
 _REGIONS = 8  # regions a piece takes at most: room for their alignment is kept in every slot
