@@ -1,7 +1,7 @@
 """--target-size / --target-bpw: choose each tensor's type so that the file fits a budget with the least error.
 
 This module is the part of issue 19 that needs no pipeline: the size and bpw arguments, the
-allocator, the cache of per-tensor measurements and the recipe file. The pipeline measures each
+allocator, the cache of per-tensor measurements and the recipe's patterns. The pipeline measures each
 candidate type's error per tensor and its exact size (rows * row_bytes); `allocate` then picks one
 candidate per tensor.
 
@@ -60,15 +60,9 @@ differs only where no sample reads and has the same size and mtime is the one ca
 tell, which needs deliberate effort. Hashing the whole data region would cost a full read of a
 model the measuring pass only samples.
 
-The recipe (`write_recipe`): llama-quantize reads --tensor-type-file as whitespace-separated
-words (`while (file >> arg)`), each of which must be PATTERN=TYPE or the program exits with
-"malformed tensor type"; there are no comments. The recipe therefore holds only PATTERN=TYPE
-lines, and the options it needs (--output-tensor-type, --token-embedding-type, which win over
-patterns, and the base type) go to a sidecar file `<recipe>.options`, which is for people and
-scripts and never given to llama-quantize. The recipe follows llama.cpp's current rule (as
-gpuquant's archs/llama_cpp.py does): a tensor that a pattern matches is "manual" whatever the type,
-so the mix rules skip it. Some older llama.cpp releases counted a match only when its type differed
-from the base type; there a line naming the base type does not pin the tensor.
+Recipe patterns (`tensor_pattern`): ^NAME$ written so that llama-quantize, which lowercases a
+--tensor-type-file's patterns and splits its words at whitespace and '=', still matches exactly
+that tensor. size_search.write_recipe writes the file.
 """
 
 from __future__ import annotations
@@ -79,7 +73,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -545,10 +539,9 @@ def _valid_measurements(data: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# the recipe file
+# recipe patterns (size_search.write_recipe writes the file)
 
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
-_ALWAYS_WRITTEN = ("token_embd.weight", "output.weight")  # written even where the base gives the type
 
 
 def tensor_pattern(name: str) -> str:
@@ -573,138 +566,3 @@ def tensor_pattern(name: str) -> str:
             raise ValueError(f"tensor name {name!r}: {ch!r} cannot be written in a --tensor-type-file pattern")
     out.append("$")
     return "".join(out)
-
-
-# patterns (PATTERN, TYPE) in order -> every tensor's type under llama.cpp's rules with them
-Planner = Callable[[Sequence[tuple[str, str]]], Mapping[str, str]]
-
-
-@dataclass(frozen=True)
-class Recipe:
-    path: Path  # the --tensor-type-file
-    options_path: Path  # the sidecar with the options and the base type
-    entries: tuple[tuple[str, str], ...]  # (pattern, type) as written, in order
-    options: tuple[str, ...]  # llama-quantize options the recipe needs, --tensor-type-file included
-    base_type: str
-
-
-def llama_rules_planner(
-    views: Sequence[Any],
-    hparams: Any,
-    base_type: str,
-    *,
-    output_tensor_type: str | None = None,
-    token_embedding_type: str | None = None,
-    pure: bool = False,
-    has_imatrix: bool = False,
-) -> Planner:
-    """A Planner running gpuquant's copy of llama.cpp's rules (archs/llama_cpp.plan_llama) over the
-    model's TensorViews, the patterns read as llama_cli reads them."""
-    from .archs import llama_cpp
-    from .llama_cli import parse_ggml_type, parse_tensor_type
-    from .mixes import find_mix
-
-    mix = find_mix(base_type)
-    if mix is None:
-        raise ValueError(f"unknown base type {base_type!r}")
-
-    def plan(patterns: Sequence[tuple[str, str]]) -> dict[str, str]:
-        options = llama_cpp.LlamaOptions(
-            mix=mix,
-            pure=pure,
-            output_tensor_type=parse_ggml_type(output_tensor_type) if output_tensor_type else None,
-            token_embedding_type=parse_ggml_type(token_embedding_type) if token_embedding_type else None,
-            tensor_types=tuple(parse_tensor_type(f"{p}={t}") for p, t in patterns),
-            has_imatrix=has_imatrix,
-        )
-        choices = llama_cpp.plan_llama(views, hparams, options)
-        return {v.name: c.qtype.name for v, c in zip(views, choices, strict=True)}
-
-    return plan
-
-
-def recipe_entries(types: Mapping[str, str], plan: Planner | None = None) -> list[tuple[str, str]]:
-    """(pattern, type) per tensor of `types` that needs one, in `types`' order.
-
-    Without a planner: every tensor (always right). With one: only the tensors whose type the
-    base mix would not give anyway. Overriding a tensor stops llama.cpp's attn_v/ffn counters for
-    it, which moves later tensors' mix types, so the set grows until the planner confirms every
-    type; token_embd/output always keep their line, so the recipe holds without the options too.
-    """
-    want = {n: t.upper() for n, t in types.items()}
-    if plan is None:
-        named = set(want)
-    else:
-        named = {n for n in want if n in _ALWAYS_WRITTEN}
-        for _ in range(len(want) + 1):
-            got = plan([(tensor_pattern(n), want[n]) for n in want if n in named])
-            wrong = [n for n in want if str(got.get(n, "")).upper() != want[n]]
-            stuck = [n for n in wrong if n in named]
-            if stuck:
-                n = stuck[0]
-                raise ValueError(
-                    f"tensor {n}: llama.cpp's rules store {got.get(n)} even with a pattern naming {want[n]} "
-                    "(not quantized, or a row length the type's block does not divide)"
-                )
-            if not wrong:
-                break
-            named.update(wrong)
-    return [(tensor_pattern(n), want[n]) for n in want if n in named]
-
-
-def write_recipe(
-    path: str | os.PathLike,
-    choice: Allocation | Mapping[str, str],
-    base_type: str,
-    output_tensor_type: str | None = None,
-    token_embedding_type: str | None = None,
-    *,
-    plan: Planner | None = None,
-) -> Recipe:
-    """Write the choice as llama-quantize's --tensor-type-file, and its options to PATH.options.
-
-    base_type: the mix given as llama-quantize's TYPE (its float mixes ignore patterns, so they are
-    refused). output/token embedding types default to the choice's own for output.weight and
-    token_embd.weight; given ones must agree with it. plan: see recipe_entries.
-    """
-    from .mixes import find_mix
-
-    mix = find_mix(base_type)
-    if mix is None:
-        raise ValueError(f"unknown base type {base_type!r} (see `gpuquant mixes`)")
-    if mix.is_copy or mix.base.is_float:
-        raise ValueError(f"base type {mix.name}: llama-quantize ignores --tensor-type patterns under a float mix")
-    types = dict(choice.types if isinstance(choice, Allocation) else choice)
-    output_tensor_type = _option_type("--output-tensor-type", output_tensor_type, types.get("output.weight"))
-    token_embedding_type = _option_type("--token-embedding-type", token_embedding_type, types.get("token_embd.weight"))
-    entries = recipe_entries(types, plan)
-    path = Path(path)
-    options_path = path.with_name(path.name + ".options")
-    options = ["--tensor-type-file", path.name]
-    if output_tensor_type:
-        options += ["--output-tensor-type", output_tensor_type]
-    if token_embedding_type:
-        options += ["--token-embedding-type", token_embedding_type]
-    path.write_text("".join(f"{p}={t}\n" for p, t in entries), encoding="utf-8")
-    notes = [
-        f"# llama-quantize options for the recipe {path.name} (its --tensor-type-file takes PATTERN=TYPE words",
-        "# and nothing else, so they are kept here); TYPE, the base mix, is the positional type argument.",
-    ]
-    if isinstance(choice, Allocation):
-        proven = "proven optimal" if choice.optimal else f"not proven optimal, gap <= {choice.gap:.6g}"
-        notes.append(
-            f"# predicted size {human_size(choice.total_size)} for a budget of {human_size(choice.budget)}; "
-            f"total error {choice.total_error:.6g} ({proven})"
-        )
-    body = "\n".join(notes + [" ".join(options), f"TYPE={mix.name}"]) + "\n"
-    options_path.write_text(body, encoding="utf-8")
-    return Recipe(path, options_path, tuple(entries), tuple(options), mix.name)
-
-
-def _option_type(option: str, given: str | None, chosen: str | None) -> str | None:
-    if given is None:
-        return chosen.upper() if chosen else None
-    if chosen is not None and chosen.upper() != given.upper():
-        raise ValueError(f"{option} {given} disagrees with the type chosen for that tensor, {chosen}")
-    return given.upper()
-

@@ -12,10 +12,7 @@ import re
 import pytest
 
 from gpuquant import target_size as ts
-from gpuquant.archs import llama_cpp
 from gpuquant.llama_cli import read_tensor_type_file
-from gpuquant.mixes import find_mix
-from gpuquant.qtypes import QTYPES
 from gpuquant.target_size import (
     Allocation,
     BudgetError,
@@ -481,136 +478,7 @@ def test_file_fingerprint(tmp_path):
     assert len(ts.file_fingerprint(small)) == 64
 
 
-# ------------------------------------------------------------------------------------ recipe
-
-
-def _toy_model():
-    """A 4-layer llama: what llama.cpp's rules see of it."""
-    views = [llama_cpp.TensorView("token_embd.weight", (256, 512), QTYPES["F16"])]
-    for i in range(4):
-        for part, shape in (("attn_q", (256, 256)), ("attn_k", (256, 64)), ("attn_v", (256, 64)),
-                            ("attn_output", (256, 256)), ("ffn_gate", (256, 512)), ("ffn_up", (256, 512)),
-                            ("ffn_down", (512, 256))):
-            views.append(llama_cpp.TensorView(f"blk.{i}.{part}.weight", shape, QTYPES["F16"]))
-        views.append(llama_cpp.TensorView(f"blk.{i}.attn_norm.weight", (256,), QTYPES["F32"]))
-    views.append(llama_cpp.TensorView("output.weight", (256, 512), QTYPES["F16"]))
-    hp = llama_cpp.Hparams("llama", n_layer=4, n_head=4, n_head_kv=1)
-    return views, hp
-
-
-def _plan_from_file(path, views, hp, base, **options):
-    patterns = tuple(read_tensor_type_file(str(path)))
-    opts = llama_cpp.LlamaOptions(mix=_mix(base), tensor_types=patterns, **options)
-    return {v.name: c.qtype.name for v, c in zip(views, llama_cpp.plan_llama(views, hp, opts), strict=True)}
-
-
-def _mix(name):
-    return find_mix(name)
-
-
-def _random_choice(views, seed):
-    rng = random.Random(seed)
-    quantizable = [v.name for v in views if v.name.endswith(".weight") and "norm" not in v.name]
-    return {n: rng.choice(["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q2_K", "Q3_K"]) for n in quantizable}
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_recipe_round_trip_every_tensor(tmp_path, seed):
-    views, hp = _toy_model()
-    choice = _random_choice(views, seed)
-    recipe = ts.write_recipe(tmp_path / "recipe.txt", choice, "Q4_K_M")
-    lines = (tmp_path / "recipe.txt").read_text().splitlines()
-    assert len(lines) == len(choice) and all(line.count("=") == 1 for line in lines)
-    assert lines[0] == f"^token_embd\\.weight$={choice['token_embd.weight']}"
-    got = _plan_from_file(recipe.path, views, hp, "Q4_K_M")
-    assert {n: got[n] for n in choice} == choice
-    # with the sidecar's options the types are the same (the options agree with the patterns)
-    got = _plan_from_file(recipe.path, views, hp, "Q4_K_M",
-                          output_tensor_type=QTYPES[choice["output.weight"]],
-                          token_embedding_type=QTYPES[choice["token_embd.weight"]])
-    assert {n: got[n] for n in choice} == choice
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_recipe_minimal_with_planner(tmp_path, seed):
-    views, hp = _toy_model()
-    base = llama_cpp.plan_llama(views, hp, llama_cpp.LlamaOptions(mix=_mix("Q4_K_M")))
-    choice = {v.name: c.qtype.name for v, c in zip(views, base, strict=True) if "norm" not in v.name}
-    rng = random.Random(seed)
-    for name in rng.sample(sorted(choice), 5):  # a few departures from the mix
-        choice[name] = rng.choice(["Q2_K", "Q3_K", "Q8_0", "Q6_K"])
-    plan = ts.llama_rules_planner(views, hp, "Q4_K_M",
-                                  output_tensor_type=choice["output.weight"],
-                                  token_embedding_type=choice["token_embd.weight"])
-    recipe = ts.write_recipe(tmp_path / "r.txt", choice, "Q4_K_M", plan=plan)
-    named = {p for p, _ in recipe.entries}
-    assert len(recipe.entries) < len(choice)  # the mix's own types need no line
-    assert "^token_embd\\.weight$" in named and "^output\\.weight$" in named
-    for options in ({}, {"output_tensor_type": QTYPES[choice["output.weight"]],
-                         "token_embedding_type": QTYPES[choice["token_embd.weight"]]}):
-        got = _plan_from_file(recipe.path, views, hp, "Q4_K_M", **options)
-        assert {n: got[n] for n in choice} == choice
-
-
-def test_recipe_counter_shift_is_handled(tmp_path):
-    """Naming blk.0.attn_v stops llama.cpp's attn_v counter for it, so under Q4_K_M the later
-    attn_v tensors get the types of earlier ones; the recipe names those too."""
-    views, hp = _toy_model()
-    base = {v.name: c.qtype.name for v, c in zip(
-        views, llama_cpp.plan_llama(views, hp, llama_cpp.LlamaOptions(mix=_mix("Q4_K_M"))), strict=True)}
-    choice = {n: t for n, t in base.items() if "norm" not in n}
-    assert [base[f"blk.{i}.attn_v.weight"] for i in range(4)] == ["Q4_K", "Q4_K", "Q6_K", "Q6_K"]
-    choice["blk.0.attn_v.weight"] = "Q8_0"
-    plan = ts.llama_rules_planner(views, hp, "Q4_K_M")
-    shifted = plan([("^blk\\.0\\.attn_v\\.weight$", "Q8_0")])
-    assert [shifted[f"blk.{i}.attn_v.weight"] for i in range(4)] == ["Q8_0", "Q4_K", "Q4_K", "Q6_K"]
-    recipe = ts.write_recipe(tmp_path / "r.txt", choice, "Q4_K_M", plan=plan)
-    named = [p for p, _ in recipe.entries]
-    assert named == ["^token_embd\\.weight$", "^blk\\.0\\.attn_v\\.weight$", "^blk\\.2\\.attn_v\\.weight$",
-                     "^blk\\.3\\.attn_v\\.weight$", "^output\\.weight$"]  # each named one stops the counter again
-    got = _plan_from_file(recipe.path, views, hp, "Q4_K_M")
-    assert {n: got[n] for n in choice} == choice
-
-
-def test_recipe_options_sidecar(tmp_path):
-    choice = {"token_embd.weight": "q4_k", "output.weight": "Q6_K", "blk.0.attn_q.weight": "Q5_K"}
-    recipe = ts.write_recipe(tmp_path / "r.txt", choice, "q4_k_m")
-    assert recipe.options == ("--tensor-type-file", "r.txt", "--output-tensor-type", "Q6_K",
-                              "--token-embedding-type", "Q4_K")
-    assert recipe.base_type == "Q4_K_M"
-    assert recipe.options_path == tmp_path / "r.txt.options"
-    lines = recipe.options_path.read_text().splitlines()
-    assert lines[-2] == " ".join(recipe.options)
-    assert lines[-1] == "TYPE=Q4_K_M"
-    assert all(line.startswith("#") for line in lines[:-2])
-    # the recipe itself holds PATTERN=TYPE words only: llama-quantize has no comment syntax
-    assert (tmp_path / "r.txt").read_text() == (
-        "^token_embd\\.weight$=Q4_K\n^output\\.weight$=Q6_K\n^blk\\.0\\.attn_q\\.weight$=Q5_K\n"
-    )
-
-
-def test_recipe_from_allocation_notes_the_prediction(tmp_path):
-    tensors = [TensorCandidates("blk.0.ffn_up.weight", [Candidate("Q4_K", 100, 2.0), Candidate("Q8_0", 200, 0.5)])]
-    a = allocate(tensors, 250, 50)
-    recipe = ts.write_recipe(tmp_path / "r.txt", a, "Q4_K_M")
-    assert recipe.entries == (("^blk\\.0\\.ffn_up\\.weight$", "Q8_0"),)
-    assert recipe.options == ("--tensor-type-file", "r.txt")
-    assert "predicted size 250 bytes for a budget of 250 bytes; total error 0.5 (proven optimal)" in (
-        recipe.options_path.read_text())
-
-
-def test_recipe_refusals(tmp_path):
-    with pytest.raises(ValueError, match="disagrees"):
-        ts.write_recipe(tmp_path / "r.txt", {"output.weight": "Q6_K"}, "Q4_K_M", output_tensor_type="Q8_0")
-    with pytest.raises(ValueError, match="float mix"):
-        ts.write_recipe(tmp_path / "r.txt", {"a.weight": "Q6_K"}, "F16")
-    with pytest.raises(ValueError, match="unknown base type"):
-        ts.write_recipe(tmp_path / "r.txt", {"a.weight": "Q6_K"}, "Q9_K")
-    views, hp = _toy_model()
-    plan = ts.llama_rules_planner(views, hp, "Q4_K_M")
-    with pytest.raises(ValueError, match="blk.0.attn_norm.weight: llama.cpp's rules store F32"):
-        ts.recipe_entries({"blk.0.attn_norm.weight": "Q8_0"}, plan)
-    assert not (tmp_path / "r.txt").exists()
+# ------------------------------------------------------------------------------------ recipe patterns
 
 
 @pytest.mark.parametrize(
