@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from gpuquant.backends import Chunk, cupy_available, native_backend  # noqa: E402
 from gpuquant.backends.cupy.device import simulator_enabled  # noqa: E402
+from gpuquant.outputs import RunOptions  # noqa: E402
 from gpuquant.pipeline import quantize_file  # noqa: E402
 from gpuquant.qtypes import resolve  # noqa: E402
 
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             for backend in backends:
                 dst = args.data_dir / f"{src.stem.removesuffix('-f32')}-{name.lower()}-{backend}.gguf"
                 start = time.perf_counter()
-                quantize_file(src, dst, name, backend=backend, n_threads=args.cpu_threads)
+                quantize_file(src, dst, name, options=RunOptions(backend=backend, n_threads=args.cpu_threads))
                 wall = time.perf_counter() - start
                 outputs[backend] = dst
                 results.append({"model": model, "type": name, "backend": backend, "seconds": round(wall, 3),

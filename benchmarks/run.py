@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gpuquant.backends.numpy_backend import NumpyBackend  # noqa: E402
+from gpuquant.outputs import RunOptions  # noqa: E402
 from gpuquant.qtypes import QTYPES  # noqa: E402
 
 # ggml C, one thread, 4096x4096 float32, this project's 2-core machine (shared/DESIGN.md)
@@ -402,7 +403,8 @@ def bench_gpu_host(data_dir: Path, threads: int) -> None:
                     for _ in range(2):
                         dst.unlink(missing_ok=True)
                         t0 = time.perf_counter()
-                        quantize_file(src, dst, mix, backend="cupy", n_threads=n, measure_error=measure)
+                        quantize_file(src, dst, mix,
+                                      options=RunOptions(backend="cupy", n_threads=n, measure_error=measure))
                         best = min(best, time.perf_counter() - t0)
                     print(f"{mix:<7} {n:>7} {'yes' if measure else 'no':<6} {best:>6.2f} {size / best:>6.2f}")
     finally:
@@ -434,18 +436,19 @@ def bench_target_size(data_dir: Path, threads: int) -> None:
     plain, target = data_dir / "target-plain.gguf", data_dir / "target.gguf"
     print(f"\nJ. --target-size, llama 4096-wide F16 {src.stat().st_size / 1e9:.2f} GB, native, {threads} threads")
     t0 = time.perf_counter()
-    quantize_file(src, plain, "Q4_K_M", backend="native", n_threads=threads, measure_error=False)
+    quantize_file(src, plain, "Q4_K_M", options=RunOptions(backend="native", n_threads=threads, measure_error=False))
     t_plain = time.perf_counter() - t0
     budget = plain.stat().st_size
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
-        cold = quantize_file(src, target, "Q4_K_M", backend="native", n_threads=threads, measure_error=False,
-                             target_size=TargetRequest(size=budget, cache_dir=Path(cache)))
+        cold = quantize_file(src, target, "Q4_K_M",
+                             target_size=TargetRequest(size=budget, cache_dir=Path(cache)),
+                             options=RunOptions(backend="native", n_threads=threads, measure_error=False))
         t_cold = time.perf_counter() - t0
         target.unlink()
         t0 = time.perf_counter()
-        quantize_file(src, target, "Q4_K_M", backend="native", n_threads=threads, measure_error=False,
-                      target_size=TargetRequest(size=budget, cache_dir=Path(cache)))
+        quantize_file(src, target, "Q4_K_M", target_size=TargetRequest(size=budget, cache_dir=Path(cache)),
+                      options=RunOptions(backend="native", n_threads=threads, measure_error=False))
         t_warm = time.perf_counter() - t0
         print(f"{'run':<28} {'s':>7} {'x plain':>8} {'bytes':>12}")
         print(f"{'Q4_K_M':<28} {t_plain:>7.1f} {1:>8.2f} {budget:>12}")
@@ -455,8 +458,9 @@ def bench_target_size(data_dir: Path, threads: int) -> None:
               f"{len(cold.target.candidates)} types on {cold.target.sample_rows} rows each")
         choices = {}
         for rows in (16, 64, 256):
-            summary = quantize_file(src, None, "Q4_K_M", backend="native", n_threads=threads, dry_run=True,
-                                    target_size=TargetRequest(size=budget, sample_rows=rows, cache_dir=Path(cache)))
+            summary = quantize_file(src, None, "Q4_K_M",
+                                    target_size=TargetRequest(size=budget, sample_rows=rows, cache_dir=Path(cache)),
+                                    options=RunOptions(backend="native", n_threads=threads, dry_run=True))
             choices[rows] = summary.target
     reference = {name: t.name for name, t in choices[256].types.items()}
     print(f"{'sample rows':<12} {'same types as with 256 rows':>28}")
@@ -467,13 +471,72 @@ def bench_target_size(data_dir: Path, threads: int) -> None:
         path.unlink(missing_ok=True)
 
 
+STANDARD_MIXES = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0")
+
+
+def bench_publish(data_dir: Path, threads: int, llama_quantize: Path, mixes: tuple[str, ...] = STANDARD_MIXES) -> None:
+    """Issue 20: one `gpuquant publish` of the standard mixes against ten `gpuquant quantize` runs and
+    ten llama-quantize runs, same model, backend and threads, warm page cache; every file compared."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    from gpuquant.synthetic_llama import wide_llama_layout, write_llama_model
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    src = data_dir / "llama-4096-2layers-f32.gguf"
+    if not src.exists():
+        print(f"writing {src} ...", file=sys.stderr)
+        write_llama_model(wide_llama_layout(), src)
+    subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)
+    print(f"\nK. publish: {len(mixes)} mixes of llama 4096-wide F32 ({src.stat().st_size / 1e9:.2f} GB), native, "
+          f"{threads} threads, warm cache: one publish against one quantize run per mix")
+    outdir = Path(tempfile.mkdtemp(prefix="publish-", dir=data_dir))
+    try:
+        args = ["publish", str(src), str(outdir), "--mixes", ",".join(mixes), "--name", "m", "--backend", "native",
+                "--n-threads", str(threads), "--quiet"]
+        t_publish, rss_publish = _run_peak_rss(args)
+        digests = {m: hashlib.sha256((outdir / f"m-{m}.gguf").read_bytes()).hexdigest() for m in mixes}
+        have_llama = llama_quantize.exists()
+        print(f"{'mix':<8} {'quantize s':>10} {'llama s':>8} {'GB':>6}  same as publish (quantize, llama-quantize)")
+        t_ours = t_ref = 0.0
+        all_same = True
+        for mix in mixes:
+            one = data_dir / "publish-single.gguf"
+            one.unlink(missing_ok=True)
+            w_ours, _ = _run_peak_rss(["quantize", str(src), str(one), mix, str(threads), "--backend", "native",
+                                       "--quiet"])
+            same_ours = hashlib.sha256(one.read_bytes()).hexdigest() == digests[mix]
+            size = one.stat().st_size / 1e9
+            one.unlink()
+            t_ours += w_ours
+            w_ref, same_ref = float("nan"), None
+            if have_llama:
+                w_ref, _ = _binary_peak_rss([str(llama_quantize), str(src), str(one), mix, str(threads)])
+                same_ref = hashlib.sha256(one.read_bytes()).hexdigest() == digests[mix]
+                one.unlink()
+                t_ref += w_ref
+            all_same &= same_ours and same_ref is not False
+            ref_text = "-" if same_ref is None else ("yes" if same_ref else "NO")
+            print(f"{mix:<8} {w_ours:>10.1f} {w_ref:>8.1f} {size:>6.2f}  {'yes' if same_ours else 'NO'}, {ref_text}")
+        print(f"publish: {t_publish:.1f} s, peak RSS {rss_publish:.2f} GB; ten quantize runs {t_ours:.1f} s: "
+              f"{t_publish / t_ours:.2f}x (target <= 0.6)")
+        if have_llama:
+            print(f"ten llama-quantize runs {t_ref:.1f} s: publish is {t_publish / t_ref:.2f}x (target <= 0.5)")
+        else:
+            print(f"(llama-quantize skipped: no {llama_quantize}; `make reference` builds it)")
+        print(f"every file identical: {'yes' if all_same else 'NO'}")
+    finally:
+        shutil.rmtree(outdir, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench")
     ap.add_argument("--skip-file", action="store_true", help="only the array benchmarks")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=["arrays", "tts", "llama", "native", "numpy-lattice", "error", "widen",
-                                       "gpu-host", "target"],
+                                       "gpu-host", "target", "publish"],
                     help="one section")
     ap.add_argument("--llama-quantize", type=Path, default=ROOT / "build" / "reference" / "llama-quantize")
     args = ap.parse_args()
@@ -496,6 +559,8 @@ def main() -> None:
         bench_gpu_host(args.data_dir, args.threads)
     if not args.skip_file and args.only in (None, "target"):
         bench_target_size(args.data_dir, args.threads)
+    if not args.skip_file and args.only in (None, "publish"):
+        bench_publish(args.data_dir, args.threads, args.llama_quantize)
     if args.only is not None:
         return
     try:

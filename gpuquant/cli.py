@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from dataclasses import dataclass
 
 import click
 
 from . import __version__
+from .model_plan import LlamaRequest
+from .outputs import RunOptions, TtsRequest
 from .qtypes import QTYPES
 from .synthetic_llama import LAYOUT_NAMES
 
@@ -27,6 +30,130 @@ def main() -> None:
     debugging)."""
 
 
+_SHARED_OPTIONS = [
+    click.option("--n-threads", "-nt", "n_threads", type=int, default=None,
+                 help="CPU threads for the native and NumPy backends (default: all cores); never changes bytes."),
+    click.option("--convert-dac-to-f16", "-df", is_flag=True, help="Store the audio codec (audio_encoder.*) as F16."),
+    click.option("--quantize-output-heads", "-qh", is_flag=True, help="Also quantize the output heads."),
+    click.option("--quantize-text-embedding", "-qe", is_flag=True, help="Also quantize the text embeddings."),
+    click.option("--quantize-cross-attn-kv", "-qkv", is_flag=True,
+                 help="Also quantize the cross-attention key/value projections."),
+    click.option("--convert-non-quantized-to-f16", "-nqf", is_flag=True,
+                 help="Store tensors that stay unquantized as F16 (TTS.cpp's Kokoro rule, on every architecture)."),
+    click.option("--imatrix", "imatrix", metavar="FILE",
+                 help="llama.cpp importance matrix (GGUF or legacy .dat) for the weighted quantizers."),
+    click.option("--include-weights", multiple=True, metavar="NAME",
+                 help="Use the imatrix only for tensors naming this."),
+    click.option("--exclude-weights", multiple=True, metavar="NAME", help="No imatrix for tensors naming this."),
+    click.option("--allow-requantize", is_flag=True, help="Dequantize quantized tensors and quantize them again."),
+    click.option("--leave-output-tensor", is_flag=True, help="Leave output.weight as it is."),
+    click.option("--pure", is_flag=True, help="No mix rules: every quantizable tensor gets the mix's base type."),
+    click.option("--output-tensor-type", metavar="GGML_TYPE", help="Type of output.weight."),
+    click.option("--token-embedding-type", metavar="GGML_TYPE", help="Type of the token embeddings."),
+    click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=GGML_TYPE",
+                 help="Type of the tensors a regular expression finds (first match wins; repeatable)."),
+    click.option("--tensor-type-file", metavar="FILE",
+                 help="PATTERN=GGML_TYPE entries separated by spaces or newlines."),
+    click.option("--prune-layers", metavar="L0,L1,...", help="Remove these layers and renumber the rest."),
+    click.option("--keep-split", is_flag=True, help="Write the same shards as a split input, with split.* keys."),
+    click.option("--override-kv", "kv_overrides", multiple=True, metavar="KEY=TYPE:VALUE",
+                 help="Set a key in the output (TYPE int, float, bool or str); repeatable."),
+    click.option("--target-types", metavar="T1,T2,...",
+                 help="Candidate types for --target-size/--target-bpw (default: Q2_K..Q6_K, Q8_0, Q4_0, Q4_1, "
+                      "Q5_0, Q5_1, IQ4_NL, and with --imatrix IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS)."),
+    click.option("--target-sample", type=int, default=None, metavar="ROWS",
+                 help="Rows per tensor measured for each candidate (default 64; seeded, cached)."),
+    click.option("--target-objective", type=click.Choice(["relative", "absolute"]), default=None,
+                 help="What the search minimises: each tensor's importance-weighted relative squared error, "
+                      "summed (relative, the default), or the squared errors themselves (absolute)."),
+    click.option("--max-buffer-size", metavar="MiB", help="Largest piece of a tensor held in memory at once."),
+    click.option("--backend", type=click.Choice(["auto", "native", "numpy", "cupy"]), default="auto",
+                 show_default=True,
+                 help="auto: CuPy with a CUDA device, else native (the kernels built for this CPU), else NumPy. "
+                      "cupy with GPUQUANT_CUDA_SIM=1: the CUDA simulator."),
+    click.option("--report-sample", type=int, default=None, metavar="N",
+                 help="Measure the error on N seeded random rows per tensor instead of every row."),
+    click.option("--no-error", is_flag=True, help="Do not measure the error (saves the dequantize pass)."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress and no summary."),
+]
+
+
+def _shared_options(command):
+    """The options `quantize` and `publish` both take: llama-quantize's and TTS.cpp's, and the run's."""
+    for option in reversed(_SHARED_OPTIONS):
+        command = option(command)
+    return command
+
+
+@dataclass
+class _Shared:
+    """What the shared options ask for, parsed (ValueError, one line, for what is wrong)."""
+
+    llama: LlamaRequest
+    tts: TtsRequest
+    imatrix: str | None
+    include_weights: tuple[str, ...]
+    exclude_weights: tuple[str, ...]
+    run: RunOptions
+    target_types: str | None
+    target_sample: int | None
+    target_objective: str | None
+    quiet: bool
+
+
+def _parse_shared(o: dict, dry_run: bool = False) -> _Shared:
+    from . import llama_cli
+
+    n_threads = o["n_threads"]
+    if n_threads is not None and n_threads < 1:
+        raise ValueError(f"--n-threads must be 1 or more, not {n_threads}")
+    if o["include_weights"] and o["exclude_weights"]:
+        raise ValueError("--include-weights and --exclude-weights cannot be used together")
+    if o["report_sample"] is not None and o["no_error"]:
+        raise ValueError("--report-sample and --no-error cannot be used together")
+    patterns = [llama_cli.parse_tensor_type(text) for text in o["tensor_types"]]
+    if o["tensor_type_file"]:
+        patterns += llama_cli.read_tensor_type_file(o["tensor_type_file"])
+    ggml_type = llama_cli.parse_ggml_type
+    llama = LlamaRequest(
+        pure=o["pure"],
+        leave_output_tensor=o["leave_output_tensor"],
+        output_tensor_type=ggml_type(o["output_tensor_type"]) if o["output_tensor_type"] else None,
+        token_embedding_type=ggml_type(o["token_embedding_type"]) if o["token_embedding_type"] else None,
+        tensor_types=tuple(patterns),
+        prune_layers=llama_cli.parse_prune_layers(o["prune_layers"]) if o["prune_layers"] is not None else (),
+        kv_overrides=tuple(llama_cli.parse_kv_override(text) for text in o["kv_overrides"]),
+        keep_split=o["keep_split"],
+    )
+    tts = TtsRequest(
+        convert_dac_to_f16=o["convert_dac_to_f16"],
+        quantize_output_heads=o["quantize_output_heads"],
+        quantize_text_embeddings=o["quantize_text_embedding"],
+        quantize_cross_attn_kv=o["quantize_cross_attn_kv"],
+        convert_non_quantized_to_f16=o["convert_non_quantized_to_f16"],
+    )
+    buffer = o["max_buffer_size"]
+    run = RunOptions(
+        backend=o["backend"],
+        n_threads=n_threads or os.cpu_count() or 1,
+        measure_error=not o["no_error"],
+        report_sample=o["report_sample"],
+        progress=not o["quiet"],
+        dry_run=dry_run,
+        allow_requantize=o["allow_requantize"],
+        max_buffer_bytes=llama_cli.parse_max_buffer_size(buffer) if buffer is not None else None,
+    )
+    return _Shared(llama, tts, o["imatrix"], tuple(o["include_weights"]), tuple(o["exclude_weights"]), run,
+                   o["target_types"], o["target_sample"], o["target_objective"], o["quiet"])
+
+
+def _quiet_compiler(quiet: bool) -> None:
+    if quiet:
+        from .backends.cupy import compile as cupy_compile
+
+        cupy_compile.quiet = True  # nor the note that the CUDA kernels are being compiled
+
+
 @main.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("positional", nargs=-1, metavar="[IN.gguf [OUT.gguf] TYPE [NTHREADS]]")
 @click.option("--model-path", "-mp", "model_path", help="Input GGUF file (TTS.cpp's form).")
@@ -36,69 +163,23 @@ def main() -> None:
     help="Target type (TTS.cpp's form): a ggml type name in any case or a ggml type id (8 = Q8_0), "
          "or a llama.cpp mix name (Q4_K_M). Default Q4_0.",
 )
-@click.option("--n-threads", "-nt", "n_threads", type=int, default=None,
-              help="CPU threads for the native and NumPy backends (default: all cores); never changes bytes.")
-@click.option("--convert-dac-to-f16", "-df", is_flag=True, help="Store the audio codec (audio_encoder.*) as F16.")
-@click.option("--quantize-output-heads", "-qh", is_flag=True, help="Also quantize the output heads.")
-@click.option("--quantize-text-embedding", "-qe", is_flag=True, help="Also quantize the text embeddings.")
-@click.option("--quantize-cross-attn-kv", "-qkv", is_flag=True,
-              help="Also quantize the cross-attention key/value projections.")
-@click.option("--convert-non-quantized-to-f16", "-nqf", is_flag=True,
-              help="Store tensors that stay unquantized as F16 (TTS.cpp's Kokoro rule, on every architecture).")
-@click.option("--imatrix", "imatrix", metavar="FILE",
-              help="llama.cpp importance matrix (GGUF or legacy .dat) for the weighted quantizers.")
-@click.option("--include-weights", multiple=True, metavar="NAME", help="Use the imatrix only for tensors naming this.")
-@click.option("--exclude-weights", multiple=True, metavar="NAME", help="No imatrix for tensors naming this.")
-@click.option("--allow-requantize", is_flag=True, help="Dequantize quantized tensors and quantize them again.")
-@click.option("--leave-output-tensor", is_flag=True, help="Leave output.weight as it is.")
-@click.option("--pure", is_flag=True, help="No mix rules: every quantizable tensor gets the mix's base type.")
-@click.option("--output-tensor-type", metavar="GGML_TYPE", help="Type of output.weight.")
-@click.option("--token-embedding-type", metavar="GGML_TYPE", help="Type of the token embeddings.")
-@click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=GGML_TYPE",
-              help="Type of the tensors a regular expression finds (first match wins; repeatable).")
-@click.option("--tensor-type-file", metavar="FILE", help="PATTERN=GGML_TYPE entries separated by spaces or newlines.")
-@click.option("--prune-layers", metavar="L0,L1,...", help="Remove these layers and renumber the rest.")
-@click.option("--keep-split", is_flag=True, help="Write the same shards as a split input, with split.* keys.")
-@click.option("--override-kv", "kv_overrides", multiple=True, metavar="KEY=TYPE:VALUE",
-              help="Set a key in the output (TYPE int, float, bool or str); repeatable.")
+@_shared_options
 @click.option("--dry-run", is_flag=True, help="Show each tensor's type and the final size; write nothing.")
 @click.option("--target-size", metavar="SIZE",
               help="Choose each quantized tensor's type for the least error in a file of at most SIZE bytes "
                    "(K/M/G/T: powers of 1000, Ki/Mi/Gi/Ti: of 1024, e.g. 7.5G). TYPE is then the base mix.")
 @click.option("--target-bpw", metavar="B", help="The same for B bits per weight over all tensors.")
-@click.option("--target-types", metavar="T1,T2,...",
-              help="Candidate types for --target-size/--target-bpw (default: Q2_K..Q6_K, Q8_0, Q4_0, Q4_1, "
-                   "Q5_0, Q5_1, IQ4_NL, and with --imatrix IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS).")
-@click.option("--target-sample", type=int, default=None, metavar="ROWS",
-              help="Rows per tensor measured for each candidate (default 64; seeded, cached).")
-@click.option("--target-objective", type=click.Choice(["relative", "absolute"]), default=None,
-              help="What the search minimises: each tensor's importance-weighted relative squared error, summed "
-                   "(relative, the default), or the squared errors themselves (absolute).")
 @click.option("--recipe-out", metavar="FILE",
               help="Write the chosen types as a llama-quantize --tensor-type-file.")
-@click.option("--max-buffer-size", metavar="MiB", help="Largest piece of a tensor held in memory at once.")
-@click.option("--backend", type=click.Choice(["auto", "native", "numpy", "cupy"]), default="auto", show_default=True,
-              help="auto: CuPy with a CUDA device, else native (the kernels built for this CPU), else NumPy. "
-                   "cupy with GPUQUANT_CUDA_SIM=1: the CUDA simulator.")
 @click.option("--report", "reports", multiple=True, metavar="FILE.json|FILE.html",
               help="Write a report: every tensor's type, size and error; .html adds plots (repeatable).")
-@click.option("--report-sample", type=int, default=None, metavar="N",
-              help="Measure the error on N seeded random rows per tensor instead of every row.")
-@click.option("--no-error", is_flag=True, help="Do not measure the error (saves the dequantize pass).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
-def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_dac_to_f16,
-             quantize_output_heads, quantize_text_embedding, quantize_cross_attn_kv,
-             convert_non_quantized_to_f16, imatrix, include_weights, exclude_weights, allow_requantize,
-             leave_output_tensor, pure, output_tensor_type, token_embedding_type, tensor_types,
-             tensor_type_file, prune_layers, keep_split, kv_overrides, dry_run, target_size, target_bpw,
-             target_types, target_sample, target_objective, recipe_out, max_buffer_size, backend, reports,
-             report_sample, no_error, quiet) -> None:
+def quantize(positional, model_path, quantized_path, qtype, dry_run, target_size, target_bpw, recipe_out, reports,
+             **options) -> None:
     """Quantize a GGUF model: TTS.cpp's `quantize -mp IN -qp OUT -qt TYPE` or llama-quantize's
     `IN [OUT] TYPE [NTHREADS]` (TYPE a mix name or LLAMA_FTYPE number; no OUT: ggml-model-TYPE.gguf
     beside IN)."""
     from . import llama_cli
     from .mixes import find_mix, resolve_type_or_mix
-    from .model_plan import LlamaRequest
     from .pipeline import quantize_file
     from .size_search import DEFAULT_BASE
 
@@ -112,68 +193,36 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
             if sizing and len(positional) == 2 and find_mix(positional[1]) is None:
                 positional = (*positional, DEFAULT_BASE)  # IN OUT: the base mix of a target size
             model_path, quantized_path, target, positional_threads = llama_cli.parse_positional(
-                positional, dry_run, keep_split
+                positional, dry_run, options["keep_split"]
             )
             if positional_threads is not None:
-                if n_threads is not None:
+                if options["n_threads"] is not None:
                     _fail("the thread count is given twice (argument and --n-threads)")
-                n_threads = positional_threads if positional_threads > 0 else os.cpu_count() or 1
+                options["n_threads"] = positional_threads if positional_threads > 0 else os.cpu_count() or 1
         else:
             if not model_path:
                 _fail("missing the input model (--model-path/-mp or the first argument)")
             if not quantized_path and not dry_run:
                 _fail("missing the output path (--quantized-model-path/-qp or the second argument)")
             target = resolve_type_or_mix(qtype or "Q4_0")  # -qt: a ggml type (TTS.cpp's meaning) or a mix
-        if n_threads is not None and n_threads < 1:
-            _fail(f"--n-threads must be 1 or more, not {n_threads}")
-        if include_weights and exclude_weights:
-            _fail("--include-weights and --exclude-weights cannot be used together")
-        if report_sample is not None and no_error:
-            _fail("--report-sample and --no-error cannot be used together")
-        patterns = [llama_cli.parse_tensor_type(text) for text in tensor_types]
-        if tensor_type_file:
-            patterns += llama_cli.read_tensor_type_file(tensor_type_file)
-        request = LlamaRequest(
-            pure=pure,
-            leave_output_tensor=leave_output_tensor,
-            output_tensor_type=llama_cli.parse_ggml_type(output_tensor_type) if output_tensor_type else None,
-            token_embedding_type=llama_cli.parse_ggml_type(token_embedding_type) if token_embedding_type else None,
-            tensor_types=tuple(patterns),
-            prune_layers=llama_cli.parse_prune_layers(prune_layers) if prune_layers is not None else (),
-            kv_overrides=tuple(llama_cli.parse_kv_override(text) for text in kv_overrides),
-            keep_split=keep_split,
-        )
-        buffer_bytes = llama_cli.parse_max_buffer_size(max_buffer_size) if max_buffer_size is not None else None
-        sized = target_request(target_size, target_bpw, target_types, target_sample, target_objective, recipe_out)
+        shared = _parse_shared(options, dry_run)
+        sized = target_request(target_size, target_bpw, shared.target_types, shared.target_sample,
+                               shared.target_objective, recipe_out)
     except ValueError as e:
         _fail(str(e))
-    if quiet:
-        from .backends.cupy import compile as cupy_compile
-
-        cupy_compile.quiet = True  # nor the note that the CUDA kernels are being compiled
+    _quiet_compiler(shared.quiet)
     _interrupt_on_termination()
     try:
         summary = quantize_file(
             model_path, quantized_path, target,
-            backend=backend,
-            n_threads=n_threads or os.cpu_count() or 1,
-            convert_dac_to_f16=convert_dac_to_f16,
-            quantize_output_heads=quantize_output_heads,
-            quantize_text_embeddings=quantize_text_embedding,
-            quantize_cross_attn_kv=quantize_cross_attn_kv,
-            convert_non_quantized_to_f16=convert_non_quantized_to_f16,
-            imatrix=imatrix,
-            include_weights=include_weights,
-            exclude_weights=exclude_weights,
-            llama=request,
-            allow_requantize=allow_requantize,
-            dry_run=dry_run,
-            max_buffer_bytes=buffer_bytes,
-            progress=not quiet,
-            measure_error=not no_error,
-            report_sample=report_sample,
-            reports=reports,
+            llama=shared.llama,
+            tts=shared.tts,
             target_size=sized,
+            reports=reports,
+            imatrix=shared.imatrix,
+            include_weights=shared.include_weights,
+            exclude_weights=shared.exclude_weights,
+            options=shared.run,
         )
     except KeyboardInterrupt:
         _fail("interrupted; no output written", 130)
@@ -181,8 +230,106 @@ def quantize(positional, model_path, quantized_path, qtype, n_threads, convert_d
         _fail(str(e))
     if dry_run:
         click.echo(summary.dry_run_table())  # the result of a dry run: on stdout
-    elif not quiet:
+    elif not shared.quiet:
         click.echo(summary.table(), err=True)
+
+
+@main.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source", metavar="IN.gguf")
+@click.argument("outdir", metavar="OUTDIR")
+@click.option("--mix", "mixes", multiple=True, metavar="MIX",
+              help="A llama-quantize mix (Q4_K_M) or ggml type to publish (repeatable).")
+@click.option("--mixes", "mix_list", metavar="M1,M2,...", help="Several mixes at once, comma-separated.")
+@click.option("--target-size", "target_sizes", multiple=True, metavar="SIZE",
+              help="Also a file of at most SIZE bytes with the least error (as quantize's --target-size; "
+                   "repeatable; named <model>-SIZE.gguf).")
+@click.option("--target-bpw", "target_bpws", multiple=True, metavar="B",
+              help="Also a file of B bits per weight with the least error (repeatable; <model>-Bbpw.gguf).")
+@_shared_options
+@click.option("--report", "report_kinds", multiple=True, type=click.Choice(["json", "html"]),
+              help="Write each output's report beside it, <model>-<MIX>.json or .html (repeatable).")
+@click.option("--name", "name", metavar="MODEL", help="The outputs' name stem (default: IN's name less its type).")
+@click.option("--force", is_flag=True, help="Write every output, even those already there and matching their "
+                                            "manifest.")
+@click.option("--dry-run", is_flag=True, help="Plan every output and show their sizes; read and write nothing.")
+def publish(source, outdir, mixes, mix_list, target_sizes, target_bpws, report_kinds, name, force, dry_run,
+            **options) -> None:
+    """Publish a model in many mixes from one read: OUTDIR/<model>-<MIX>.gguf for each --mix, each the
+    file `quantize` writes for that mix alone (and so llama-quantize's). Every (tensor, type) pair is
+    quantized once; outputs already there and matching their manifest are skipped, so an interrupted
+    publish resumes. Ends with a table across the outputs, a model card (<model>-mixes.md) and a plot
+    of error against size (<model>-error-vs-size.png)."""
+    from .publish import publish as run_publish
+
+    try:
+        job, run = publish_job(source, outdir, mixes, mix_list, target_sizes, target_bpws, report_kinds, name,
+                               force, dry_run, options)
+    except ValueError as e:
+        _fail(str(e))
+    _quiet_compiler(not run.progress)
+    _interrupt_on_termination()
+    try:
+        result = run_publish(job, run)
+    except KeyboardInterrupt:
+        _fail("interrupted; the outputs not yet finished were not written", 130)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    if dry_run:
+        for out in result.outputs:
+            click.echo(f"== {out.label}")
+            click.echo(out.summary.dry_run_table())
+    elif run.progress:
+        click.echo(result.table, err=True)
+        for path in (result.card, result.plot):
+            if path is not None:
+                click.echo(f"wrote {path}", err=True)
+
+
+def publish_job(source, outdir, mixes, mix_list, target_sizes, target_bpws, report_kinds, name, force, dry_run,
+                options: dict):
+    """(PublishJob, RunOptions) from `publish`'s parsed options; ValueError (one line) otherwise."""
+    from pathlib import Path
+
+    from .mixes import resolve_type_or_mix
+    from .publish import PublishEntry, PublishJob
+
+    shared = _parse_shared(options, dry_run)
+    names = list(mixes) + [m for m in (mix_list or "").split(",") if m.strip()]
+    entries = []
+    for text in names:
+        resolved = resolve_type_or_mix(text.strip())
+        entries.append(PublishEntry(resolved.name, mix=resolved.name))
+    for size in target_sizes:
+        request = target_request(size, None, shared.target_types, shared.target_sample, shared.target_objective,
+                                 None)
+        entries.append(PublishEntry(size.strip(), target=request))
+    for bpw in target_bpws:
+        request = target_request(None, bpw, shared.target_types, shared.target_sample, shared.target_objective,
+                                 None)
+        entries.append(PublishEntry(f"{bpw.strip()}bpw", target=request))
+    if not target_sizes and not target_bpws:
+        target_request(None, None, shared.target_types, shared.target_sample, shared.target_objective, None)
+    job = PublishJob(
+        source=Path(source), outdir=Path(outdir), entries=tuple(entries), llama=shared.llama, tts=shared.tts,
+        imatrix=Path(shared.imatrix) if shared.imatrix else None, include_weights=shared.include_weights,
+        exclude_weights=shared.exclude_weights, reports=tuple(dict.fromkeys(report_kinds)), force=force,
+        model_name=name,
+    )
+    return job, shared.run
+
+
+def publish_job_from_args(args: list[str]):
+    """(PublishJob, RunOptions) from a `gpuquant publish` command line (the words after `publish`), as
+    `gpuquant batch` makes them; ValueError (one line) for what the command would refuse."""
+    try:
+        ctx = publish.make_context("publish", list(args), resilient_parsing=False)
+    except click.ClickException as e:
+        raise ValueError(e.format_message()) from None
+    p = dict(ctx.params)
+    keys = ("source", "outdir", "mixes", "mix_list", "target_sizes", "target_bpws", "report_kinds", "name",
+            "force", "dry_run")
+    fixed = [p.pop(k) for k in keys]
+    return publish_job(*fixed, p)
 
 
 def target_request(size: str | None, bpw: str | None, types: str | None, sample: int | None,

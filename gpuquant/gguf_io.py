@@ -8,6 +8,7 @@ order, in pieces, into a temporary file that is renamed over the destination onl
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import mmap
 import os
@@ -375,8 +376,11 @@ class AtomicGGUFWriter:
         metadata: Iterable[MetadataEntry],
         tensors: list[PlannedTensor],
         alignment: int,
+        digest: bool = False,
     ) -> None:
         self.dst = Path(dst)
+        self._hash = hashlib.sha256() if digest else None
+        self.sha256 = ""  # with digest: the file's, once committed
         remove_stale_partials(self.dst)
         self.tmp = self.dst.with_name(f".{self.dst.name}.{os.getpid()}.partial")
         self._unnamed = False
@@ -393,6 +397,9 @@ class AtomicGGUFWriter:
             self._out = self._writer.fout[0]
             self._pad()
             self._header_bytes = self._out.tell()
+            if self._hash is not None:
+                self._out.flush()
+                self._hash.update(os.pread(self._out.fileno(), self._header_bytes, 0))
             self._preallocate()
         except OSError as e:
             error = self._disk_error(e)
@@ -446,6 +453,8 @@ class AtomicGGUFWriter:
         pad = -pos % self._writer.data_alignment
         if pad:
             self._out.write(b"\0" * pad)
+            if self._hash is not None and hasattr(self, "_header_bytes"):
+                self._hash.update(b"\0" * pad)
 
     def write(self, data: np.ndarray) -> None:
         """Appends bytes of the current tensor; a tensor may arrive in any number of pieces."""
@@ -457,6 +466,8 @@ class AtomicGGUFWriter:
             self._out.write(memoryview(data))
         except OSError as e:
             raise self._disk_error(e) from None
+        if self._hash is not None:
+            self._hash.update(memoryview(data))  # on the writer's thread: hashlib lets go of the GIL
         self._written_in_tensor += data.size
         if self._written_in_tensor == self._expected[self._index]:
             self._index += 1
@@ -469,6 +480,8 @@ class AtomicGGUFWriter:
         self._out.flush()
         if os.fstat(self._out.fileno()).st_size != self._out.tell():
             raise RuntimeError("output size differs from its layout")  # the preallocation was wrong
+        if self._hash is not None:
+            self.sha256 = self._hash.hexdigest()
         try:
             if self._unnamed:
                 # link the unnamed file under the temporary name, then rename it over dst (a link

@@ -70,6 +70,7 @@ class Summary:
     target: Any = None  # --target-size / --target-bpw: the size search's TargetChoice
     target_actual_bytes: int | None = None  # what the choice is judged by, measured after the run
     recipe: str | None = None  # --recipe-out: the llama-quantize --tensor-type-file written
+    sha256: list[str] = field(default_factory=list)  # of each output file, with RunOptions.digest
 
     def _converted(self) -> list[TensorRecord]:
         return [r for r in self.records if r.error is not None and r.dst_type != r.src_type]

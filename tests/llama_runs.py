@@ -10,6 +10,7 @@ import gguf
 import numpy as np
 
 from gpuquant.gguf_header import tensor_infos
+from gpuquant.outputs import RunOptions
 from gpuquant.qtypes import BY_ID
 from gpuquant.synthetic_llama import write_llama_model, write_synthetic_imatrix
 
@@ -39,7 +40,7 @@ def build_inputs(work: Path, run: dict) -> dict[str, str]:
             from gpuquant.mixes import find_mix
             from gpuquant.pipeline import quantize_file
 
-            quantize_file(f32, path, find_mix(source), backend="numpy")
+            quantize_file(f32, path, find_mix(source), options=RunOptions(backend="numpy"))
     imatrix = work / f"{model}.imatrix.gguf"
     if run["imatrix"] and not imatrix.exists():
         write_synthetic_imatrix(f32, imatrix)

@@ -203,6 +203,7 @@ def test_kernels_load_once():
 import test_gpu_stream_fake as streaming  # noqa: E402  (its chunk cases and helpers)
 
 from gpuquant.backends import Chunk  # noqa: E402
+from gpuquant.outputs import RunOptions  # noqa: E402
 from gpuquant.synthetic import write_synthetic_model  # noqa: E402
 
 
@@ -254,7 +255,8 @@ def kokoro_file(tmp_path_factory):
 def test_whole_file_matches_numpy_backend(kokoro_file, tmp_path, monkeypatch, type_name, memory):
     if memory:
         monkeypatch.setenv("GPUQUANT_GPU_MEMORY", memory)
-    on_gpu = gpuquant.quantize_file(kokoro_file, tmp_path / "gpu.gguf", type_name, backend="cupy")
-    gpuquant.quantize_file(kokoro_file, tmp_path / "cpu.gguf", type_name, backend="numpy", n_threads=8)
+    on_gpu = gpuquant.quantize_file(kokoro_file, tmp_path / "gpu.gguf", type_name, options=RunOptions(backend="cupy"))
+    gpuquant.quantize_file(kokoro_file, tmp_path / "cpu.gguf", type_name,
+                           options=RunOptions(backend="numpy", n_threads=8))
     assert on_gpu.backend == "cupy"
     assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()

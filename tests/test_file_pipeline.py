@@ -12,6 +12,7 @@ import pytest
 
 import gpuquant
 from gpuquant.gguf_io import SourceModel
+from gpuquant.outputs import RunOptions, TtsRequest
 from gpuquant.synthetic import load_spec, write_synthetic_model
 
 FLAGS = {
@@ -80,7 +81,7 @@ def _check_output(src, dst, spec_name, target, flags, summary):
 @pytest.mark.parametrize("spec_name", ["kokoro", "parler-tts-mini", "dia"])
 def test_default_flags_q4_0(models, tmp_path, spec_name):
     dst = tmp_path / "out.gguf"
-    summary = gpuquant.quantize_file(models[spec_name], dst, "Q4_0", backend="numpy", n_threads=2)
+    summary = gpuquant.quantize_file(models[spec_name], dst, "Q4_0", options=RunOptions(backend="numpy", n_threads=2))
     _check_output(models[spec_name], dst, spec_name, "Q4_0", set(), summary)
     assert summary.by_type()["Q4_0"]["tensors"] > 0
 
@@ -88,19 +89,23 @@ def test_default_flags_q4_0(models, tmp_path, spec_name):
 @pytest.mark.parametrize("flag", sorted(FLAGS))
 def test_each_flag_parler(models, tmp_path, flag):
     dst = tmp_path / "out.gguf"
-    summary = gpuquant.quantize_file(models["parler-tts-mini"], dst, "Q8_0", backend="numpy", **{FLAGS[flag]: True})
+    summary = gpuquant.quantize_file(models["parler-tts-mini"], dst, "Q8_0", tts=TtsRequest(**{FLAGS[flag]: True}),
+                                     options=RunOptions(backend="numpy"))
     _check_output(models["parler-tts-mini"], dst, "parler-tts-mini", "Q8_0", {flag}, summary)
 
 
 def test_all_flags_dia_q5_1(models, tmp_path):
     dst = tmp_path / "out.gguf"
-    summary = gpuquant.quantize_file(models["dia"], dst, "Q5_1", backend="numpy", **{v: True for v in FLAGS.values()})
+    summary = gpuquant.quantize_file(models["dia"], dst, "Q5_1", tts=TtsRequest(**{v: True for v in FLAGS.values()}),
+                                     options=RunOptions(backend="numpy"))
     _check_output(models["dia"], dst, "dia", "Q5_1", set(FLAGS), summary)
 
 
 def test_kokoro_nqf_f16_target(models, tmp_path):
     dst = tmp_path / "out.gguf"
-    summary = gpuquant.quantize_file(models["kokoro"], dst, "F16", backend="numpy", convert_non_quantized_to_f16=True)
+    summary = gpuquant.quantize_file(models["kokoro"], dst, "F16",
+                                     tts=TtsRequest(convert_non_quantized_to_f16=True),
+                                         options=RunOptions(backend="numpy"))
     _check_output(models["kokoro"], dst, "kokoro", "F16", {"-nqf"}, summary)
 
 
@@ -108,7 +113,7 @@ def test_f16_and_bf16_sources_are_widened_exactly(tmp_path):
     for dtype in ("F16", "BF16"):
         src = write_synthetic_model("kokoro", tmp_path / f"k-{dtype}.gguf", dtype=dtype)
         dst = tmp_path / f"k-{dtype}-q8.gguf"
-        gpuquant.quantize_file(src, dst, "Q8_0", backend="numpy")
+        gpuquant.quantize_file(src, dst, "Q8_0", options=RunOptions(backend="numpy"))
         source, reader = SourceModel(src), gguf.GGUFReader(dst)
         n_quantized = 0
         for out, t in zip(reader.tensors, source.tensors, strict=True):
@@ -126,7 +131,8 @@ def test_f16_and_bf16_sources_are_widened_exactly(tmp_path):
 def test_kokoro_q4_k_lstm_fallback_counted_and_warned(models, tmp_path, capsys):
     spec = {t["name"]: t for t in load_spec("kokoro")["tensors"]}
     dst = tmp_path / "out.gguf"
-    summary = gpuquant.quantize_file(models["kokoro"], dst, "Q4_K", backend="numpy", n_threads=2, progress=True)
+    summary = gpuquant.quantize_file(models["kokoro"], dst, "Q4_K",
+                                     options=RunOptions(backend="numpy", n_threads=2, progress=True))
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "Q4_K" in warnings[0] and "Q5_0" in warnings[0]
     source = SourceModel(models["kokoro"])
@@ -161,7 +167,7 @@ def test_whole_file_as_tts_cpp_writes_it(models, tmp_path, spec_name):
     Parler's and Dia's alphas) and quantize()'s bytes."""
     src = models[spec_name]
     dst = tmp_path / "out.gguf"
-    gpuquant.quantize_file(src, dst, "Q4_0", backend="numpy")
+    gpuquant.quantize_file(src, dst, "Q4_0", options=RunOptions(backend="numpy"))
     spec = {t["name"]: t for t in load_spec(spec_name)["tensors"]}
     reader = gguf.GGUFReader(src)
     source = SourceModel(src)

@@ -29,6 +29,7 @@ from gpuquant.backends.cupy.stream import (
 from gpuquant.backends.numpy_backend import NumpyBackend
 from gpuquant.cudasim import cupy as simulated_cupy
 from gpuquant.imatrix import Imatrix
+from gpuquant.outputs import RunOptions
 from gpuquant.qtypes import QTYPES
 
 pytestmark = pytest.mark.skipif(hostkernels.find_compiler() is None,
@@ -420,8 +421,10 @@ def test_file_pipeline_matches_numpy(fake, monkeypatch, tmp_path, target, weight
     monkeypatch.setenv(DEVICE_MEMORY_ENV, "96K")  # several pieces a chunk: 1 to 3 rows of 512
     src, _ = tiny_model(tmp_path / "in.gguf", source)
     imatrix = importance() if weighted else None
-    on_gpu = gpuquant.quantize_file(src, tmp_path / "gpu.gguf", target, backend="cupy", imatrix=imatrix)
-    on_cpu = gpuquant.quantize_file(src, tmp_path / "cpu.gguf", target, backend="numpy", imatrix=imatrix)
+    on_gpu = gpuquant.quantize_file(src, tmp_path / "gpu.gguf", target, imatrix=imatrix,
+                                    options=RunOptions(backend="cupy"))
+    on_cpu = gpuquant.quantize_file(src, tmp_path / "cpu.gguf", target, imatrix=imatrix,
+                                    options=RunOptions(backend="numpy"))
     assert on_gpu.backend == "cupy" and on_cpu.backend == "numpy"
     assert [r.dst_type for r in on_gpu.records] == [r.dst_type for r in on_cpu.records]
     assert sum(r.imatrix_used for r in on_gpu.records) == (2 if weighted else 0)
@@ -447,7 +450,7 @@ def test_file_pipeline_non_finite_message_matches_numpy(fake, monkeypatch, tmp_p
     for backend in ("cupy", "numpy"):
         dst = tmp_path / f"{backend}.gguf"
         with pytest.raises(ValueError) as raised:
-            gpuquant.quantize_file(src, dst, "Q4_0", backend=backend)
+            gpuquant.quantize_file(src, dst, "Q4_0", options=RunOptions(backend=backend))
         messages.append(str(raised.value))
         assert not dst.exists()
     assert messages[0] == messages[1]
@@ -492,10 +495,10 @@ def test_a_memory_setting_above_the_device_is_reduced_with_a_note(fake, monkeypa
     monkeypatch.setattr(fake, "DEVICE_FREE_BYTES", 1 << 20)  # the device has 1 MiB free
     monkeypatch.setenv(DEVICE_MEMORY_ENV, "64G")
     src, _ = tiny_model(tmp_path / "in.gguf", "F32")
-    summary = gpuquant.quantize_file(src, tmp_path / "gpu.gguf", "Q4_0", backend="cupy")
+    summary = gpuquant.quantize_file(src, tmp_path / "gpu.gguf", "Q4_0", options=RunOptions(backend="cupy"))
     note = [w for w in summary.warnings if DEVICE_MEMORY_ENV in w]
     assert len(note) == 1 and "using 943718" in note[0]
-    gpuquant.quantize_file(src, tmp_path / "cpu.gguf", "Q4_0", backend="numpy")
+    gpuquant.quantize_file(src, tmp_path / "cpu.gguf", "Q4_0", options=RunOptions(backend="numpy"))
     assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()
 
 
@@ -503,8 +506,10 @@ def test_sampled_figures_match_numpy(fake, monkeypatch, tmp_path):
     """--report-sample rows measured on the device: the numpy backend's rows and figures."""
     monkeypatch.setattr(pipeline, "CHUNK_BYTES", 8 << 10)
     src, _ = tiny_model(tmp_path / "in.gguf", "F16")
-    on_gpu = gpuquant.quantize_file(src, tmp_path / "gpu.gguf", "Q4_K", backend="cupy", report_sample=7)
-    on_cpu = gpuquant.quantize_file(src, tmp_path / "cpu.gguf", "Q4_K", backend="numpy", report_sample=7)
+    on_gpu = gpuquant.quantize_file(src, tmp_path / "gpu.gguf", "Q4_K",
+                                    options=RunOptions(backend="cupy", report_sample=7))
+    on_cpu = gpuquant.quantize_file(src, tmp_path / "cpu.gguf", "Q4_K",
+                                    options=RunOptions(backend="numpy", report_sample=7))
     assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()
     sampled = [r for r in on_gpu.records if r.error is not None and r.error.rows_measured < r.error.rows_total]
     assert sampled

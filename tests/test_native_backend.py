@@ -16,6 +16,7 @@ from gpuquant import hostkernels
 from gpuquant.backends import get_backend
 from gpuquant.backends.native import NativeBackend
 from gpuquant.backends.numpy_backend import NumpyBackend
+from gpuquant.outputs import RunOptions
 from gpuquant.qtypes import QTYPES
 
 pytestmark = pytest.mark.usefixtures("host_library")
@@ -79,6 +80,6 @@ def test_native_file_equals_llama_quantize(tmp_path):
     src = write_llama_model("qwen3moe", tmp_path / "m.gguf")
     expected = next(r["expected"] for r in RECORD["runs"] if r["name"] == "qwen3moe/F32: Q4_K_M 2")
     out = tmp_path / "o.gguf"
-    summary = gpuquant.quantize_file(src, out, "Q4_K_M", backend="native", n_threads=2)
+    summary = gpuquant.quantize_file(src, out, "Q4_K_M", options=RunOptions(backend="native", n_threads=2))
     assert summary.backend == "native"
     assert hashlib.sha256(out.read_bytes()).hexdigest() == expected["sha256"][0]

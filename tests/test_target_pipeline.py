@@ -19,6 +19,7 @@ from gpuquant.backends.numpy_backend import NumpyBackend
 from gpuquant.cli import main
 from gpuquant.llama_cli import read_tensor_type_file
 from gpuquant.model_plan import LlamaRequest
+from gpuquant.outputs import RunOptions
 from gpuquant.qtypes import QTYPES
 from gpuquant.size_search import TargetRequest
 from gpuquant.synthetic_llama import write_llama_model, write_synthetic_imatrix
@@ -32,7 +33,7 @@ def model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def q4_k_m(model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mix") / "q4_k_m.gguf"
-    gpuquant.quantize_file(model, out, "Q4_K_M", backend="native", measure_error=False)
+    gpuquant.quantize_file(model, out, "Q4_K_M", options=RunOptions(backend="native", measure_error=False))
     return out
 
 
@@ -73,10 +74,10 @@ def test_fits_the_budget_and_its_recipe_makes_the_same_file(model, q4_k_m, tmp_p
 @pytest.mark.parametrize("objective", ["relative", "absolute"])
 def test_summary_and_report_say_what_was_chosen(model, q4_k_m, tmp_path, objective):
     budget = q4_k_m.stat().st_size - 20_000
-    summary = gpuquant.quantize_file(model, tmp_path / "o.gguf", "Q4_K_M", backend="native",
+    summary = gpuquant.quantize_file(model, tmp_path / "o.gguf", "Q4_K_M",
                                      target_size=TargetRequest(size=budget, cache_dir=tmp_path / "cache",
-                                                               objective=objective),
-                                     reports=(tmp_path / "r.json",))
+                                                               objective=objective), reports=(tmp_path / "r.json",),
+                                     options=RunOptions(backend="native"))
     choice = summary.target
     assert summary.target_actual_bytes == (tmp_path / "o.gguf").stat().st_size == choice.predicted_bytes
     assert choice.predicted_bytes <= budget == choice.budget
@@ -123,22 +124,26 @@ def test_a_second_size_reuses_the_measurements(model, q4_k_m, tmp_path, monkeypa
 
     monkeypatch.setattr(size_search, "measure", counted)
     size = q4_k_m.stat().st_size
-    first = gpuquant.quantize_file(model, tmp_path / "a.gguf", "Q4_K_M", backend="native", measure_error=False,
-                                   target_size=TargetRequest(size=size, cache_dir=cache))
+    first = gpuquant.quantize_file(model, tmp_path / "a.gguf", "Q4_K_M",
+                                   target_size=TargetRequest(size=size, cache_dir=cache),
+                                       options=RunOptions(backend="native", measure_error=False))
     assert not first.target.cache_hit and len(calls) == first.target.measured
     calls.clear()
-    second = gpuquant.quantize_file(model, tmp_path / "b.gguf", "Q4_K_M", backend="native", measure_error=False,
-                                    target_size=TargetRequest(size=size * 3 // 4, cache_dir=cache))
+    second = gpuquant.quantize_file(model, tmp_path / "b.gguf", "Q4_K_M",
+                                    target_size=TargetRequest(size=size * 3 // 4, cache_dir=cache),
+                                        options=RunOptions(backend="native", measure_error=False))
     assert second.target.cache_hit and calls == []
     assert (tmp_path / "b.gguf").stat().st_size <= size * 3 // 4 < (tmp_path / "a.gguf").stat().st_size
     # another sample size, or the input rewritten: measured again
-    third = gpuquant.quantize_file(model, tmp_path / "c.gguf", "Q4_K_M", backend="native", measure_error=False,
-                                   target_size=TargetRequest(size=size, sample_rows=16, cache_dir=cache))
+    third = gpuquant.quantize_file(model, tmp_path / "c.gguf", "Q4_K_M",
+                                   target_size=TargetRequest(size=size, sample_rows=16, cache_dir=cache),
+                                       options=RunOptions(backend="native", measure_error=False))
     assert not third.target.cache_hit and calls
     calls.clear()
     os.utime(model, ns=(os.stat(model).st_atime_ns, os.stat(model).st_mtime_ns + 1_000_000))
-    fourth = gpuquant.quantize_file(model, tmp_path / "d.gguf", "Q4_K_M", backend="native", measure_error=False,
-                                    target_size=TargetRequest(size=size, cache_dir=cache))
+    fourth = gpuquant.quantize_file(model, tmp_path / "d.gguf", "Q4_K_M",
+                                    target_size=TargetRequest(size=size, cache_dir=cache),
+                                        options=RunOptions(backend="native", measure_error=False))
     assert not fourth.target.cache_hit and calls
     assert (tmp_path / "d.gguf").read_bytes() == (tmp_path / "a.gguf").read_bytes()
 
@@ -161,8 +166,9 @@ def test_pins_are_kept_and_counted(model, q4_k_m, tmp_path):
 
 def test_target_bpw_counts_every_tensors_bits(model, tmp_path):
     out = tmp_path / "bpw.gguf"
-    summary = gpuquant.quantize_file(model, out, "Q4_K_M", backend="native", measure_error=False,
-                                     target_size=TargetRequest(bpw=5.0, cache_dir=tmp_path / "cache"))
+    summary = gpuquant.quantize_file(model, out, "Q4_K_M",
+                                     target_size=TargetRequest(bpw=5.0, cache_dir=tmp_path / "cache"),
+                                         options=RunOptions(backend="native", measure_error=False))
     assert summary.bits_per_weight <= 5.0
     assert summary.target_actual_bytes == summary.bytes_out == summary.target.predicted_bytes
 

@@ -12,6 +12,7 @@ from tiny_models import kokoro_like, write_tiny
 
 import gpuquant
 from gpuquant.cli import main
+from gpuquant.outputs import RunOptions
 from gpuquant.qtypes import QTYPES
 
 LATTICE = [n for n, t in QTYPES.items() if t.family == "lattice"]
@@ -25,7 +26,7 @@ def tiny(tmp_path):
 @pytest.mark.parametrize("threads", [0, -2, 1.5, True])
 def test_thread_counts_below_one_are_refused_everywhere(tiny, tmp_path, threads):
     with pytest.raises(ValueError, match="n_threads must be an integer of 1 or more"):
-        gpuquant.quantize_file(tiny, tmp_path / "o.gguf", "Q4_0", n_threads=threads)
+        gpuquant.quantize_file(tiny, tmp_path / "o.gguf", "Q4_0", options=RunOptions(n_threads=threads))
     assert not (tmp_path / "o.gguf").exists()
 
 

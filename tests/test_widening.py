@@ -27,6 +27,7 @@ from gpuquant.backends import native as native_module
 from gpuquant.backends.native import NativeBackend
 from gpuquant.backends.numpy_backend import NumpyBackend
 from gpuquant.gguf_io import SourceModel
+from gpuquant.outputs import RunOptions
 from gpuquant.qtypes import QTYPES
 from gpuquant.synthetic_llama import write_llama_model
 
@@ -158,7 +159,7 @@ def test_whole_file_native_equals_numpy(dtype, tmp_path):
     outputs = {}
     for backend, n_threads in (("numpy", 1), ("native", 1), ("native", 3)):
         dst = tmp_path / f"{backend}-{n_threads}.gguf"
-        gpuquant.quantize_file(src, dst, "Q4_K_M", backend=backend, n_threads=n_threads)
+        gpuquant.quantize_file(src, dst, "Q4_K_M", options=RunOptions(backend=backend, n_threads=n_threads))
         outputs[(backend, n_threads)] = _sha(dst)
     assert len(set(outputs.values())) == 1, outputs
 
@@ -171,7 +172,7 @@ def test_signalling_nans_reach_an_f32_output_quiet(tmp_path):
     expected = reference_f16(ALL_BITS)
     for backend in ("numpy", "native"):
         dst = tmp_path / f"{backend}.gguf"
-        gpuquant.quantize_file(src, dst, "F32", backend=backend, n_threads=2)
+        gpuquant.quantize_file(src, dst, "F32", options=RunOptions(backend=backend, n_threads=2))
         (t,) = gguf.GGUFReader(dst).tensors
         assert t.tensor_type.name == "F32", backend
         assert np.array_equal(np.asarray(t.data).view(np.uint32).reshape(-1), expected), backend
@@ -203,7 +204,7 @@ def test_a_gpu_run_widens_on_the_device(dtype, tmp_path, monkeypatch):
     digests, figures = set(), []
     for backend in ("cupy", "native"):
         dst = tmp_path / f"{backend}.gguf"
-        summary = gpuquant.quantize_file(src, dst, "Q8_0", backend=backend, n_threads=2)
+        summary = gpuquant.quantize_file(src, dst, "Q8_0", options=RunOptions(backend=backend, n_threads=2))
         digests.add(_sha(dst))
         figures.append(summary.records[0].error)
     assert calls == {NativeBackend: [dtype], CupyBackend: []} and len(digests) == 1

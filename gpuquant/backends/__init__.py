@@ -19,8 +19,10 @@ class Chunk(NamedTuple):
     `data` is float32 [rows, n_per_row] for an F32 source, else the stored bytes uint8 [rows, row_bytes]
     of `source` (F16/BF16 words, or a quantized type's blocks when requantizing): each backend makes
     float32 of them where it computes (the GPU engine on the device, at the file's 2 bytes a weight for
-    F16/BF16). With `measure`, the backend also measures the error of the rows `sample` (row indices
-    within the chunk, sorted; None: every row) against their round trip.
+    F16/BF16). Consecutive chunks may share one `data` array (the same rows, another output type):
+    a backend may then reuse its float32 of them. With `measure`, the backend also measures the
+    error of the rows `sample` (row indices within the chunk, sorted; None: every row) against their
+    round trip.
     """
 
     data: np.ndarray
@@ -145,8 +147,14 @@ class BackendBase:
         return self.dequantize_rows(chunk.data, chunk.source, chunk.n_per_row)
 
     def quantize_chunks(self, chunks: Iterable[Chunk], check_finite: bool) -> Iterator[Quantized]:
+        last: tuple[np.ndarray, np.ndarray] | None = None  # (stored rows, their float32)
         for chunk in chunks:
-            x = self.chunk_as_float32(chunk)
+            # consecutive chunks of the same rows (one per output type) are made float32 once
+            if last is not None and last[0] is chunk.data:
+                x = last[1]
+            else:
+                x = self.chunk_as_float32(chunk)
+                last = (chunk.data, x)
             q = self.quantize_checked(x, chunk.qtype, chunk.imatrix, check_finite and not chunk.qtype.is_float)
             yield Quantized(q, self.measure_chunk(chunk, x, q) if chunk.measure else None)
 
