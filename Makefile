@@ -11,7 +11,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,report,progress]'
+	$(BIN)/pip install -q -e '.[test,report,progress,ray]'
 	touch $@
 
 # The main job on a built-in synthetic model with parler-tts-mini's real layout (2 decoder layers),

@@ -598,3 +598,8 @@ def synth(spec, out, layers, dtype, seed) -> None:
     except (ValueError, OSError) as e:
         _fail(str(e))
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", err=True)
+
+
+from .batch_cli import batch  # noqa: E402  (it uses this module's helpers)
+
+main.add_command(batch)

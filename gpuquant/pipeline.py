@@ -219,7 +219,14 @@ def _run(model: SourceModel, runs: list[_OutputRun], options: RunOptions, imatri
     total = sum(e.source.n_bytes for e in entries)
     report = Progress(total, len(entries)) if options.progress else None
     for run in runs:
-        _note_plan_warnings(run.plan, run.summary, report if run is runs[0] else None)
+        _note_plan_warnings(run.plan, run.summary, None)
+    if report:  # each warning once, with the outputs it is about when not all of them
+        said: dict[str, list[str]] = {}
+        for run in runs:
+            for message in run.summary.warnings:
+                said.setdefault(message, []).append(run.spec.label)
+        for message, labels in said.items():
+            report.warn(message if len(labels) == len(runs) else f"{', '.join(labels)}: {message}")
 
     def chunks():
         for work in works:
