@@ -18,6 +18,11 @@ G. NumPy's lattice quantizers (IQ1_S..IQ3_S) at 1 thread next to ggml's C at 1 t
 H. F16/BF16 sources widened to float32, one pipeline chunk (8M weights): NumPy's astype (the old
    path) and the lookup (the path without a backend) next to the native backend's C at 1 and N
    threads, G weights/s and ratios to the first NumPy row (astype for F16, the shift for BF16).
+I. The GPU engine's host side alone (a simulated device that costs nothing), F16 file to Q4_K_M.
+J. --target-size against a plain Q4_K_M run, and how stable the sampled choice is.
+K. `gpuquant publish` of the ten standard mixes (Q2_K ... Q8_0) of the 2.79 GB llama against ten
+   `gpuquant quantize` runs and ten llama-quantize runs, every file compared (issue 20: at most 0.6x
+   and 0.5x).
 C. With a CUDA device: kernel-only GB/s per type (benchmarks/gpu_kernels.py), and full-size
    parler-tts-mini and dia file to file with the cupy and the numpy backend side by side
    (benchmarks/gpu_file.py).
