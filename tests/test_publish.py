@@ -181,3 +181,23 @@ def test_dry_run_plans_every_output(source, tmp_path):
     assert r.exit_code == 0, r.output
     assert "== Q4_K_M" in r.output and "== Q8_0" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_keep_split_outputs_resume_by_their_shards(source, tmp_path):
+    out = tmp_path / "out"
+    args = ("publish", source, out, "--mixes", "Q4_0,Q8_0", "--keep-split", "--backend", "native", "-q")
+    assert gpuquant(*args).exit_code == 0
+    shard = out / "llama-Q4_0-00001-of-00001.gguf"
+    manifest = json.loads(manifest_path(out / "llama-Q4_0.gguf").read_text())
+    assert [f["name"] for f in manifest["files"]] == [shard.name]
+    q = gpuquant("quantize", "--backend", "native", "-q", "--keep-split", source, tmp_path / "alone.gguf", "Q4_0")
+    assert q.exit_code == 0
+    assert shard.read_bytes() == (tmp_path / "alone-00001-of-00001.gguf").read_bytes()
+    r = gpuquant(*args[:-1])
+    assert r.exit_code == 0 and r.output.count("skipped (up to date)") == 2, r.output
+    damaged = bytearray(shard.read_bytes())
+    damaged[-1] ^= 1
+    shard.write_bytes(bytes(damaged))
+    r = gpuquant(*args[:-1])
+    assert r.exit_code == 0 and r.output.count("skipped (up to date)") == 1, r.output
+    assert shard.read_bytes() == (tmp_path / "alone-00001-of-00001.gguf").read_bytes()
