@@ -516,3 +516,25 @@ def test_sampled_figures_match_numpy(fake, monkeypatch, tmp_path):
     for g, c in zip(on_gpu.records, on_cpu.records, strict=True):
         assert g.error.rows_measured == c.error.rows_measured and g.error.max_abs == c.error.max_abs
         assert g.error.rel_rmse == pytest.approx(c.error.rel_rmse, rel=1e-6, abs=0)
+
+
+@pytest.mark.parametrize("source", ["F32", "F16"])
+def test_several_outputs_from_one_read_on_the_gpu_engine(fake, monkeypatch, tmp_path, source):
+    """quantize_model hands the engine each chunk's rows once per type (the same array): every output
+    is the numpy backend's file, and the lent buffers go back after their last write."""
+    from gpuquant.outputs import OutputSpec
+    from gpuquant.pipeline import quantize_model
+
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 8 << 10)
+    monkeypatch.setenv(DEVICE_MEMORY_ENV, "96K")
+    src, _ = tiny_model(tmp_path / "in.gguf", source)
+    types = ["Q4_0", "Q8_0", "Q4_1", "F16"]
+    gpu = quantize_model(src, [OutputSpec.make(tmp_path / f"gpu-{t}.gguf", t) for t in types],
+                         RunOptions(backend="cupy"))
+    for t, summary in zip(types, gpu, strict=True):
+        cpu = gpuquant.quantize_file(src, tmp_path / f"cpu-{t}.gguf", t, options=RunOptions(backend="numpy"))
+        assert summary.backend == "cupy"
+        assert (tmp_path / f"gpu-{t}.gguf").read_bytes() == (tmp_path / f"cpu-{t}.gguf").read_bytes(), t
+        for a, b in zip(summary.records, cpu.records, strict=True):
+            if b.error is not None and b.dst_type != b.src_type:
+                assert a.error.rel_rmse == pytest.approx(b.error.rel_rmse, rel=1e-6)
