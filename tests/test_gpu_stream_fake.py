@@ -538,3 +538,29 @@ def test_several_outputs_from_one_read_on_the_gpu_engine(fake, monkeypatch, tmp_
         for a, b in zip(summary.records, cpu.records, strict=True):
             if b.error is not None and b.dst_type != b.src_type:
                 assert a.error.rel_rmse == pytest.approx(b.error.rel_rmse, rel=1e-6)
+
+
+def test_several_outputs_copy_and_widen_each_chunk_once(fake, monkeypatch, tmp_path):
+    """The engine groups a chunk's outputs: its rows go to the device and are widened once, however
+    many types are made of them (no memory setting, so that no chunk is split into pieces)."""
+    from gpuquant.outputs import OutputSpec
+    from gpuquant.pipeline import quantize_model
+
+    src, _ = tiny_model(tmp_path / "in.gguf", "F16")
+    options = RunOptions(backend="cupy", measure_error=False)
+
+    def counts(types: list[str]) -> tuple[int, int, int]:
+        fake.reset()
+        quantize_model(src, [OutputSpec.make(tmp_path / f"{len(types)}-{t}.gguf", t) for t in types], options)
+        stats = fake.STATS
+        return stats["h2d"], stats["kernel:gq_dequantize_f16"], sum(
+            n for k, n in stats.items() if k.startswith("kernel:gq_quantize"))
+
+    one = counts(["Q4_0"])
+    four = counts(["Q4_0", "Q8_0", "Q4_1", "Q5_0"])
+    assert one[0] == four[0] > 0  # the rows' uploads
+    assert one[1] == four[1] > 0  # the F16 rows widened
+    assert four[2] == 4 * one[2] > 0  # and quantized once per type
+    for t in ["Q4_0", "Q8_0", "Q4_1", "Q5_0"]:  # lent from the slots' pinned buffers, each written whole
+        gpuquant.quantize_file(src, tmp_path / f"cpu-{t}.gguf", t, options=RunOptions(backend="numpy"))
+        assert (tmp_path / f"4-{t}.gguf").read_bytes() == (tmp_path / f"cpu-{t}.gguf").read_bytes(), t

@@ -49,10 +49,11 @@ import re
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -229,6 +230,7 @@ class _ChunkOutput:
     chunk: Chunk
     row_bytes: int
     pieces: int
+    check_finite: bool = False  # its type is a block type: a NaN or Inf row stops the run
     buffer: np.ndarray | None = None
     row_sums: np.ndarray | None = None  # float64 [rows, _SUMS] when the chunk is measured
     done: int = 0
@@ -241,44 +243,72 @@ class _ChunkOutput:
 
 @dataclass
 class _Piece:
-    """Rows [r0, r1) of one chunk, on one slot (None for an empty chunk)."""
+    """Rows [r0, r1) of a group of chunks on one slot (None for an empty chunk): the chunks of a
+    group hold the same rows (the same array) for several output types, so the rows are copied to
+    the device and made float32 once, then quantized (and measured) once per type."""
 
     slot: _Slot | None
-    output: _ChunkOutput
-    qtype: QType
+    outputs: list[_ChunkOutput]
     r0: int
     r1: int
-    check_finite: bool
+    check_finite: bool  # some type of the group checks its rows
     staged: Future | None = field(default=None)
 
     @property
     def chunk(self) -> Chunk:
-        return self.output.chunk
+        return self.outputs[0].chunk
+
+    @property
+    def imatrix(self) -> np.ndarray | None:
+        """The group's importance matrix (the chunks that have one have the same)."""
+        return next((o.chunk.imatrix for o in self.outputs if o.chunk.imatrix is not None), None)
 
     @property
     def rows(self) -> int:
         return self.r1 - self.r0
 
     def device_sizes(self) -> dict[str, int]:
-        return piece_bytes(self.chunk, self.qtype, self.rows, self.check_finite, device=True)
+        return piece_bytes(self.chunk, self._types(), self.rows, self.check_finite, True, self.imatrix is not None)
 
     def pinned_sizes(self) -> dict[str, int]:
-        return piece_bytes(self.chunk, self.qtype, self.rows, self.check_finite, device=False)
+        return piece_bytes(self.chunk, self._types(), self.rows, self.check_finite, False, self.imatrix is not None)
+
+    def _types(self) -> list[QType]:
+        return [o.chunk.qtype for o in self.outputs]
 
 
-def piece_bytes(chunk: Chunk, qtype: QType, rows: int, check_finite: bool, device: bool) -> dict[str, int]:
-    """Each buffer's bytes for `rows` rows of a chunk, on the device or in pinned host memory."""
+def piece_bytes(chunk: Chunk, qtypes: Sequence[QType], rows: int, check_finite: bool, device: bool,
+                weighted: bool | None = None) -> dict[str, int]:
+    """Each buffer's bytes for `rows` rows of a chunk quantized to each of `qtypes` (out0, sums0, out1,
+    ...), on the device or in pinned host memory."""
     n = chunk.n_per_row
     stored = chunk.data.shape[1] * chunk.data.itemsize
-    sizes = {"stored": rows * stored, "out": rows * qtype.row_bytes(n),
-             "flags": rows if check_finite else 0, "sums": rows * 8 * _SUMS if chunk.measure else 0}
+    sizes = {"stored": rows * stored, "flags": rows if check_finite else 0}
+    for i, t in enumerate(qtypes):
+        sizes[f"out{i}"] = rows * t.row_bytes(n)
+        sizes[f"sums{i}"] = rows * 8 * _SUMS if chunk.measure else 0
     if device:
         if chunk.source.name == "F32":
             sizes["stored"] = 0  # copied straight into x
         sizes["x"] = rows * 4 * n
-        sizes["y"] = rows * 4 * n if chunk.measure else 0
-        sizes = {"imatrix": 4 * n if chunk.imatrix is not None else 0, **sizes}
+        sizes["y"] = rows * 4 * n if chunk.measure else 0  # each type's round trip in turn
+        weighted = chunk.imatrix is not None if weighted is None else weighted
+        sizes = {"imatrix": 4 * n if weighted else 0, **sizes}
     return sizes
+
+
+def _same_rows(group: list[Chunk], chunk: Chunk) -> bool:
+    """Whether a chunk of the group's rows joins it: the same source, measurement and importance."""
+    first = group[0]
+    if chunk.source != first.source or chunk.measure != first.measure:
+        return False
+    if (chunk.sample is None) != (first.sample is None) or (
+            chunk.sample is not None and not np.array_equal(chunk.sample, first.sample)):
+        return False
+    if chunk.imatrix is None:
+        return True
+    held = next((c.imatrix for c in group if c.imatrix is not None), None)
+    return held is None or np.array_equal(held.view(np.uint32), chunk.imatrix.view(np.uint32))
 
 
 def row_error_sums(row_sums: np.ndarray, sample: np.ndarray | None, weighted: bool) -> ErrorSums:
@@ -293,6 +323,24 @@ def row_error_sums(row_sums: np.ndarray, sample: np.ndarray | None, weighted: bo
     return ErrorSums(rows=sums.shape[0], sum_sq_x=total[0], sum_sq_err=total[1], max_abs=max_abs,
                      w_sum_sq_x=total[2] if weighted else 0.0, w_sum_sq_err=total[3] if weighted else 0.0,
                      weighted=weighted)
+
+
+class _AfterEach:
+    """Calls `then` once each of n outputs lent from one slot is released (each counted once)."""
+
+    def __init__(self, n: int, then: Callable[[], None]) -> None:
+        self._left = set(range(n))
+        self._then = then
+        self._lock = threading.Lock()
+
+    def __call__(self, index: int) -> None:
+        with self._lock:
+            if index not in self._left:  # a second release of the same output counts nothing
+                return
+            self._left.discard(index)
+            last = not self._left
+        if last:
+            self._then()
 
 
 class StreamEngine:
@@ -330,29 +378,47 @@ class StreamEngine:
         pool = _SlotPool(self._slots)
         pending: deque[_Piece] = deque()  # staged or staging, in chunk order
         try:
-            for chunk in chunks:
-                chunk, t = self._checked(chunk)
-                rows, n_per_row = chunk.rows, chunk.n_per_row
-                check = check_finite and not t.is_float
-                row_bytes = t.row_bytes(n_per_row)
-                if rows == 0 or n_per_row == 0:  # nothing to compute, but its output keeps its place
-                    empty = _ChunkOutput(chunk, row_bytes, 1, row_sums=np.zeros((rows, _SUMS)))
-                    pending.append(_Piece(None, empty, t, 0, rows, check))
+            for group in self._groups(chunks):
+                first = group[0]
+                rows, n_per_row = first.rows, first.n_per_row
+                checks = [check_finite and not c.qtype.is_float for c in group]
+                if rows == 0 or n_per_row == 0:  # nothing to compute, but each output keeps its place
+                    for c, check in zip(group, checks, strict=True):
+                        empty = _ChunkOutput(c, c.qtype.row_bytes(n_per_row), 1, check,
+                                             row_sums=np.zeros((rows, _SUMS)))
+                        pending.append(_Piece(None, [empty], 0, rows, check))
                     continue
-                per_piece = self._rows_per_piece(chunk, t, check)
-                output = _ChunkOutput(chunk, row_bytes, pieces=-(-rows // per_piece))
-                if chunk.measure:
-                    output.row_sums = np.empty((rows, _SUMS))
+                per_piece = self._rows_per_piece(group, any(checks))
+                outputs = [_ChunkOutput(c, c.qtype.row_bytes(n_per_row), -(-rows // per_piece), check)
+                           for c, check in zip(group, checks, strict=True)]
+                for output in outputs:
+                    if output.chunk.measure:
+                        output.row_sums = np.empty((rows, _SUMS))
                 for r0 in range(0, rows, per_piece):
                     while (slot := pool.take()) is None:  # then some piece is computing
                         yield from self._finish(pending.popleft(), pool)
-                    piece = _Piece(slot, output, t, r0, min(rows, r0 + per_piece), check)
+                    piece = _Piece(slot, outputs, r0, min(rows, r0 + per_piece), any(checks))
                     piece.staged = self._last_staged = self._stager.submit(self._stage, piece)
                     pending.append(piece)
             while pending:
                 yield from self._finish(pending.popleft(), pool)
         finally:
             self._quiesce(pending)
+
+    def _groups(self, chunks: Iterable[Chunk]) -> Iterator[list[Chunk]]:
+        """Consecutive chunks of the same rows (publish's outputs of one tensor), checked, as groups."""
+        group: list[Chunk] = []
+        rows = None  # the group's rows as the caller gave them (checking may view them anew)
+        for raw in chunks:
+            chunk, _ = self._checked(raw)
+            if group and not (raw.data is rows and _same_rows(group, chunk)):
+                yield group
+                group = []
+            if not group:
+                rows = raw.data
+            group.append(chunk)
+        if group:
+            yield group
 
     def _checked(self, chunk: Chunk) -> tuple[Chunk, QType]:
         t = resolve(chunk.qtype)
@@ -376,11 +442,14 @@ class StreamEngine:
             chunk = chunk._replace(imatrix=imatrix)
         return chunk, t
 
-    def _rows_per_piece(self, chunk: Chunk, t: QType, check: bool) -> int:
-        per_row = sum(piece_bytes(chunk, t, 1, check, device=True).values())
-        fixed = 4 * chunk.n_per_row if chunk.imatrix is not None else 0  # the importance matrix: not per row
-        per_row -= fixed
-        rows = (self.arena_bytes - _REGIONS * _ALIGNMENT - fixed) // per_row
+    def _rows_per_piece(self, group: list[Chunk], check: bool) -> int:
+        chunk = group[0]
+        weighted = any(c.imatrix is not None for c in group)
+        sizes = piece_bytes(chunk, [c.qtype for c in group], 1, check, True, weighted)
+        fixed = 4 * chunk.n_per_row if weighted else 0  # the importance matrix: not per row
+        per_row = sum(sizes.values()) - fixed
+        regions = max(_REGIONS, len(sizes))
+        rows = (self.arena_bytes - regions * _ALIGNMENT - fixed) // per_row
         if rows <= 0:
             raise ValueError(
                 f"a row of {chunk.n_per_row} weights ({per_row + fixed} bytes of device buffers) does not fit "
@@ -390,9 +459,10 @@ class StreamEngine:
         return rows
 
     def _finish(self, piece: _Piece, pool: _SlotPool) -> Iterator[Quantized]:
-        """Wait for a piece and yield its chunk's output if this was the chunk's last piece."""
-        output = piece.output
+        """Wait for a piece and yield its chunks' outputs, in order, if this was their last piece."""
+        outputs = piece.outputs
         if piece.slot is None:
+            output = outputs[0]
             yield Quantized(np.empty((piece.rows, output.row_bytes), dtype=np.uint8), output.error())
             return
         piece.staged.result()  # the staging thread's errors surface here, in order
@@ -404,21 +474,28 @@ class StreamEngine:
             if bad.size:
                 pool.give(slot)
                 raise NonFiniteError(piece.r0 + int(bad[0]))
-        if output.row_sums is not None:
-            sums = slot.pinned.get("sums", piece.rows * 8 * _SUMS).view(np.float64).reshape(piece.rows, _SUMS)
-            output.row_sums[piece.r0 : piece.r1] = sums
-        q = slot.pinned.get("out", piece.rows * output.row_bytes).reshape(piece.rows, output.row_bytes)
-        output.done += 1
-        release = pool.lend(slot) if output.pieces == 1 else None
-        if release is not None:  # written straight from the slot's pinned buffer, free once released
-            yield Quantized(q, output.error(), release)
+        results = []
+        for i, output in enumerate(outputs):
+            if output.row_sums is not None:
+                sums = slot.pinned.get(f"sums{i}", piece.rows * 8 * _SUMS).view(np.float64)
+                output.row_sums[piece.r0 : piece.r1] = sums.reshape(piece.rows, _SUMS)
+            q = slot.pinned.get(f"out{i}", piece.rows * output.row_bytes).reshape(piece.rows, output.row_bytes)
+            output.done += 1
+            results.append(q)
+        release = pool.lend(slot) if outputs[0].pieces == 1 else None
+        if release is not None:  # written straight from the slot's pinned buffers, free once all released
+            shared = _AfterEach(len(outputs), release)
+            for i, (output, q) in enumerate(zip(outputs, results, strict=True)):
+                yield Quantized(q, output.error(), partial(shared, i))
             return
-        if output.buffer is None:
-            output.buffer = np.empty((output.chunk.rows, output.row_bytes), dtype=np.uint8)
-        output.buffer[piece.r0 : piece.r1] = q
+        for output, q in zip(outputs, results, strict=True):
+            if output.buffer is None:
+                output.buffer = np.empty((output.chunk.rows, output.row_bytes), dtype=np.uint8)
+            output.buffer[piece.r0 : piece.r1] = q
         pool.give(slot)
-        if output.done == output.pieces:
-            yield Quantized(output.buffer, output.error())
+        for output in outputs:
+            if output.done == output.pieces:
+                yield Quantized(output.buffer, output.error())
 
     def _quiesce(self, pending: deque[_Piece]) -> None:
         """After the last output, an error or an abandoned run: nothing may still write the buffers."""
@@ -432,7 +509,7 @@ class StreamEngine:
     # ------------------------------------------------------------ staging thread
 
     def _stage(self, piece: _Piece) -> None:
-        slot, chunk, t = piece.slot, piece.chunk, piece.qtype
+        slot, chunk = piece.slot, piece.chunk
         rows, n = piece.rows, chunk.n_per_row
         slot.lay_out(piece)
         sizes = piece.pinned_sizes()
@@ -448,7 +525,6 @@ class StreamEngine:
             raw = slot.device.get("stored", device["stored"])
             raw.set(slot.pinned.get("stored", sizes["stored"]), stream=stream)
             launch.dequantize(raw, chunk.source, n, x, stream)
-        q = slot.device.get("out", device["out"])
         # The slot's stream is the current one here: any scratch memory a launch takes (a kernel's row
         # statistics) comes from its pool, in its order.
         with stream:
@@ -461,19 +537,23 @@ class StreamEngine:
                 get_kernel("stream.cu", "gq_check_rows")(_row_grid(rows), (ROW_THREADS,),
                                                          (x, flags, np.int64(rows), np.int64(n)), stream=stream)
                 flags.get(stream=stream, out=host_flags, blocking=False)
-            imatrix = slot.imatrix_on_device(chunk.imatrix)
-            self._backend.quantize_device(x, t, imatrix, q, stream)
-            if chunk.measure:
-                self._measure(slot, x, q, t, imatrix, stream)
-        q.get(stream=stream, out=slot.pinned.get("out", sizes["out"]), blocking=False)
+            imatrix = slot.imatrix_on_device(piece.imatrix)
+            for i, output in enumerate(piece.outputs):
+                c = output.chunk
+                weights = imatrix if c.imatrix is not None else None
+                q = slot.device.get(f"out{i}", device[f"out{i}"])
+                self._backend.quantize_device(x, c.qtype, weights, q, stream)
+                if c.measure:
+                    self._measure(slot, x, q, c.qtype, weights, stream, i)
+                q.get(stream=stream, out=slot.pinned.get(f"out{i}", sizes[f"out{i}"]), blocking=False)
         slot.done.record(stream)
 
-    def _measure(self, slot: _Slot, x, q, t: QType, imatrix, stream) -> None:
+    def _measure(self, slot: _Slot, x, q, t: QType, imatrix, stream, index: int) -> None:
         """Queues the round trip of q and the rows' error sums, and their copy to the host."""
         rows, n = x.shape
         y = slot.device.get("y", rows * 4 * n).view(np.float32).reshape(rows, n)
         launch.dequantize(q, t, n, y, stream)
-        sums = slot.device.get("sums", rows * 8 * _SUMS).view(np.float64)
+        sums = slot.device.get(f"sums{index}", rows * 8 * _SUMS).view(np.float64)
         if imatrix is None:
             args = (x, y, sums, np.int64(rows), np.int64(n))
             kernel = get_kernel("stream.cu", "gq_error_rows_plain")
@@ -481,7 +561,7 @@ class StreamEngine:
             args = (x, y, imatrix, sums, np.int64(rows), np.int64(n))
             kernel = get_kernel("stream.cu", "gq_error_rows_weighted")
         kernel(_row_grid(rows), (ROW_THREADS,), args, stream=stream)
-        host_sums = slot.pinned.get("sums", rows * 8 * _SUMS).view(np.float64)
+        host_sums = slot.pinned.get(f"sums{index}", rows * 8 * _SUMS).view(np.float64)
         host_sums[...] = 0.0  # as the flags: what a benchmark's cost-free device leaves there
         sums.get(stream=stream, out=host_sums, blocking=False)
 
