@@ -238,7 +238,8 @@ def quantize(positional, model_path, quantized_path, qtype, dry_run, target_size
 @click.argument("source", metavar="IN.gguf")
 @click.argument("outdir", metavar="OUTDIR")
 @click.option("--mix", "mixes", multiple=True, metavar="MIX",
-              help="A llama-quantize mix (Q4_K_M) or ggml type to publish (repeatable).")
+              help="A llama-quantize mix (Q4_K_M, or its LLAMA_FTYPE number) or ggml type to publish "
+                   "(repeatable).")
 @click.option("--mixes", "mix_list", metavar="M1,M2,...", help="Several mixes at once, comma-separated.")
 @click.option("--target-size", "target_sizes", multiple=True, metavar="SIZE",
               help="Also a file of at most SIZE bytes with the least error (as quantize's --target-size; "
@@ -290,14 +291,14 @@ def publish_job(source, outdir, mixes, mix_list, target_sizes, target_bpws, repo
     """(PublishJob, RunOptions) from `publish`'s parsed options; ValueError (one line) otherwise."""
     from pathlib import Path
 
-    from .mixes import resolve_type_or_mix
+    from .mixes import find_mix, resolve_type_or_mix
     from .publish import PublishEntry, PublishJob
 
     shared = _parse_shared(options, dry_run)
     names = list(mixes) + [m for m in (mix_list or "").split(",") if m.strip()]
     entries = []
-    for text in names:
-        resolved = resolve_type_or_mix(text.strip())
+    for text in names:  # llama-quantize's TYPE: a mix name or LLAMA_FTYPE number, else a ggml type name
+        resolved = find_mix(text) or resolve_type_or_mix(text.strip())
         entries.append(PublishEntry(resolved.name, mix=resolved.name))
     for size in target_sizes:
         request = target_request(size, None, shared.target_types, shared.target_sample, shared.target_objective,

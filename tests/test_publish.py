@@ -166,10 +166,10 @@ def test_unwritable_outdir(source, tmp_path):
 
 
 def test_args_parse_as_the_command(source, tmp_path):
-    job, run = publish_job_from_args([str(source), str(tmp_path), "--mix", "Q4_K_M", "--mixes", "Q8_0,Q6_K",
+    job, run = publish_job_from_args([str(source), str(tmp_path), "--mix", "15", "--mixes", "Q8_0,Q6_K",
                                       "--target-bpw", "4.5", "--imatrix", "x.gguf", "--leave-output-tensor",
                                       "-nt", "3", "--backend", "numpy", "--no-error"])
-    assert [e.label for e in job.entries] == ["Q4_K_M", "Q8_0", "Q6_K", "4.5bpw"]
+    assert [e.label for e in job.entries] == ["Q4_K", "Q8_0", "Q6_K", "4.5bpw"]  # 15: as llama-quantize names it
     assert job.llama.leave_output_tensor and job.imatrix == Path("x.gguf")
     assert (run.n_threads, run.backend, run.measure_error) == (3, "numpy", False)
     with pytest.raises(ValueError, match="No such option"):
