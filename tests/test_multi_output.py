@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from tiny_models import kokoro_like, write_tiny
 
 from gpuquant import pipeline
 from gpuquant.backends import get_backend
@@ -14,7 +16,6 @@ from gpuquant.model_plan import LlamaRequest
 from gpuquant.outputs import OutputSpec, RunOptions, TtsRequest
 from gpuquant.pipeline import prepare_imatrix, quantize_file, quantize_model
 from gpuquant.qtypes import QTYPES
-from gpuquant.synthetic import write_synthetic_model
 from gpuquant.synthetic_llama import write_llama_model, write_synthetic_imatrix
 
 MIXES = ["Q4_K_M", "Q4_K_S", "Q3_K_M", "Q2_K", "Q6_K", "Q8_0", "Q5_K_M", "F16"]
@@ -156,8 +157,10 @@ def test_keep_split_outputs(llama_f16, tmp_path):
 
 
 def test_tts_model_outputs(tmp_path):
-    src = write_synthetic_model("dia", tmp_path / "dia.gguf", max_layers=1, dtype="BF16")
-    tts = TtsRequest(quantize_output_heads=True, convert_dac_to_f16=True)
+    rng = np.random.default_rng(3)
+    tensors = {k: (v.astype(np.float16) if v.ndim >= 2 else v) for k, v in kokoro_like(rng, 512, 24).items()}
+    src = write_tiny(tmp_path / "kokoro.gguf", tensors)
+    tts = TtsRequest(convert_non_quantized_to_f16=True, quantize_text_embeddings=True)
     options = RunOptions(backend="native")
     types = ["Q4_0", "Q5_1", "Q8_0"]
     quantize_model(src, [OutputSpec.make(tmp_path / f"m-{t}.gguf", t, tts=tts) for t in types], options)

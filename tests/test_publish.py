@@ -8,13 +8,14 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from tiny_models import kokoro_like, write_tiny
 
 from gpuquant import pipeline
 from gpuquant.cli import main, publish_job_from_args
 from gpuquant.publish import manifest_path, model_name
-from gpuquant.synthetic import write_synthetic_model
 from gpuquant.synthetic_llama import write_llama_model, write_synthetic_imatrix
 
 MIXES = ("Q2_K", "Q4_K_S", "Q4_K_M", "Q6_K", "Q8_0")
@@ -116,7 +117,7 @@ def test_imatrix_mixes_and_tts_models(tmp_path):
         assert q.exit_code == 0
         assert (tmp_path / "o" / f"moe-{mix}.gguf").read_bytes() == (tmp_path / "a.gguf").read_bytes()
     # a TTS.cpp model: the mixes mean TTS.cpp's types, with a note
-    tts = write_synthetic_model("kokoro", tmp_path / "kokoro.gguf", max_layers=1)
+    tts = write_tiny(tmp_path / "kokoro.gguf", kokoro_like(np.random.default_rng(2), 512, 24))
     r = gpuquant("publish", tts, tmp_path / "k", "--mix", "Q4_0", "--mix", "Q8_0", "-qe", "--backend", "native")
     assert r.exit_code == 0, r.output
     q = gpuquant("quantize", "-mp", tts, "-qp", tmp_path / "k.gguf", "-qt", "Q8_0", "-qe", "--backend", "native",
