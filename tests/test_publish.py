@@ -202,3 +202,26 @@ def test_keep_split_outputs_resume_by_their_shards(source, tmp_path):
     r = gpuquant(*args[:-1])
     assert r.exit_code == 0 and r.output.count("skipped (up to date)") == 1, r.output
     assert shard.read_bytes() == (tmp_path / "alone-00001-of-00001.gguf").read_bytes()
+
+
+def test_an_interrupted_publish_leaves_nothing_and_resumes(source, tmp_path):
+    """Stopped mid-run (Ctrl-C reaches the pipeline as KeyboardInterrupt): no output, manifest or
+    partial file stays; the next run writes everything."""
+    from gpuquant.outputs import RunOptions
+    from gpuquant.publish import PublishEntry, PublishJob, publish
+
+    out = tmp_path / "out"
+    job = PublishJob(source, out, (PublishEntry("Q4_K_M", mix="Q4_K_M"), PublishEntry("Q8_0", mix="Q8_0")))
+    seen = []
+
+    def stop_halfway(n: int) -> None:
+        seen.append(n)
+        if sum(seen) > source.stat().st_size // 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        publish(job, RunOptions(backend="native", on_progress=stop_halfway))
+    assert sorted(p.name for p in out.iterdir()) == []
+    result = publish(job, RunOptions(backend="native"))
+    assert [o.skipped for o in result.outputs] == [False, False]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".gguf") == ["llama-Q4_K_M.gguf", "llama-Q8_0.gguf"]
