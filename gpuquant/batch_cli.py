@@ -65,8 +65,13 @@ def batch(jobs_file, ray_address, parallel, n_threads, backend, force, max_retri
                 ray.init(address=address, logging_level=logging.WARNING if quiet else logging.INFO)
             nodes = [n for n in ray.nodes() if n.get("Alive")]
         except Exception as e:  # Ray's own: a cluster that cannot be reached
+            # Ray 2.59+ starts clusters with token authentication; a driver given an address only
+            # sends the token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) when RAY_AUTH_MODE=token
+            hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give this "
+                    "machine its token (ray get-auth-token on the head; RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+                    if address and os.environ.get("RAY_AUTH_MODE") != "token" else "")
             _fail(f"--ray: cannot join the Ray cluster{' at ' + address if address else ''}: "
-                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}{hint}")
         gpu = backend == "cupy"
         threads = n_threads or b.default_ray_threads(nodes, gpu)
         if not b.ray_fits(nodes, threads, gpu):
