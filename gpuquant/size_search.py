@@ -74,7 +74,19 @@ DEFAULT_OBJECTIVE = "relative"
 # on dithered gemma-3-270m (tied, 63% of the weights) by llama.cpp's KLD: at Q6_K's size, 1 and 4
 # left the embedding at Q5_1 (KLD 0.0235), 16 gave it Q8_0 (0.0135, llama-quantize 0.0135); at
 # Q2_K's size 16 also lowered it (0.0352 -> 0.0257), and Q4_K_M's and Q5_K_M's stayed at 0.0235.
-DEFAULT_OUTPUT_WEIGHT = 16.0
+DEFAULT_OUTPUT_WEIGHT = 37.0
+# What a unit of relative squared error costs in each kind of matrix, by llama.cpp's KL divergence:
+# measured on dithered gemma-3-270m against its own calibration text (not the evaluation text of the
+# quality table), with every weight at Q8_0 and one kind at a time at Q4_0, as the rise in mean KLD
+# over the rise in the kind's summed relative squared error (benchmarks/kind_sensitivity.py), then
+# scaled so that the layers' kinds average 1. The logits' matrix (the tied token embedding there)
+# came out at 37 on that scale: DEFAULT_OUTPUT_WEIGHT. The values (the value matrix and the
+# feed-forward up and down projections count most, the query and key ones least) are the order
+# llama.cpp's own mixes give more bits in; a kind not listed counts 1.
+KIND_WEIGHTS = {
+    "attn_q": 0.27, "attn_k": 0.32, "attn_v": 1.67, "attn_output": 0.71,
+    "ffn_gate": 0.67, "ffn_up": 1.59, "ffn_down": 1.76,
+}
 TARGET_REASON = "target size"
 
 
@@ -230,6 +242,23 @@ def objective_term(errors: dict, objective: str) -> float:
     return errors["weighted_sq"] / reference if reference > 0 else 0.0
 
 
+def logits_matrix(plan: ModelPlan) -> str:
+    """The matrix that makes the logits: output.weight, or the token embedding standing in for it."""
+    return "output.weight" if any(e.name == "output.weight" for e in plan.entries) else "token_embd.weight"
+
+
+def tensor_weight(name: str, logits: str, target: TargetRequest) -> float:
+    """How much a tensor's term counts: the logits' matrix output_weight, a layer's matrix its kind's
+    KIND_WEIGHTS (the relative objective; MoE experts as their dense kind), anything else 1."""
+    if name == logits:
+        return target.output_weight
+    if target.objective != "relative":
+        return 1.0
+    kind = name.split(".")[2] if name.startswith("blk.") and name.count(".") >= 3 else ""
+    kind = re.sub(r"_(exps|shexp|chexps)$", "", kind)
+    return KIND_WEIGHTS.get(kind, 1.0)
+
+
 def choose(model: SourceModel, plan: ModelPlan, request: LlamaRequest, target: TargetRequest,
            imatrix: Imatrix | None, backend, shards: list) -> TargetChoice:
     """Measure the free tensors' candidates (or read them from the cache), allocate, and return the
@@ -273,11 +302,10 @@ def choose(model: SourceModel, plan: ModelPlan, request: LlamaRequest, target: T
     else:
         fixed += sum(header_bytes(metadata, planned, alignment) for _, metadata, planned in shards)
         budget = target.size
-    # the matrix that makes the logits: output.weight, or the token embedding standing in for it
-    logits = "output.weight" if any(e.name == "output.weight" for e in plan.entries) else "token_embd.weight"
+    logits = logits_matrix(plan)
     tensors = [TensorCandidates(e.name, [Candidate(t.name, size_of(measured[e.name][t.name]["bytes"]),
                                                    objective_term(measured[e.name][t.name]["errors"], target.objective)
-                                                   * (target.output_weight if e.name == logits else 1.0))
+                                                   * tensor_weight(e.name, logits, target))
                                          for t in options[e.name]])
                for e in free]
     allocation = allocate(tensors, budget, fixed)

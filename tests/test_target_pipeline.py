@@ -103,10 +103,15 @@ def test_summary_and_report_say_what_was_chosen(model, q4_k_m, tmp_path, objecti
     try:
         plan = plan_model(source, find_mix("Q4_K_M"), None, LlamaRequest(), None)
         free = {e.name: e for e in size_search.free_entries(plan, LlamaRequest())}
-        # output.weight makes the logits: it counts DEFAULT_OUTPUT_WEIGHT times
+        # output.weight makes the logits: it counts DEFAULT_OUTPUT_WEIGHT times; a layer's matrix its kind's
+        request = size_search.TargetRequest(size=budget, objective=objective)
+        weight = {"blk.0.attn_v.weight": size_search.KIND_WEIGHTS["attn_v"] if objective == "relative" else 1.0,
+                  "output.weight": size_search.DEFAULT_OUTPUT_WEIGHT, "token_embd.weight": 1.0}
+        for name in weight:
+            assert size_search.tensor_weight(name, "output.weight", request) == weight[name]
         total = sum(terms[objective](size_search.measure(source, free[name], [t], None, 64, NumpyBackend())
                                      [t.name]["errors"])
-                    * (size_search.DEFAULT_OUTPUT_WEIGHT if name == "output.weight" else 1.0)
+                    * size_search.tensor_weight(name, "output.weight", request)
                     for name, t in choice.types.items())
     finally:
         source.close()
