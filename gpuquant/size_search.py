@@ -16,7 +16,8 @@ The search hands the planner per-tensor types and nothing else:
    tensor's relative squared error, importance-weighted: sum_j w_j sum_i (x_ij - y_ij)^2 over
    sum_j w_j sum_i x_ij^2, with w the importance matrix (mean squared activations per input
    column; 1 without one): the relative error that the tensor's matrix product passes on, one term
-   per matrix product; the matrix that makes the logits counts DEFAULT_OUTPUT_WEIGHT times. The
+   per matrix product, weighted by what a unit of it costs in KL divergence for its kind of matrix
+   (KIND_WEIGHTS, measured); the matrix that makes the logits counts DEFAULT_OUTPUT_WEIGHT. The
    absolute sum (the squared errors themselves) gives a tensor's term in proportion to its size
    and weights' scale: on gemma-3-270m it spends the budget on the 168M weights of the token
    embedding, and by llama.cpp's KL divergence it lost to the relative objective at Q4_K_M's size
@@ -64,16 +65,17 @@ DEFAULT_BASE = "Q4_K_M"  # the base mix when only IN and OUT are given
 OBJECTIVES = {
     # each tensor's importance-weighted squared error relative to its weighted squared weights: the
     # relative error its matrix product's outputs take on, one term per tensor
-    "relative": "sum over tensors of the importance-weighted relative squared error",
+    "relative": "sum over tensors of the importance-weighted relative squared error, each weighted by "
+                "its kind's measured cost in KL divergence",
     # the squared errors themselves: a tensor's term grows with its size and the scale of its weights
     "absolute": "sum over tensors of the importance-weighted squared error",
 }
 DEFAULT_OBJECTIVE = "relative"
 # The matrix that makes the logits (output.weight, or a tied token embedding) counts this many times:
 # its error reaches the logits directly, where a layer's is diluted in the residual stream. Measured
-# on dithered gemma-3-270m (tied, 63% of the weights) by llama.cpp's KLD: at Q6_K's size, 1 and 4
-# left the embedding at Q5_1 (KLD 0.0235), 16 gave it Q8_0 (0.0135, llama-quantize 0.0135); at
-# Q2_K's size 16 also lowered it (0.0352 -> 0.0257), and Q4_K_M's and Q5_K_M's stayed at 0.0235.
+# with KIND_WEIGHTS below (37 on their scale); before those, 16 was chosen over 1 and 4 by the quality
+# table's KLD on dithered gemma-3-270m (at Q6_K's size 1 and 4 left the embedding at Q5_1, KLD
+# 0.0235, where 16 kept it at Q8_0, 0.0135).
 DEFAULT_OUTPUT_WEIGHT = 37.0
 # What a unit of relative squared error costs in each kind of matrix, by llama.cpp's KL divergence:
 # measured on dithered gemma-3-270m against its own calibration text (not the evaluation text of the
