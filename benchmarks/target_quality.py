@@ -50,7 +50,6 @@ at least 40% lower on average (the mean over the points of 1 - KLD(gpuquant)/KLD
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -134,11 +133,9 @@ def tmp_of(path: Path) -> Path:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from gpuquant.output_paths import file_sha256
+
+    return file_sha256(path)
 
 
 # ---------------------------------------------------------------------------------------------

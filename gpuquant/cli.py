@@ -253,8 +253,7 @@ def quantize(positional, model_path, quantized_path, qtype, dry_run, target_size
 @click.option("--force", is_flag=True, help="Write every output, even those already there and matching their "
                                             "manifest.")
 @click.option("--dry-run", is_flag=True, help="Plan every output and show their sizes; read and write nothing.")
-def publish(source, outdir, mixes, mix_list, target_sizes, target_bpws, report_kinds, name, force, dry_run,
-            **options) -> None:
+def publish(**params) -> None:
     """Publish a model in many mixes from one read: OUTDIR/<model>-<MIX>.gguf for each --mix, each the
     file `quantize` writes for that mix alone (and so llama-quantize's). Every (tensor, type) pair is
     quantized once; outputs already there and matching their manifest are skipped, so an interrupted
@@ -263,8 +262,7 @@ def publish(source, outdir, mixes, mix_list, target_sizes, target_bpws, report_k
     from .publish import publish as run_publish
 
     try:
-        job, run = publish_job(source, outdir, mixes, mix_list, target_sizes, target_bpws, report_kinds, name,
-                               force, dry_run, options)
+        job, run = publish_job(params)
     except ValueError as e:
         _fail(str(e))
     _quiet_compiler(not run.progress)
@@ -275,7 +273,7 @@ def publish(source, outdir, mixes, mix_list, target_sizes, target_bpws, report_k
         _fail("interrupted; the outputs not yet finished were not written", 130)
     except (ValueError, OSError) as e:
         _fail(str(e))
-    if dry_run:
+    if run.dry_run:
         for out in result.outputs:
             click.echo(f"== {out.label}")
             click.echo(out.summary.dry_run_table())
@@ -286,35 +284,32 @@ def publish(source, outdir, mixes, mix_list, target_sizes, target_bpws, report_k
                 click.echo(f"wrote {path}", err=True)
 
 
-def publish_job(source, outdir, mixes, mix_list, target_sizes, target_bpws, report_kinds, name, force, dry_run,
-                options: dict):
+def publish_job(params: dict):
     """(PublishJob, RunOptions) from `publish`'s parsed options; ValueError (one line) otherwise."""
     from pathlib import Path
 
     from .mixes import find_mix, resolve_type_or_mix
     from .publish import PublishEntry, PublishJob
 
-    shared = _parse_shared(options, dry_run)
-    names = list(mixes) + [m for m in (mix_list or "").split(",") if m.strip()]
+    shared = _parse_shared(params, params["dry_run"])
+
+    def budget(size: str | None, bpw: str | None):
+        return target_request(size, bpw, shared.target_types, shared.target_sample, shared.target_objective, None)
+
+    names = list(params["mixes"]) + [m for m in (params["mix_list"] or "").split(",") if m.strip()]
     entries = []
     for text in names:  # llama-quantize's TYPE: a mix name or LLAMA_FTYPE number, else a ggml type name
         resolved = find_mix(text) or resolve_type_or_mix(text.strip())
         entries.append(PublishEntry(resolved.name, mix=resolved.name))
-    for size in target_sizes:
-        request = target_request(size, None, shared.target_types, shared.target_sample, shared.target_objective,
-                                 None)
-        entries.append(PublishEntry(size.strip(), target=request))
-    for bpw in target_bpws:
-        request = target_request(None, bpw, shared.target_types, shared.target_sample, shared.target_objective,
-                                 None)
-        entries.append(PublishEntry(f"{bpw.strip()}bpw", target=request))
-    if not target_sizes and not target_bpws:
-        target_request(None, None, shared.target_types, shared.target_sample, shared.target_objective, None)
+    entries += [PublishEntry(size.strip(), target=budget(size, None)) for size in params["target_sizes"]]
+    entries += [PublishEntry(f"{bpw.strip()}bpw", target=budget(None, bpw)) for bpw in params["target_bpws"]]
+    if not params["target_sizes"] and not params["target_bpws"]:
+        budget(None, None)  # the --target-* options without a budget are refused
     job = PublishJob(
-        source=Path(source), outdir=Path(outdir), entries=tuple(entries), llama=shared.llama, tts=shared.tts,
-        imatrix=Path(shared.imatrix) if shared.imatrix else None, include_weights=shared.include_weights,
-        exclude_weights=shared.exclude_weights, reports=tuple(dict.fromkeys(report_kinds)), force=force,
-        model_name=name,
+        source=Path(params["source"]), outdir=Path(params["outdir"]), entries=tuple(entries), llama=shared.llama,
+        tts=shared.tts, imatrix=Path(shared.imatrix) if shared.imatrix else None,
+        include_weights=shared.include_weights, exclude_weights=shared.exclude_weights,
+        reports=tuple(dict.fromkeys(params["report_kinds"])), force=params["force"], model_name=params["name"],
     )
     return job, shared.run
 
@@ -326,11 +321,7 @@ def publish_job_from_args(args: list[str]):
         ctx = publish.make_context("publish", list(args), resilient_parsing=False)
     except click.ClickException as e:
         raise ValueError(e.format_message()) from None
-    p = dict(ctx.params)
-    keys = ("source", "outdir", "mixes", "mix_list", "target_sizes", "target_bpws", "report_kinds", "name",
-            "force", "dry_run")
-    fixed = [p.pop(k) for k in keys]
-    return publish_job(*fixed, p)
+    return publish_job(ctx.params)
 
 
 def target_request(size: str | None, bpw: str | None, types: str | None, sample: int | None,

@@ -6,7 +6,6 @@ tensor data to compare bytes, and to measure the error when one file is the floa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from .backends import get_backend
 from .gguf_io import RawArray, SourceModel, SourceTensor
 from .imatrix import load_imatrix, weights_for
 from .mixes import CANONICAL
+from .output_paths import file_sha256
 from .quant_error import (
     ErrorFigures,
     ErrorSums,
@@ -118,14 +118,6 @@ def inspect_table(info: dict, with_tensors: bool) -> str:
     return "\n".join(lines)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 _FLOAT_RANK = {"F32": 3, "BF16": 2, "F16": 2}  # which float type can be another's source
 
 
@@ -144,11 +136,13 @@ def _error_figures(src: SourceModel, s: SourceTensor, out: SourceModel, o: Sourc
     """The error of tensor o (dequantized by `dequantize`, a backend's dequantize_rows) against its float
     source s, as a quantizing run measures it (weights: the tensor's imatrix columns, per expert for a
     3-D tensor, or None)."""
-    from .pipeline import CHUNK_BYTES, row_chunks
+    from .pipeline import CHUNK_BYTES, row_ranges
 
     rows = sample_rows(s.name, s.n_rows, sample)
     sums = ErrorSums(weighted=weights is not None)
-    for r0, r1, w in row_chunks(s, weights, CHUNK_BYTES):
+    per_expert = weights is not None and weights.ndim == 2
+    for r0, r1, expert in row_ranges(s, weights if per_expert else None, CHUNK_BYTES):
+        w = weights[expert] if per_expert else weights
         if rows is None:
             sums.add(chunk_sums(src.rows_as_float32(s, r0, r1), out.rows_as_float32(o, r0, r1, dequantize), w))
             continue
@@ -167,7 +161,7 @@ def diff_files(a: str | os.PathLike[str], b: str | os.PathLike[str], errors: boo
     `imatrix`, a llama.cpp importance-matrix file)."""
     matrix = load_imatrix(imatrix) if imatrix is not None else None
     a, b = Path(a), Path(b)
-    identical = os.path.getsize(a) == os.path.getsize(b) and _sha256(a) == _sha256(b)
+    identical = os.path.getsize(a) == os.path.getsize(b) and file_sha256(a) == file_sha256(b)
     ma, mb = SourceModel(a), SourceModel(b)
     try:
         ka = {e.key: e for e in ma.metadata}

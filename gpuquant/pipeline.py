@@ -106,7 +106,7 @@ class _OutputRun:
     weights: list[np.ndarray | None] = field(default_factory=list)
     records: list[TensorRecord] = field(default_factory=list)
     shards: list = field(default_factory=list)  # (path, metadata, planned tensors) per file
-    shard_of: list[int] = field(default_factory=list)  # entry index -> index of its shard
+    shard_of: list[int] = field(default_factory=list)  # entry index -> its file (_output_shards' order)
 
 
 def quantize_model(src: str | os.PathLike[str], outputs: Sequence[OutputSpec], options: RunOptions,
@@ -188,11 +188,7 @@ def _plan_outputs(model: SourceModel, outputs: Sequence[OutputSpec], options: Ru
         run = _OutputRun(spec, plan, summary, choice)
         if not options.dry_run:
             run.shards = _output_shards(plan, spec.path, llama)
-            index = {e.name: i for i, e in enumerate(plan.entries)}
-            run.shard_of = [0] * len(plan.entries)
-            for k, (_, _, planned) in enumerate(run.shards):
-                for p in planned:
-                    run.shard_of[index[p.name]] = k
+            run.shard_of = [e.source.split if llama.keep_split else 0 for e in plan.entries]
         runs.append(run)
     return runs
 
@@ -596,17 +592,6 @@ def _note_plan_warnings(plan: ModelPlan, summary: Summary, report: Progress | No
     if report:
         for m in messages:
             report.warn(m)
-
-
-def row_chunks(t, weights: np.ndarray | None, chunk_bytes: int):
-    """(first row, last row + 1, weights) chunks; with per-expert weights a chunk never spans two experts."""
-    rows_per_chunk = max(1, chunk_bytes // (4 * t.n_per_row))
-    per_expert = weights is not None and weights.ndim == 2
-    span = t.n_rows // weights.shape[0] if per_expert else t.n_rows
-    for e0 in range(0, t.n_rows, span):
-        w = weights[e0 // span] if per_expert else weights
-        for r0 in range(e0, e0 + span, rows_per_chunk):
-            yield r0, min(e0 + span, r0 + rows_per_chunk), w
 
 
 def row_ranges(t, per_expert: np.ndarray | None, chunk_bytes: int):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .model_plan import LlamaRequest
+from .output_paths import file_sha256, write_text_atomic
 from .outputs import OutputSpec, RunOptions, TtsRequest
 from .size_search import TargetRequest
 from .summary import Summary
@@ -141,7 +142,7 @@ def publish(job: PublishJob, options: RunOptions) -> PublishResult:
     if not options.dry_run:
         name = job.model_name or model_name(job.source)
         result.card = job.outdir / f"{name}-mixes.md"
-        _write_text(result.card, model_card(name, result.outputs))
+        write_text_atomic(result.card, model_card(name, result.outputs))
         result.plot = plot_error_vs_size(result.outputs, job.outdir / f"{name}-error-vs-size.png",
                                          f"{name}: error against size")
     result.seconds = time.perf_counter() - start
@@ -193,14 +194,6 @@ def _request_key(source_key: str | None, imatrix_key: str | None, spec: OutputSp
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(16 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _up_to_date(label: str, stem: Path, request_key: str) -> PublishedOutput | None:
     """The output as its manifest describes it, if its files are exactly that (size and sha256)."""
     try:
@@ -211,7 +204,7 @@ def _up_to_date(label: str, stem: Path, request_key: str) -> PublishedOutput | N
     except (OSError, ValueError, KeyError, TypeError):
         return None
     for path, size, digest in files:
-        if not path.is_file() or path.stat().st_size != size or _file_sha256(path) != digest:
+        if not path.is_file() or path.stat().st_size != size or file_sha256(path) != digest:
             return None
     return PublishedOutput(label, files[0][0], True, sum(size for _, size, _ in files),
                            ",".join(d for _, _, d in files), manifest.get("figures", {}))
@@ -225,12 +218,6 @@ def _write_manifest(stem: Path, files: list[Path], digests: list[str], request_k
                   for f, d in zip(files, digests, strict=True)],
         "figures": figures,
     }
-    _write_text(manifest_path(stem), json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(manifest_path(stem), json.dumps(manifest, indent=1) + "\n")
 
-
-def _write_text(path: Path, text: str) -> None:
-    """Whole or not at all: a temporary file renamed over the path."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 

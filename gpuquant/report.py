@@ -9,11 +9,10 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from . import __version__
-from .output_paths import check_new_file, same_file
+from .output_paths import check_new_file, same_file, write_text_atomic
 from .quant_error import SAMPLE_SEED_DOC
 from .summary import Summary, TensorRecord
 
@@ -79,17 +78,7 @@ def write_report(s: Summary, path: str | os.PathLike[str]) -> None:
     path = Path(path)
     data = report_dict(s)
     text = json.dumps(data, indent=1) if path.suffix.lower() == ".json" else report_html(data)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would be stricter than any file the user writes
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def _fmt(v, digits: int = 4) -> str:
