@@ -241,6 +241,18 @@ __device__ __forceinline__ void quantize_k4(const float* __restrict__ x, const f
     if constexpr (NMAX == 31) gq_store_u32(dst + 16 + 4 * b.sub, qh);
 }
 
+// Q4_K and Q5_K by the names the kernels below take their quantizer by.
+template <bool kWeighted>
+__device__ __forceinline__ void quantize_q4_k(const float* __restrict__ x, const float* __restrict__ imatrix,
+                                              gq_u8* __restrict__ out, gq_i64 n_subs, gq_i64 subs_per_row) {
+    quantize_k4<15, kWeighted>(x, imatrix, out, n_subs, subs_per_row);
+}
+template <bool kWeighted>
+__device__ __forceinline__ void quantize_q5_k(const float* __restrict__ x, const float* __restrict__ imatrix,
+                                              gq_u8* __restrict__ out, gq_i64 n_subs, gq_i64 subs_per_row) {
+    quantize_k4<31, kWeighted>(x, imatrix, out, n_subs, subs_per_row);
+}
+
 // ---------------------------------------------------------------- Q3_K: 16 lanes per super-block
 
 template <bool kWeighted>
@@ -388,61 +400,28 @@ using namespace gq_kq;
 
 // ---------------------------------------------------------------- kernels
 
-// The three kernels of type t (q2_k ... q6_k), named gq_quantize_<t>, gq_quantize_<t>_imatrix and
-// gq_dequantize_<t>; dequantize: one thread per 32 weights, n_parts = 8 * n_superblocks.
-#define GQ_KQUANT_DEQUANTIZE(t, BYTES)                                                \
-    __global__ void gq_dequantize_##t(const gq_u8* q, float* y, gq_i64 n_parts) {     \
-        dequantize_superblocks<BYTES, gq_dequantize_part_##t>(q, y, n_parts);         \
+// The three kernels of type t (q2_k ... q6_k): gq_quantize_<t> and gq_quantize_<t>_imatrix, one thread
+// per sub-block (n_subs = rows * n_per_row / 16 for Q2_K, Q3_K, Q6_K or / 32 for Q4_K, Q5_K, launched
+// as whole warps: at least n_subs threads, a multiple of 32; with an importance matrix, subs_per_row =
+// n_per_row / 16 or / 32), and gq_dequantize_<t>, one thread per 32 weights (n_parts = 8 * n_superblocks).
+#define GQ_KQUANT_KERNELS(t, BYTES)                                                                       \
+    __global__ void gq_quantize_##t(const float* x, gq_u8* out, gq_i64 n_subs) {                         \
+        quantize_##t<false>(x, nullptr, out, n_subs, 1);                                                  \
+    }                                                                                                     \
+    __global__ void gq_quantize_##t##_imatrix(const float* x, const float* imatrix, gq_u8* out,          \
+                                              gq_i64 n_subs, gq_i64 subs_per_row) {                     \
+        quantize_##t<true>(x, imatrix, out, n_subs, subs_per_row);                                        \
+    }                                                                                                     \
+    __global__ void gq_dequantize_##t(const gq_u8* q, float* y, gq_i64 n_parts) {                         \
+        dequantize_superblocks<BYTES, gq_dequantize_part_##t>(q, y, n_parts);                             \
     }
 
 extern "C" {
 
-// Quantizing: one thread per sub-block; n_subs = rows * n_per_row / 16 (Q2_K, Q3_K, Q6_K) or / 32
-// (Q4_K, Q5_K), launched as whole warps (at least n_subs threads, a multiple of 32); with an
-// importance matrix, subs_per_row = n_per_row / 16 or / 32.
-__global__ void gq_quantize_q2_k(const float* x, gq_u8* out, gq_i64 n_subs) {
-    quantize_q2_k<false>(x, nullptr, out, n_subs, 1);
-}
-__global__ void gq_quantize_q2_k_imatrix(const float* x, const float* imatrix, gq_u8* out, gq_i64 n_subs,
-                                         gq_i64 subs_per_row) {
-    quantize_q2_k<true>(x, imatrix, out, n_subs, subs_per_row);
-}
-GQ_KQUANT_DEQUANTIZE(q2_k, GQ_Q2_K_BYTES)
-
-__global__ void gq_quantize_q4_k(const float* x, gq_u8* out, gq_i64 n_subs) {
-    quantize_k4<15, false>(x, nullptr, out, n_subs, 1);
-}
-__global__ void gq_quantize_q4_k_imatrix(const float* x, const float* imatrix, gq_u8* out, gq_i64 n_subs,
-                                         gq_i64 subs_per_row) {
-    quantize_k4<15, true>(x, imatrix, out, n_subs, subs_per_row);
-}
-GQ_KQUANT_DEQUANTIZE(q4_k, GQ_Q4_K_BYTES)
-
-__global__ void gq_quantize_q5_k(const float* x, gq_u8* out, gq_i64 n_subs) {
-    quantize_k4<31, false>(x, nullptr, out, n_subs, 1);
-}
-__global__ void gq_quantize_q5_k_imatrix(const float* x, const float* imatrix, gq_u8* out, gq_i64 n_subs,
-                                         gq_i64 subs_per_row) {
-    quantize_k4<31, true>(x, imatrix, out, n_subs, subs_per_row);
-}
-GQ_KQUANT_DEQUANTIZE(q5_k, GQ_Q5_K_BYTES)
-
-__global__ void gq_quantize_q3_k(const float* x, gq_u8* out, gq_i64 n_subs) {
-    quantize_q3_k<false>(x, nullptr, out, n_subs, 1);
-}
-__global__ void gq_quantize_q3_k_imatrix(const float* x, const float* imatrix, gq_u8* out, gq_i64 n_subs,
-                                         gq_i64 subs_per_row) {
-    quantize_q3_k<true>(x, imatrix, out, n_subs, subs_per_row);
-}
-GQ_KQUANT_DEQUANTIZE(q3_k, GQ_Q3_K_BYTES)
-
-__global__ void gq_quantize_q6_k(const float* x, gq_u8* out, gq_i64 n_subs) {
-    quantize_q6_k<false>(x, nullptr, out, n_subs, 1);
-}
-__global__ void gq_quantize_q6_k_imatrix(const float* x, const float* imatrix, gq_u8* out, gq_i64 n_subs,
-                                         gq_i64 subs_per_row) {
-    quantize_q6_k<true>(x, imatrix, out, n_subs, subs_per_row);
-}
-GQ_KQUANT_DEQUANTIZE(q6_k, GQ_Q6_K_BYTES)
+GQ_KQUANT_KERNELS(q2_k, GQ_Q2_K_BYTES)
+GQ_KQUANT_KERNELS(q4_k, GQ_Q4_K_BYTES)
+GQ_KQUANT_KERNELS(q5_k, GQ_Q5_K_BYTES)
+GQ_KQUANT_KERNELS(q3_k, GQ_Q3_K_BYTES)
+GQ_KQUANT_KERNELS(q6_k, GQ_Q6_K_BYTES)
 
 }  // extern "C"
