@@ -278,7 +278,7 @@ class _Piece:
 
 
 def piece_bytes(chunk: Chunk, qtypes: Sequence[QType], rows: int, check_finite: bool, device: bool,
-                weighted: bool | None = None) -> dict[str, int]:
+                weighted: bool) -> dict[str, int]:
     """Each buffer's bytes for `rows` rows of a chunk quantized to each of `qtypes` (out0, sums0, out1,
     ...), on the device or in pinned host memory."""
     n = chunk.n_per_row
@@ -292,7 +292,6 @@ def piece_bytes(chunk: Chunk, qtypes: Sequence[QType], rows: int, check_finite: 
             sizes["stored"] = 0  # copied straight into x
         sizes["x"] = rows * 4 * n
         sizes["y"] = rows * 4 * n if chunk.measure else 0  # each type's round trip in turn
-        weighted = chunk.imatrix is not None if weighted is None else weighted
         sizes = {"imatrix": 4 * n if weighted else 0, **sizes}
     return sizes
 
